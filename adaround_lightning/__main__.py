@@ -1,0 +1,5 @@
+"""``python -m adaround_lightning``."""
+
+from adaround_lightning.cli import main
+
+main()

@@ -1,0 +1,155 @@
+"""One calibration run, end to end: build, calibrate, evaluate, write outputs.
+
+The Hydra entry point (:mod:`adaround_lightning.cli`) is a thin wrapper over :func:`run`, which
+tests call directly with a composed config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from adaround_lightning.data.sources import calibration_images, evaluation_dataset
+from adaround_lightning.driver import adaround, quiet_lightning, root_device
+from adaround_lightning.evaluate import evaluate
+from adaround_lightning.models import build_model
+from adaround_lightning.settings import RunConfig, run_config_from
+
+__all__ = ["run", "output_dir_of", "atomic_write_text", "atomic_torch_save", "summary_table"]
+
+log = logging.getLogger(__name__)
+
+
+def output_dir_of(settings: RunConfig) -> Path:
+    """``output_dir`` if set, else Hydra's run dir when inside a Hydra app, else the cwd."""
+    if settings.output_dir:
+        return Path(settings.output_dir)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except (ImportError, ValueError):
+        return Path.cwd()
+
+
+def _atomic(path: Path, write: Any) -> None:
+    # Write to a temporary name in the same folder, then rename: a crash never leaves a
+    # half-written file under the final name.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """``torch.save`` to ``path`` atomically (temporary file + rename)."""
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """The headline table: FP32 / round-to-nearest / AdaRound accuracy.
+
+    Example:
+        >>> print(summary_table({"fp32": {"top1": 90.0}, "nearest": {"top1": 50.0},
+        ...                      "adaround": {"top1": 85.0}}))  # doctest: +NORMALIZE_WHITESPACE
+        model              top1
+        FP32              90.00
+        round-to-nearest  50.00
+        AdaRound          85.00
+    """
+    keys = [k for k in ("top1", "top5") if k in results["fp32"]]
+    lines = [f"{'model':<16}" + "".join(f"{k:>7}" for k in keys)]
+    for label, key in (("FP32", "fp32"), ("round-to-nearest", "nearest"), ("AdaRound", "adaround")):
+        lines.append(f"{label:<16}" + "".join(f"{results[key][k]:>7.2f}" for k in keys))
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
+    """Calibrate the configured model and write the outputs.
+
+    Writes, in the output directory: ``config.yaml`` (resolved), ``results.json`` and
+    ``quantized_model.pt`` (the BN-folded quantized network's state_dict).
+
+    Args:
+        cfg: A composed config (``conf/config.yaml`` plus a recipe and overrides).
+
+    Returns:
+        The content of ``results.json``.
+
+    Example:
+        >>> from hydra import compose, initialize_config_dir  # doctest: +SKIP
+        >>> with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):  # doctest: +SKIP
+        ...     results = run(compose("config", ["adaround.iters=10"]))
+    """
+    start = time.perf_counter()
+    settings = run_config_from(cfg)
+    out_dir = output_dir_of(settings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_yaml(OmegaConf.create(cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)))
+    atomic_write_text(out_dir / "config.yaml", resolved)
+    results_path = out_dir / "results.json"
+    if results_path.exists():
+        results_path.unlink()  # a stale results.json must never describe this run
+    with quiet_lightning():
+        L.seed_everything(settings.seed, verbose=False)
+
+    model = build_model(settings.model)
+    images = calibration_images(settings.data)
+    eval_set = evaluation_dataset(settings.data)
+    log.info("calibration: %d images %s; evaluation: %d images", images.shape[0],
+             tuple(images.shape[1:]), len(eval_set))  # type: ignore[arg-type]
+
+    result = adaround(model, images, settings.quant, settings.adaround, settings.trainer)
+
+    device = root_device(settings.trainer)
+    num_classes = settings.model.num_classes
+    batch = settings.data.batch_size
+    accuracy = {
+        "fp32": evaluate(model, eval_set, num_classes, device, batch),
+        "nearest": evaluate(result.nearest_model(), eval_set, num_classes, device, batch),
+        "adaround": evaluate(result.model, eval_set, num_classes, device, batch),
+    }
+    atomic_torch_save(
+        out_dir / "quantized_model.pt",
+        {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
+    )
+    results: dict[str, Any] = {
+        "recipe": settings.name,
+        "model": settings.model.name,
+        **accuracy,
+        "quant": {
+            "weight_bits": settings.quant.weight_bits,
+            "per_channel": settings.quant.per_channel,
+            "first_layer_bits": settings.quant.first_layer_bits,
+            "last_layer_bits": settings.quant.last_layer_bits,
+        },
+        "calibration_images": int(images.shape[0]),
+        "eval_images": len(eval_set),  # type: ignore[arg-type]
+        "layers": [report.to_dict() for report in result.layers],
+        "skipped": result.skipped,
+        "calibration_seconds": round(result.seconds, 3),
+        "seconds": round(time.perf_counter() - start, 3),
+        "outputs": {"quantized_model": "quantized_model.pt", "config": "config.yaml"},
+        "finished": True,
+    }
+    atomic_write_text(results_path, json.dumps(results, indent=2))
+    return results

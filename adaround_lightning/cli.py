@@ -1,0 +1,81 @@
+"""``python -m adaround_lightning [overrides]``: the Hydra application.
+
+A thin ``@hydra.main`` wrapper over :func:`adaround_lightning.app.run`. Mistakes a user can fix
+(:class:`~adaround_lightning.errors.UserError`) print one line and exit with status 2; set
+``HYDRA_FULL_ERROR=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from adaround_lightning.app import output_dir_of, run, summary_table
+from adaround_lightning.errors import UserError
+from adaround_lightning.settings import run_config_from
+
+__all__ = ["CONFIG_DIR", "main", "recipes"]
+
+log = logging.getLogger("adaround_lightning")
+
+
+def _config_dir() -> Path:
+    # Installed wheel: the config tree is packaged inside adaround_lightning/conf.
+    # Clone (editable or PYTHONPATH): it is the repository's top-level conf/.
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return packaged if packaged.is_dir() else here.parent / "conf"
+
+
+#: The directory Hydra composes from (``config.yaml`` and the config groups).
+CONFIG_DIR = _config_dir()
+
+
+def recipes() -> list[str]:
+    """Names of the available recipes (``recipe=NAME``)."""
+    return sorted(p.stem for p in (CONFIG_DIR / "recipe").glob("*.yaml"))
+
+
+def _check_recipe(argv: list[str]) -> None:
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "recipe" and value and "," not in value and "(" not in value:
+            if value not in recipes():
+                _fail(f"unknown recipe {value!r}: use recipe=NAME with NAME one of {', '.join(recipes())}")
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        results = run(cfg)
+    except UserError as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _fail(str(error))
+        return
+    out_dir = output_dir_of(run_config_from(cfg))
+    sys.stdout.write(
+        f"\n{summary_table(results)}\n\n"
+        f"{len(results['layers'])} layers, calibration {results['calibration_seconds']:.1f}s, "
+        f"total {results['seconds']:.1f}s\noutputs in {out_dir}\n"
+    )
+
+
+def main() -> None:
+    """Console entry point."""
+    _check_recipe(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Typed settings of a calibration, validated on construction.
+
+Example:
+    >>> QuantConfig(weight_bits=3, per_channel=True, first_layer_bits=8).bits_for("conv1", True, False)
+    8
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from adaround_lightning.loss import DEFAULT_REG_PARAM
+
+__all__ = ["QuantConfig", "AdaroundConfig"]
+
+
+def _check_bits(name: str, bits: Any) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"{name} must be an integer from 2 to 8, got {bits!r}")
+
+
+@dataclass
+class QuantConfig:
+    """Which layers are quantized, and to how many bits.
+
+    Attributes:
+        weight_bits: Bits of every quantized weight unless overridden below (2 to 8).
+        per_channel: One scale per output channel (True) or one per tensor (False).
+        exclude: Module names (``fnmatch`` patterns, e.g. ``"classifier.*"``) left in float.
+        layer_bits: Per-layer bit widths, pattern -> bits; the first matching pattern wins.
+        first_layer_bits: Bits of the first quantizable layer in execution order (None: default).
+        last_layer_bits: Bits of the last quantizable layer in execution order (None: default).
+    """
+
+    weight_bits: int = 4
+    per_channel: bool = True
+    exclude: list[str] = field(default_factory=list)
+    layer_bits: dict[str, int] = field(default_factory=dict)
+    first_layer_bits: int | None = None
+    last_layer_bits: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_bits("quant.weight_bits", self.weight_bits)
+        self.exclude = [str(p) for p in self.exclude]
+        self.layer_bits = {str(k): v for k, v in dict(self.layer_bits).items()}
+        for pattern, bits in self.layer_bits.items():
+            _check_bits(f"quant.layer_bits[{pattern!r}]", bits)
+        for name in ("first_layer_bits", "last_layer_bits"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_bits(f"quant.{name}", value)
+
+    def is_excluded(self, name: str) -> bool:
+        """Whether the layer called ``name`` stays in float."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)
+
+    def bits_for(self, name: str, is_first: bool, is_last: bool) -> int:
+        """Bit width of the layer ``name``: explicit patterns, then first/last, then the default."""
+        for pattern, bits in self.layer_bits.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return bits
+        if is_first and self.first_layer_bits is not None:
+            return self.first_layer_bits
+        if is_last and self.last_layer_bits is not None:
+            return self.last_layer_bits
+        return self.weight_bits
+
+
+@dataclass
+class AdaroundConfig:
+    """How each layer's rounding is optimised.
+
+    Attributes:
+        iters: Optimisation steps per layer (the paper uses 10k).
+        batch_size: Calibration samples per step.
+        num_samples: Calibration samples used (the first ``num_samples`` given).
+        lr: Adam learning rate for ``V``.
+        reg_param: lambda of eq. (25); None picks 0.01 for ``"paper"``, 0.001 for ``"mean"``.
+        beta_range: Start and end of the annealed ``beta`` of eq. (24).
+        warm_start: Fraction of ``iters`` without the rounding regularizer.
+        reconstruction: ``"paper"`` (sum over channels, mean over the rest) or ``"mean"``.
+        include_activation: Put the ReLU/ReLU6 that directly follows a layer in its target.
+        seed: Seed of the calibration batches.
+        forward_batch_size: Batch size of the forward passes that fill the caches.
+    """
+
+    iters: int = 10000
+    batch_size: int = 32
+    num_samples: int = 1024
+    lr: float = 1e-3
+    reg_param: float | None = None
+    beta_range: tuple[float, float] = (20.0, 2.0)
+    warm_start: float = 0.2
+    reconstruction: str = "paper"
+    include_activation: bool = True
+    seed: int = 0
+    forward_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("iters", "batch_size", "num_samples", "forward_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"adaround.{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"adaround.lr must be > 0, got {self.lr}")
+        self.beta_range = tuple(float(b) for b in self.beta_range)  # type: ignore[assignment]
+        if len(self.beta_range) != 2 or min(self.beta_range) <= 0:
+            raise ValueError(f"adaround.beta_range must be two positive numbers, got {self.beta_range}")
+        if not 0.0 <= self.warm_start < 1.0:
+            raise ValueError(f"adaround.warm_start must be in [0, 1), got {self.warm_start}")
+        if self.reconstruction not in DEFAULT_REG_PARAM:
+            raise ValueError(
+                f"adaround.reconstruction must be one of {sorted(DEFAULT_REG_PARAM)}, "
+                f"got {self.reconstruction!r}"
+            )
+        if self.reg_param is not None and self.reg_param < 0:
+            raise ValueError(f"adaround.reg_param must be >= 0, got {self.reg_param}")

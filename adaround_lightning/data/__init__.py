@@ -1,0 +1,1 @@
+"""Dataset readers (idx files, Fashion-MNIST)."""

@@ -1,0 +1,434 @@
+"""The block-by-block driver: fold BatchNorm, walk the blocks, calibrate every layer.
+
+How it works (see :mod:`adaround_lightning.graph` for how blocks are found):
+
+1. Copy the model, fold BatchNorm into the preceding layers: the float reference ``fp``.
+   Copy that again: the network being quantized, ``q``.
+2. For each block in execution order, cache the block's input in ``fp`` and in ``q``
+   (two forward passes that stop at the block).
+3. For each quantizable layer of the block, in execution order: cache its input in ``q`` and its
+   float target in ``fp`` by running only the block; initialise an
+   :class:`~adaround_lightning.quantizer.AdaroundFakeQuantizer` from its weight; fit a
+   :class:`~adaround_lightning.module.LayerReconstruction` with a fresh Lightning ``Trainer``;
+   write the hard-rounded weight into ``q``. Later layers therefore see the rounded earlier ones
+   (asymmetric reconstruction, paper eq. 25).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from adaround_lightning.bn_fold import fold_batch_norms
+from adaround_lightning.config import AdaroundConfig, QuantConfig
+from adaround_lightning.datamodule import CalibrationCache
+from adaround_lightning.graph import trace_network
+from adaround_lightning.loss import AdaptiveRoundingLoss
+from adaround_lightning.module import LayerReconstruction, forward_with_weight, functional_activation
+from adaround_lightning.quantizer import AdaroundFakeQuantizer, bits_to_range
+
+__all__ = [
+    "LayerReport",
+    "AdaroundResult",
+    "adaround",
+    "make_quantizer",
+    "calibration_tensor",
+    "quiet_lightning",
+]
+
+log = logging.getLogger(__name__)
+
+#: Points kept of each layer's loss curve in the report.
+_CURVE_POINTS = 200
+
+
+@dataclass
+class LayerReport:
+    """What happened to one layer.
+
+    Attributes:
+        name: Module name.
+        type: Module class name.
+        weight_shape: Shape of the weight.
+        bits: Bit width.
+        per_channel: Per-channel scales or one per tensor.
+        activation: Name of the activation included in the target, if any.
+        mse_nearest: Output reconstruction MSE (mean over all elements, whole calibration set) with
+            round-to-nearest weights on the same grid.
+        mse_adaround: The same with AdaRound's hard-rounded weights.
+        flipped_fraction: Fraction of weights rounded differently from nearest.
+        seconds: Wall time of this layer: caching, fit and evaluation.
+        iters: Optimisation steps.
+        loss_curve: ``[step, reconstruction, regularization]`` rows, at most 200.
+    """
+
+    name: str
+    type: str
+    weight_shape: list[int]
+    bits: int
+    per_channel: bool
+    activation: str | None
+    mse_nearest: float
+    mse_adaround: float
+    flipped_fraction: float
+    seconds: float
+    iters: int
+    loss_curve: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+
+@dataclass
+class AdaroundResult:
+    """The quantized network and how it was obtained.
+
+    Attributes:
+        model: The BN-folded network whose quantized layers hold ``s * q`` (float tensors).
+        float_model: The BN-folded float network, on the same device.
+        quantizers: Per quantized layer name, its quantizer (scale, learned ``V``, grid).
+        layers: Per-layer reports in calibration order.
+        skipped: Layers left in float, name -> reason.
+        seconds: Wall time of the whole calibration, caching included.
+    """
+
+    model: nn.Module
+    float_model: nn.Module
+    quantizers: dict[str, AdaroundFakeQuantizer]
+    layers: list[LayerReport]
+    skipped: dict[str, str]
+    seconds: float
+
+    def nearest_model(self) -> nn.Module:
+        """A copy of the float network with round-to-nearest weights on the same grids."""
+        nearest = copy.deepcopy(self.float_model)
+        with torch.no_grad():
+            for name, quantizer in self.quantizers.items():
+                layer = nearest.get_submodule(name)
+                weight = quantizer.nearest_integer_weight().float() * quantizer.scale
+                layer.weight.copy_(weight.to(layer.weight.dtype))
+        return nearest
+
+
+def make_quantizer(bits: int, per_channel: bool) -> AdaroundFakeQuantizer:
+    """A symmetric AdaRound quantizer of ``bits`` bits, per output channel (axis 0) or per tensor.
+
+    Example:
+        >>> make_quantizer(4, True).quant_max
+        7
+    """
+    quant_min, quant_max = bits_to_range(bits)
+    qscheme = torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric
+    return AdaroundFakeQuantizer(
+        qscheme=qscheme, quant_min=quant_min, quant_max=quant_max, ch_axis=0
+    )
+
+
+def _first_tensor(item: Any) -> torch.Tensor:
+    if isinstance(item, torch.Tensor):
+        return item
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        return item[0]
+    if isinstance(item, dict):
+        for value in item.values():
+            if isinstance(value, torch.Tensor):
+                return value
+    raise TypeError(
+        f"cannot find the model input in a calibration item of type {type(item).__name__}; "
+        "give tensors, (input, label) pairs or dicts of tensors"
+    )
+
+
+def calibration_tensor(
+    data: torch.Tensor | Dataset | DataLoader | Iterable[Any], num_samples: int
+) -> torch.Tensor:
+    """Stack at most ``num_samples`` model inputs from a tensor, dataset, loader or iterable.
+
+    Labels, if present (``(input, label)`` items), are dropped: calibration is unsupervised.
+
+    Example:
+        >>> calibration_tensor(torch.zeros(10, 3, 4, 4), 8).shape
+        torch.Size([8, 3, 4, 4])
+    """
+    if isinstance(data, torch.Tensor):
+        return data[:num_samples]
+    pieces: list[torch.Tensor] = []
+    count = 0
+    if isinstance(data, Dataset) and not isinstance(data, Iterable):
+        indices = range(min(num_samples, len(data)))  # type: ignore[arg-type]
+        iterator: Iterator[Any] = (data[i] for i in indices)
+        batched = False
+    else:
+        iterator = iter(data)
+        batched = isinstance(data, DataLoader)
+    for item in iterator:
+        tensor = _first_tensor(item)
+        if not batched:
+            tensor = tensor.unsqueeze(0)
+        pieces.append(tensor[: num_samples - count])
+        count += pieces[-1].shape[0]
+        if count >= num_samples:
+            break
+    if not pieces:
+        raise ValueError("the calibration set is empty: give at least one sample")
+    return torch.cat(pieces)
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's per-Trainer banners and hints while inner fits run."""
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+        warnings.filterwarnings("ignore", message=".*is an invalid value for `log_every_n_steps`.*")
+        # The layer of the network being quantized stays in eval mode on purpose.
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+
+
+def _trainer_kwargs(trainer: dict[str, Any] | None) -> dict[str, Any]:
+    kwargs = {"accelerator": "auto", "devices": 1}
+    kwargs.update(trainer or {})
+    return kwargs
+
+
+def _inner_trainer(trainer_kwargs: dict[str, Any], steps: int) -> L.Trainer:
+    # A fresh Trainer per layer: a reused one keeps global_step and the next fit does nothing.
+    return L.Trainer(
+        max_steps=steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        log_every_n_steps=max(1, steps),
+        **trainer_kwargs,
+    )
+
+
+def root_device(trainer: dict[str, Any] | None = None) -> torch.device:
+    """The device Lightning would train on with these ``Trainer`` settings.
+
+    Example:
+        >>> root_device({"accelerator": "cpu"})
+        device(type='cpu')
+    """
+    with quiet_lightning():
+        probe = L.Trainer(
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **_trainer_kwargs(trainer),
+        )
+    return probe.strategy.root_device
+
+
+@torch.no_grad()
+def _output_mse(
+    layer: nn.Module,
+    weight: torch.Tensor,
+    activation: nn.Module | None,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int,
+) -> float:
+    """Mean squared error of ``f_a(weight x)`` against ``targets`` over all cached samples."""
+    total = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    for start in range(0, inputs.shape[0], chunk):
+        out = forward_with_weight(layer, inputs[start : start + chunk], weight)
+        if activation is not None:
+            out = activation(out)
+        total += (out.double() - targets[start : start + chunk].double()).pow(2).sum()
+    return float(total / targets.numel())
+
+
+def _loss_curve(history: torch.Tensor) -> list[list[float]]:
+    steps = history.shape[0]
+    stride = max(1, steps // _CURVE_POINTS)
+    rows = history[::stride].cpu().tolist()
+    return [[float(i * stride), r[0], r[1]] for i, r in enumerate(rows)]
+
+
+def adaround(
+    model: nn.Module,
+    calibration_data: torch.Tensor | Dataset | DataLoader | Iterable[Any],
+    quant: QuantConfig | None = None,
+    config: AdaroundConfig | None = None,
+    trainer: dict[str, Any] | None = None,
+) -> AdaroundResult:
+    """Quantize ``model``'s Conv/Linear weights with AdaRound, block by block.
+
+    Args:
+        model: A trained network (left unchanged; the result holds copies).
+        calibration_data: Unlabelled inputs: a tensor ``(N, ...)``, a dataset, a DataLoader or an
+            iterable of batches; ``(input, label)`` items are accepted and labels ignored.
+        quant: Bits and layer selection (default: 4-bit per-channel everywhere).
+        config: AdaRound's optimisation settings (default: the paper's, 10k steps per layer).
+        trainer: Keyword arguments of the Lightning ``Trainer`` of each layer's fit, e.g.
+            ``{"accelerator": "gpu", "precision": "bf16-mixed"}``. Lightning picks the device.
+
+    Returns:
+        The quantized network, the BN-folded float network, the quantizers and a per-layer report.
+
+    Example:
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18(num_classes=10).eval()
+        >>> images = torch.randn(64, 3, 32, 32)
+        >>> result = adaround(net, images, QuantConfig(weight_bits=4),
+        ...                   AdaroundConfig(iters=20, batch_size=16), {"accelerator": "cpu"})
+        >>> len(result.layers)
+        21
+    """
+    quant = quant or QuantConfig()
+    config = config or AdaroundConfig()
+    trainer_kwargs = _trainer_kwargs(trainer)
+    start_time = time.perf_counter()
+    device = root_device(trainer_kwargs)
+
+    images = calibration_tensor(calibration_data, config.num_samples).to(device)
+    if images.shape[0] < config.batch_size:
+        raise ValueError(
+            f"the calibration set has {images.shape[0]} samples, fewer than one batch "
+            f"(adaround.batch_size={config.batch_size}): give more samples or lower the batch size"
+        )
+    if not torch.is_floating_point(images):
+        raise ValueError(f"calibration inputs must be floating point, got {images.dtype}")
+    example = images[:2]
+
+    fp_model = copy.deepcopy(model).eval().to(device)
+    for name, parameter in fp_model.named_parameters():
+        if not torch.isfinite(parameter).all():
+            raise ValueError(f"parameter {name!r} contains NaN or Inf: fix the checkpoint first")
+    fold_batch_norms(fp_model, example)
+    for parameter in fp_model.parameters():
+        parameter.requires_grad_(False)
+    q_model = copy.deepcopy(fp_model)
+    trace = trace_network(fp_model, example)
+    if not trace.layers:
+        raise ValueError("the model has no Conv1d/2d/3d or Linear layer to quantize")
+
+    skipped: dict[str, str] = {}
+    for name in trace.unsupported:
+        skipped[name] = "unsupported layer type, left in float"
+    for name in trace.shared:
+        skipped[name] = "called more than once (shared weights), left in float"
+    if skipped:
+        log.warning("left in float: %s", ", ".join(f"{n} ({r})" for n, r in skipped.items()))
+    first, last = trace.layers[0].name, trace.layers[-1].name
+    for info in trace.layers:
+        if quant.is_excluded(info.name):
+            skipped[info.name] = "excluded by quant.exclude"
+
+    total_layers = sum(1 for info in trace.layers if info.name not in skipped)
+    cache = CalibrationCache(
+        images,
+        batch_size=config.batch_size,
+        num_steps=config.iters,
+        seed=config.seed,
+        forward_batch_size=config.forward_batch_size,
+    )
+    quantizers: dict[str, AdaroundFakeQuantizer] = {}
+    reports: list[LayerReport] = []
+    for block in trace.blocks:
+        todo = [info for info in block.layers if info.name not in skipped]
+        if not todo:
+            continue
+        fp_block, q_block = fp_model.get_submodule(block.name), q_model.get_submodule(block.name)
+        cache.cache_block(fp_model, q_model, fp_block, q_block)
+        for info in todo:
+            layer_start = time.perf_counter()
+            fp_layer, q_layer = fp_model.get_submodule(info.name), q_model.get_submodule(info.name)
+            activation_module = (
+                fp_model.get_submodule(info.activation)
+                if info.activation and config.include_activation
+                else None
+            )
+            activation = functional_activation(activation_module)
+            try:
+                cache.cache_layer(fp_block, q_block, fp_layer, q_layer, activation, len(reports))
+            except ValueError as error:
+                raise ValueError(f"layer {info.name!r}: {error}") from None
+            bits = quant.bits_for(info.name, info.name == first, info.name == last)
+            quantizer = make_quantizer(bits, quant.per_channel).to(device)
+            quantizer(q_layer.weight)  # the observer sets the scale, V starts at frac(W/s)
+            loss = AdaptiveRoundingLoss(
+                max_iter=config.iters,
+                warm_start=config.warm_start,
+                beta_range=config.beta_range,
+                reg_param=config.reg_param,
+                reconstruction=config.reconstruction,  # type: ignore[arg-type]
+            )
+            module = LayerReconstruction(q_layer, quantizer, loss, activation, config.lr)
+            with quiet_lightning():
+                _inner_trainer(trainer_kwargs, config.iters).fit(module, datamodule=cache)
+            # Lightning's teardown may move the fitted module to the CPU: put it back.
+            q_layer.to(device).eval()
+            quantizer.to(device)
+            history = module.history
+            assert cache.inputs is not None and cache.targets is not None
+            nearest_weight = quantizer.nearest_integer_weight().float() * quantizer.scale
+            mse_nearest = _output_mse(
+                q_layer, nearest_weight, activation, cache.inputs, cache.targets,
+                config.forward_batch_size,
+            )
+            mse_adaround = _output_mse(
+                q_layer, q_layer.weight, activation, cache.inputs, cache.targets,
+                config.forward_batch_size,
+            )
+            flipped = (quantizer.integer_weight() != quantizer.nearest_integer_weight())
+            report = LayerReport(
+                name=info.name,
+                type=type(q_layer).__name__,
+                weight_shape=list(q_layer.weight.shape),
+                bits=bits,
+                per_channel=quant.per_channel,
+                activation=info.activation if activation is not None else None,
+                mse_nearest=mse_nearest,
+                mse_adaround=mse_adaround,
+                flipped_fraction=float(flipped.float().mean()),
+                seconds=time.perf_counter() - layer_start,
+                iters=config.iters,
+                loss_curve=_loss_curve(history),
+            )
+            quantizer.V.requires_grad_(False)
+            quantizers[info.name] = quantizer
+            reports.append(report)
+            log.info(
+                "[%d/%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
+                len(reports), total_layers, info.name, report.type, bits, mse_nearest,
+                mse_adaround, 100 * report.flipped_fraction, report.seconds,
+            )
+        cache.release()
+
+    return AdaroundResult(
+        model=q_model,
+        float_model=fp_model,
+        quantizers=quantizers,
+        layers=reports,
+        skipped=skipped,
+        seconds=time.perf_counter() - start_time,
+    )

@@ -1,0 +1,221 @@
+"""What the driver learns about a network from one traced forward pass.
+
+The trace runs one small batch through the network with a forward hook on every leaf module and
+records, in execution order, which module ran and which tensor it consumed. Data flow is read from
+tensor identity: a module "directly follows" a layer when its input *is* that layer's output
+tensor. This finds
+
+* the BatchNorm that normalises a convolution's output (for folding),
+* the activation (ReLU, ReLU6, ...) applied to a layer's output (for the reconstruction target),
+
+whether the model is an ``nn.Sequential`` or calls its modules from a hand-written ``forward``
+(ResNet's ``BasicBlock`` calls ``self.relu(self.bn1(self.conv1(x)))``). Activations called as
+functions (``F.relu``) are invisible to hooks and are not included.
+
+Blocks: every outermost module whose type is listed in :data:`BLOCK_TYPES` (torchvision's
+MobileNetV2 ``InvertedResidual``, ResNet ``BasicBlock`` and ``Bottleneck``) is one block; every
+quantizable layer outside such a module is a block of its own. Blocks are ordered by when their
+first layer runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BLOCK_TYPES",
+    "QUANTIZABLE_TYPES",
+    "ACTIVATION_TYPES",
+    "UNSUPPORTED_TYPES",
+    "LayerInfo",
+    "Block",
+    "NetworkTrace",
+    "trace_network",
+]
+
+#: Layer types whose weights AdaRound quantizes.
+QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+#: Weighted layer types left in float (their weight layout differs), reported with a warning.
+UNSUPPORTED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
+#: Element-wise activations that are folded into a layer's reconstruction target.
+ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.Hardtanh,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.GELU,
+    nn.Sigmoid,
+    nn.Hardsigmoid,
+)
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_PASS_THROUGH = (nn.Identity, nn.Dropout)
+
+
+def _block_types() -> tuple[type[nn.Module], ...]:
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return (InvertedResidual, BasicBlock, Bottleneck)
+
+
+#: Module types calibrated as one block.
+BLOCK_TYPES: tuple[type[nn.Module], ...] = _block_types()
+
+
+@dataclass
+class LayerInfo:
+    """One quantizable layer, as seen by the trace.
+
+    Attributes:
+        name: Qualified module name in the model.
+        activation: Name of the activation module applied directly to its output, if any.
+        norm: Name of the BatchNorm applied directly to its output, if any.
+    """
+
+    name: str
+    activation: str | None = None
+    norm: str | None = None
+
+
+@dataclass
+class Block:
+    """A unit whose input is cached once: a block module or a single layer.
+
+    Attributes:
+        name: Qualified name of the block module (equal to the layer name for single layers).
+        layers: Its quantizable layers in execution order.
+    """
+
+    name: str
+    layers: list[LayerInfo] = field(default_factory=list)
+
+
+@dataclass
+class NetworkTrace:
+    """Result of :func:`trace_network`."""
+
+    layers: list[LayerInfo]
+    blocks: list[Block]
+    unsupported: list[str]
+    shared: list[str]
+
+
+def _outer_block(name: str, block_names: set[str]) -> str | None:
+    """Outermost block module containing module ``name`` (or equal to it)."""
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        if prefix in block_names:
+            return prefix
+    return None
+
+
+@torch.no_grad()
+def trace_network(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    block_types: tuple[type[nn.Module], ...] | None = None,
+) -> NetworkTrace:
+    """Trace ``model`` once and report its quantizable layers and blocks in execution order.
+
+    Args:
+        model: The network, in eval mode.
+        example_input: A small batch, e.g. two calibration images.
+        block_types: Module types treated as blocks (default :data:`BLOCK_TYPES`).
+
+    Returns:
+        The layers (each with the activation/BatchNorm that directly follows it), the blocks, the
+        weighted modules of unsupported types, and layers called more than once (weight sharing,
+        which layer-wise AdaRound cannot handle: they are left in float).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+        >>> trace = trace_network(net.eval(), torch.randn(2, 3, 8, 8))
+        >>> [(layer.name, layer.activation) for layer in trace.layers]
+        [('0', '1'), ('3', None)]
+    """
+    block_types = BLOCK_TYPES if block_types is None else block_types
+    names = {module: name for name, module in model.named_modules()}
+    block_names = {name for name, m in model.named_modules() if isinstance(m, block_types)}
+
+    # (name, module, first input, its version when consumed, output, output version)
+    calls: list[tuple[str, nn.Module, torch.Tensor | None, int, object, int]] = []
+    pending: dict[int, tuple[torch.Tensor | None, int]] = {}
+
+    # Tensor versions tell in-place updates apart: ResNet's ``out += identity`` returns the
+    # BatchNorm's output tensor object, but modified, so the ReLU after it is not conv2's own.
+    def pre_hook(module: nn.Module, args: tuple) -> None:
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        pending[id(module)] = (first, first._version if first is not None else -1)
+
+    def hook(module: nn.Module, args: tuple, output: object) -> None:
+        first, version = pending.pop(id(module), (None, -1))
+        out_version = output._version if isinstance(output, torch.Tensor) else -1
+        calls.append((names[module], module, first, version, output, out_version))
+
+    handles = []
+    for m in model.modules():
+        if not list(m.children()) or isinstance(m, QUANTIZABLE_TYPES):
+            handles.append(m.register_forward_pre_hook(pre_hook))
+            handles.append(m.register_forward_hook(hook))
+    try:
+        model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    call_counts: dict[str, int] = {}
+    for name, *_rest in calls:
+        call_counts[name] = call_counts.get(name, 0) + 1
+
+    layers: list[LayerInfo] = []
+    by_name: dict[str, LayerInfo] = {}
+    # Tensor identity -> (layer whose, possibly passed-through, output it is; tensor version).
+    produced_by: dict[int, tuple[LayerInfo, int]] = {}
+    shared: list[str] = []
+    unsupported: list[str] = []
+    for name, module, first, version, output, out_version in calls:
+        source = None
+        if first is not None and id(first) in produced_by:
+            candidate, produced_version = produced_by[id(first)]
+            source = candidate if produced_version == version else None
+        if isinstance(module, QUANTIZABLE_TYPES):
+            if call_counts[name] > 1:
+                if name not in shared:
+                    shared.append(name)
+                continue
+            info = LayerInfo(name=name)
+            layers.append(info)
+            by_name[name] = info
+            if isinstance(output, torch.Tensor):
+                produced_by[id(output)] = (info, out_version)
+        elif isinstance(module, UNSUPPORTED_TYPES):
+            if name not in unsupported:
+                unsupported.append(name)
+        elif source is not None and isinstance(output, torch.Tensor):
+            if isinstance(module, _NORM_TYPES) and source.norm is None and source.activation is None:
+                source.norm = name
+                produced_by[id(output)] = (source, out_version)
+            elif isinstance(module, _PASS_THROUGH):
+                produced_by[id(output)] = (source, out_version)
+            elif isinstance(module, ACTIVATION_TYPES) and source.activation is None:
+                source.activation = name
+
+    blocks: list[Block] = []
+    block_index: dict[str, Block] = {}
+    for info in layers:
+        key = _outer_block(info.name, block_names) or info.name
+        if key not in block_index:
+            block_index[key] = Block(name=key)
+            blocks.append(block_index[key])
+        block_index[key].layers.append(info)
+    return NetworkTrace(layers=layers, blocks=blocks, unsupported=unsupported, shared=shared)

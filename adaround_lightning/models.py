@@ -1,0 +1,171 @@
+"""Build the network to quantize: any torchvision classification model, optionally from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+from adaround_lightning.errors import UserError
+
+__all__ = ["ModelConfig", "build_model", "load_checkpoint", "resolve_path", "ASSETS_DIR"]
+
+log = logging.getLogger(__name__)
+
+#: Files shipped inside the package (the quickstart checkpoint and data sample).
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+_EMBEDDED = "embedded://"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """Resolve ``embedded://NAME`` to the package's assets, anything else to an expanded path.
+
+    Example:
+        >>> resolve_path("embedded://quickstart/model.pt").name
+        'model.pt'
+    """
+    text = str(path)
+    if text.startswith(_EMBEDDED):
+        return ASSETS_DIR / text[len(_EMBEDDED) :]
+    return Path(text).expanduser()
+
+
+@dataclass
+class ModelConfig:
+    """Which network to quantize.
+
+    Attributes:
+        name: A torchvision classification model name (``torchvision.models.list_models``).
+        num_classes: Output classes.
+        weights: torchvision weights to load (``"DEFAULT"``, ``"IMAGENET1K_V2"``, ...), fetched
+            through torchvision's own cache; None for none (then give ``checkpoint``).
+        checkpoint: A ``state_dict`` file or a Lightning checkpoint, loaded after ``weights``.
+        kwargs: Extra keyword arguments of the torchvision builder (e.g. ``width_mult``).
+    """
+
+    name: str = "mobilenet_v2"
+    num_classes: int = 1000
+    weights: str | None = None
+    checkpoint: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        available = torchvision.models.list_models(module=torchvision.models)
+        if self.name not in available:
+            raise UserError(
+                f"model.name={self.name!r} is not a torchvision classification model; "
+                f"choose one of torchvision.models.list_models(), e.g. resnet18, mobilenet_v2"
+            )
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise UserError(f"model.num_classes must be a positive integer, got {self.num_classes!r}")
+        self.kwargs = dict(self.kwargs)
+
+
+def _strip_prefix(state: dict[str, Any], model_keys: set[str]) -> dict[str, Any]:
+    """Drop a common key prefix (``model.``, ``net.``, ``module.``) that a wrapper added."""
+    if set(state) & model_keys:
+        return state
+    for key in state:
+        for i, char in enumerate(key):
+            if char == ".":
+                prefix = key[: i + 1]
+                stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+                if set(stripped) & model_keys:
+                    return stripped
+        break
+    return state
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a ``state_dict`` or a Lightning checkpoint into ``model``, strictly.
+
+    Raises:
+        UserError: If the file is missing or unreadable, or its keys or shapes do not fit.
+
+    Example:
+        >>> net = torch.nn.Linear(2, 2)
+        >>> torch.save(net.state_dict(), "/tmp/_lin.pt")
+        >>> load_checkpoint(torch.nn.Linear(2, 2), "/tmp/_lin.pt")
+    """
+    file = resolve_path(path)
+    if not file.is_file():
+        raise UserError(f"model.checkpoint={path} does not exist: pass the path of a state_dict file")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
+        raise UserError(
+            f"model.checkpoint={path} is not a readable torch checkpoint ({type(error).__name__}); "
+            "pass a file written by torch.save(model.state_dict()) or a Lightning .ckpt"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # Lightning checkpoint
+    if not isinstance(state, dict):
+        raise UserError(f"model.checkpoint={path} holds no state_dict")
+    model_state = model.state_dict()
+    state = _strip_prefix(state, set(model_state))
+    missing = sorted(set(model_state) - set(state))
+    unexpected = sorted(set(state) - set(model_state))
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in model_state.items()
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or mismatched:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        if mismatched:
+            details.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[0]})")
+        raise UserError(
+            f"model.checkpoint={path} does not fit model.name={type(model).__name__}: "
+            f"{'; '.join(details)}; check model.name, model.num_classes and model.kwargs"
+        )
+    model.load_state_dict(state)
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the torchvision model of ``config`` in eval mode, with its weights.
+
+    Example:
+        >>> build_model(ModelConfig(name="resnet18", num_classes=10)).fc.out_features
+        10
+    """
+    kwargs = dict(config.kwargs)
+    weights = config.weights
+    if weights is not None:
+        try:
+            weights_enum = torchvision.models.get_model_weights(config.name)
+            weight = weights_enum[weights] if weights != "DEFAULT" else weights_enum.DEFAULT
+        except (KeyError, ValueError):
+            raise UserError(
+                f"model.weights={weights!r} is not a weight of {config.name}; use DEFAULT, null or "
+                "one of torchvision.models.get_model_weights(name)"
+            ) from None
+        categories = len(weight.meta.get("categories", [])) or config.num_classes
+        if categories != config.num_classes:
+            raise UserError(
+                f"model.weights={weights} has {categories} classes but model.num_classes="
+                f"{config.num_classes}: set model.weights=null and model.checkpoint=PATH"
+            )
+        try:
+            model = torchvision.models.get_model(config.name, weights=weight, **kwargs)
+        except OSError as error:  # includes URLError: no network
+            raise UserError(
+                f"could not fetch the torchvision weights {weight} ({type(error).__name__}); "
+                "offline, download them elsewhere and pass model.checkpoint=PATH "
+                "(and model.weights=null)"
+            ) from None
+    else:
+        model = torchvision.models.get_model(config.name, num_classes=config.num_classes, **kwargs)
+        if config.checkpoint is None:
+            log.warning("model.weights and model.checkpoint are both unset: the model is untrained")
+    if config.checkpoint is not None:
+        load_checkpoint(model, config.checkpoint)
+    return model.eval()

@@ -1,0 +1,93 @@
+"""The whole run's settings as typed, validated dataclasses, built from a Hydra config."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from adaround_lightning.config import AdaroundConfig, QuantConfig
+from adaround_lightning.data.sources import CalibrationConfig, DataConfig
+from adaround_lightning.data.transforms import PreprocessConfig
+from adaround_lightning.errors import UserError
+from adaround_lightning.models import ModelConfig
+
+__all__ = ["RunConfig", "run_config_from"]
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs.
+
+    Attributes:
+        name: The recipe's name.
+        model: Which network.
+        data: Calibration and evaluation data.
+        quant: Bits and layer selection.
+        adaround: Optimisation settings.
+        trainer: Keyword arguments of each Lightning ``Trainer`` (accelerator, devices, precision).
+        seed: Global seed (``lightning.seed_everything``).
+        output_dir: Where outputs go (None: Hydra's run dir, else the working directory).
+    """
+
+    name: str
+    model: ModelConfig
+    data: DataConfig
+    quant: QuantConfig
+    adaround: AdaroundConfig
+    trainer: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    output_dir: str | None = None
+
+
+def _build(cls: type, section: str, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise UserError(f"{section} must be a mapping, got {values!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(
+            f"unknown setting {section}.{unknown[0]}; valid keys of {section}: {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**values)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise UserError(str(error)) from None
+
+
+def run_config_from(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """Resolve and validate a composed config.
+
+    Raises:
+        UserError: On a missing section, an unknown key or an invalid value.
+
+    Example:
+        >>> run_config_from({"name": "x", "model": {"name": "resnet18"}, "data": {},
+        ...                  "quant": {"weight_bits": 3}, "adaround": {}}).quant.weight_bits
+        3
+    """
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    assert isinstance(values, dict)
+    for section in ("model", "data", "quant", "adaround"):
+        if section not in values:
+            raise UserError(f"the config has no '{section}' section; pick a recipe with recipe=NAME")
+    data = dict(values["data"])
+    data["calibration"] = _build(CalibrationConfig, "data.calibration", data.get("calibration", {}))
+    data["preprocess"] = _build(PreprocessConfig, "data.preprocess", data.get("preprocess", {}))
+    adaround = dict(values["adaround"])
+    if "beta_range" in adaround:
+        adaround["beta_range"] = tuple(adaround["beta_range"])
+    return RunConfig(
+        name=str(values.get("name", "custom")),
+        model=_build(ModelConfig, "model", values["model"]),
+        data=_build(DataConfig, "data", data),
+        quant=_build(QuantConfig, "quant", values["quant"]),
+        adaround=_build(AdaroundConfig, "adaround", adaround),
+        trainer=dict(values.get("trainer") or {}),
+        seed=int(values.get("seed", 0)),
+        output_dir=values.get("output_dir"),
+    )
