@@ -15,12 +15,12 @@ from adaround_lightning.loss import AdaptiveRoundingLoss
 from adaround_lightning.quantizer import AdaroundFakeQuantizer
 
 __all__ = [
-    "AdaroundFakeQuantizer",
     "AdaptiveRoundingLoss",
     "AdaroundConfig",
-    "QuantConfig",
+    "AdaroundFakeQuantizer",
     "AdaroundResult",
     "LayerReport",
+    "QuantConfig",
     "adaround",
 ]
 __version__ = "0.1.0"

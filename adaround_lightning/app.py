@@ -24,7 +24,7 @@ from adaround_lightning.evaluate import evaluate
 from adaround_lightning.models import build_model
 from adaround_lightning.settings import RunConfig, run_config_from
 
-__all__ = ["run", "output_dir_of", "atomic_write_text", "atomic_torch_save", "summary_table"]
+__all__ = ["atomic_torch_save", "atomic_write_text", "output_dir_of", "run", "summary_table"]
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,11 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     settings = run_config_from(cfg)
     out_dir = output_dir_of(settings)
     out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_yaml(OmegaConf.create(cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)))
+    resolved = OmegaConf.to_yaml(
+        OmegaConf.create(
+            cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+        )
+    )
     atomic_write_text(out_dir / "config.yaml", resolved)
     results_path = out_dir / "results.json"
     if results_path.exists():
@@ -115,8 +119,12 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     model = build_model(settings.model)
     images = calibration_images(settings.data)
     eval_set = evaluation_dataset(settings.data)
-    log.info("calibration: %d images %s; evaluation: %d images", images.shape[0],
-             tuple(images.shape[1:]), len(eval_set))  # type: ignore[arg-type]
+    log.info(
+        "calibration: %d images %s; evaluation: %d images",
+        images.shape[0],
+        tuple(images.shape[1:]),
+        len(eval_set),
+    )  # type: ignore[arg-type]
 
     result = adaround(model, images, settings.quant, settings.adaround, settings.trainer)
 

@@ -44,9 +44,9 @@ def recipes() -> list[str]:
 def _check_recipe(argv: list[str]) -> None:
     for arg in argv:
         key, _, value = arg.partition("=")
-        if key.lstrip("+~") == "recipe" and value and "," not in value and "(" not in value:
-            if value not in recipes():
-                _fail(f"unknown recipe {value!r}: use recipe=NAME with NAME one of {', '.join(recipes())}")
+        simple = value and "," not in value and "(" not in value
+        if key.lstrip("+~") == "recipe" and simple and value not in recipes():
+            _fail(f"unknown recipe {value!r}: use recipe=NAME, NAME one of {', '.join(recipes())}")
 
 
 def _fail(message: str) -> None:

@@ -1,7 +1,8 @@
 """Typed settings of a calibration, validated on construction.
 
 Example:
-    >>> QuantConfig(weight_bits=3, per_channel=True, first_layer_bits=8).bits_for("conv1", True, False)
+    >>> quant = QuantConfig(weight_bits=3, per_channel=True, first_layer_bits=8)
+    >>> quant.bits_for("conv1", is_first=True, is_last=False)
     8
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 
 from adaround_lightning.loss import DEFAULT_REG_PARAM
 
-__all__ = ["QuantConfig", "AdaroundConfig"]
+__all__ = ["AdaroundConfig", "QuantConfig"]
 
 
 def _check_bits(name: str, bits: Any) -> None:
@@ -107,7 +108,9 @@ class AdaroundConfig:
             raise ValueError(f"adaround.lr must be > 0, got {self.lr}")
         self.beta_range = tuple(float(b) for b in self.beta_range)  # type: ignore[assignment]
         if len(self.beta_range) != 2 or min(self.beta_range) <= 0:
-            raise ValueError(f"adaround.beta_range must be two positive numbers, got {self.beta_range}")
+            raise ValueError(
+                f"adaround.beta_range must be two positive numbers, got {self.beta_range}"
+            )
         if not 0.0 <= self.warm_start < 1.0:
             raise ValueError(f"adaround.warm_start must be in [0, 1), got {self.warm_start}")
         if self.reconstruction not in DEFAULT_REG_PARAM:

@@ -28,7 +28,7 @@ from torch import nn
 __all__ = ["CalibrationCache", "RandomBatches", "capture_input", "capture_output"]
 
 
-class _Captured(Exception):
+class _CapturedError(Exception):
     """Raised by a hook to stop a forward pass once the wanted tensor is captured."""
 
 
@@ -79,17 +79,19 @@ class RandomBatches:
             yield self.inputs[idx], self.targets[idx]
 
 
-def _run_until(model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int, *, output: bool) -> torch.Tensor:
+def _run_until(
+    model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int, *, output: bool
+) -> torch.Tensor:
     """Run ``model`` over ``data`` in chunks; return ``module``'s first input (or its output)."""
     pieces: list[torch.Tensor] = []
 
     def pre_hook(_m: nn.Module, args: tuple) -> None:
         pieces.append(args[0].detach())
-        raise _Captured
+        raise _CapturedError
 
     def post_hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
         pieces.append(out.detach())
-        raise _Captured
+        raise _CapturedError
 
     handle = (
         module.register_forward_hook(post_hook)
@@ -101,7 +103,7 @@ def _run_until(model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: i
             for start in range(0, data.shape[0], chunk):
                 try:
                     model(data[start : start + chunk])
-                except _Captured:
+                except _CapturedError:
                     pass
                 else:
                     raise RuntimeError(
@@ -113,7 +115,9 @@ def _run_until(model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: i
     return torch.cat(pieces)
 
 
-def capture_input(model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def capture_input(
+    model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
     """First positional input of ``module`` while ``model`` runs on ``data``, shape ``(N, ...)``.
 
     The forward pass stops as soon as ``module`` is reached, so later layers cost nothing.
@@ -126,7 +130,9 @@ def capture_input(model: nn.Module, module: nn.Module, data: torch.Tensor, chunk
     return _run_until(model, module, data, chunk, output=False)
 
 
-def capture_output(model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+def capture_output(
+    model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
     """Output of ``module`` while ``model`` runs on ``data``, shape ``(N, ...)``.
 
     Example:

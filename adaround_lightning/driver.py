@@ -35,15 +35,19 @@ from adaround_lightning.config import AdaroundConfig, QuantConfig
 from adaround_lightning.datamodule import CalibrationCache
 from adaround_lightning.graph import trace_network
 from adaround_lightning.loss import AdaptiveRoundingLoss
-from adaround_lightning.module import LayerReconstruction, forward_with_weight, functional_activation
+from adaround_lightning.module import (
+    LayerReconstruction,
+    forward_with_weight,
+    functional_activation,
+)
 from adaround_lightning.quantizer import AdaroundFakeQuantizer, bits_to_range
 
 __all__ = [
-    "LayerReport",
     "AdaroundResult",
+    "LayerReport",
     "adaround",
-    "make_quantizer",
     "calibration_tensor",
+    "make_quantizer",
     "quiet_lightning",
 ]
 
@@ -392,14 +396,22 @@ def adaround(
             assert cache.inputs is not None and cache.targets is not None
             nearest_weight = quantizer.nearest_integer_weight().float() * quantizer.scale
             mse_nearest = _output_mse(
-                q_layer, nearest_weight, activation, cache.inputs, cache.targets,
+                q_layer,
+                nearest_weight,
+                activation,
+                cache.inputs,
+                cache.targets,
                 config.forward_batch_size,
             )
             mse_adaround = _output_mse(
-                q_layer, q_layer.weight, activation, cache.inputs, cache.targets,
+                q_layer,
+                q_layer.weight,
+                activation,
+                cache.inputs,
+                cache.targets,
                 config.forward_batch_size,
             )
-            flipped = (quantizer.integer_weight() != quantizer.nearest_integer_weight())
+            flipped = quantizer.integer_weight() != quantizer.nearest_integer_weight()
             report = LayerReport(
                 name=info.name,
                 type=type(q_layer).__name__,
@@ -419,8 +431,15 @@ def adaround(
             reports.append(report)
             log.info(
                 "[%d/%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
-                len(reports), total_layers, info.name, report.type, bits, mse_nearest,
-                mse_adaround, 100 * report.flipped_fraction, report.seconds,
+                len(reports),
+                total_layers,
+                info.name,
+                report.type,
+                bits,
+                mse_nearest,
+                mse_adaround,
+                100 * report.flipped_fraction,
+                report.seconds,
             )
         cache.release()
 

@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 __all__ = [
+    "ACTIVATION_TYPES",
     "BLOCK_TYPES",
     "QUANTIZABLE_TYPES",
-    "ACTIVATION_TYPES",
     "UNSUPPORTED_TYPES",
-    "LayerInfo",
     "Block",
+    "LayerInfo",
     "NetworkTrace",
     "trace_network",
 ]
@@ -138,7 +138,7 @@ def trace_network(
         which layer-wise AdaRound cannot handle: they are left in float).
 
     Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
         >>> trace = trace_network(net.eval(), torch.randn(2, 3, 8, 8))
         >>> [(layer.name, layer.activation) for layer in trace.layers]
         [('0', '1'), ('3', None)]
@@ -202,7 +202,11 @@ def trace_network(
             if name not in unsupported:
                 unsupported.append(name)
         elif source is not None and isinstance(output, torch.Tensor):
-            if isinstance(module, _NORM_TYPES) and source.norm is None and source.activation is None:
+            if (
+                isinstance(module, _NORM_TYPES)
+                and source.norm is None
+                and source.activation is None
+            ):
                 source.norm = name
                 produced_by[id(output)] = (source, out_version)
             elif isinstance(module, _PASS_THROUGH):

@@ -25,7 +25,7 @@ import torch
 
 from adaround_lightning.quantizer import rectified_sigmoid
 
-__all__ = ["AdaptiveRoundingLoss", "Reconstruction", "DEFAULT_REG_PARAM"]
+__all__ = ["DEFAULT_REG_PARAM", "AdaptiveRoundingLoss", "Reconstruction"]
 
 Reconstruction = Literal["paper", "mean"]
 
@@ -34,7 +34,7 @@ DEFAULT_REG_PARAM: dict[str, float] = {"paper": 0.01, "mean": 0.001}
 
 
 class AdaptiveRoundingLoss(torch.nn.Module):
-    """The two terms of AdaRound's objective, returned separately as ``(regularization, reconstruction)``.
+    """The two terms of AdaRound's objective, returned as ``(regularization, reconstruction)``.
 
     Args:
         max_iter: Number of optimisation steps; ``curr_iter`` runs over ``0 .. max_iter - 1``.
@@ -148,7 +148,7 @@ class AdaptiveRoundingLoss(torch.nn.Module):
         return error.sum(dim=1).mean()
 
     def rounding_regularization(self, V: torch.Tensor, curr_iter: int) -> torch.Tensor:
-        """``lambda * f_reg(V)`` at ``curr_iter``; a zero on ``V``'s device during the warm start."""
+        """``lambda * f_reg(V)`` at ``curr_iter``; zero on ``V``'s device in the warm start."""
         if not self.is_regularized(curr_iter):
             return V.new_zeros(())
         return self.reg_param * self.regularizer(V, self.beta(curr_iter))

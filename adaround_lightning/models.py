@@ -1,4 +1,4 @@
-"""Build the network to quantize: any torchvision classification model, optionally from a checkpoint."""
+"""Build the network to quantize: a torchvision classifier, optionally from a checkpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from adaround_lightning.errors import UserError
 
-__all__ = ["ModelConfig", "build_model", "load_checkpoint", "resolve_path", "ASSETS_DIR"]
+__all__ = ["ASSETS_DIR", "ModelConfig", "build_model", "load_checkpoint", "resolve_path"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,14 @@ class ModelConfig:
                 f"model.name={self.name!r} is not a torchvision classification model; "
                 f"choose one of torchvision.models.list_models(), e.g. resnet18, mobilenet_v2"
             )
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise UserError(f"model.num_classes must be a positive integer, got {self.num_classes!r}")
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 1
+        ):
+            raise UserError(
+                f"model.num_classes must be a positive integer, got {self.num_classes!r}"
+            )
         self.kwargs = dict(self.kwargs)
 
 
@@ -94,10 +100,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """
     file = resolve_path(path)
     if not file.is_file():
-        raise UserError(f"model.checkpoint={path} does not exist: pass the path of a state_dict file")
+        raise UserError(
+            f"model.checkpoint={path} does not exist: pass the path of a state_dict file"
+        )
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
+    except Exception as error:
         raise UserError(
             f"model.checkpoint={path} is not a readable torch checkpoint ({type(error).__name__}); "
             "pass a file written by torch.save(model.state_dict()) or a Lightning .ckpt"

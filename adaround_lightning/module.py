@@ -100,7 +100,9 @@ class LayerReconstruction(L.LightningModule):
         out = forward_with_weight(self.layer, x, self.quantizer.quantize_with(h_V))
         return self.activation(out) if self.activation is not None else out
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         inputs, targets = batch
         curr_iter = self.trainer.global_step  # 0 in the first step
         if curr_iter >= self.loss.max_iter:
@@ -120,10 +122,20 @@ class LayerReconstruction(L.LightningModule):
         self.history[curr_iter, 0] = reconstruction.detach()
         self.history[curr_iter, 1] = regularization.detach()
         batch_size = inputs.shape[0]
-        self.log("reconstruction", reconstruction.detach(), on_step=False, on_epoch=True,
-                 batch_size=batch_size)
-        self.log("regularization", regularization.detach(), on_step=False, on_epoch=True,
-                 batch_size=batch_size)
+        self.log(
+            "reconstruction",
+            reconstruction.detach(),
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+        )
+        self.log(
+            "regularization",
+            regularization.detach(),
+            on_step=False,
+            on_epoch=True,
+            batch_size=batch_size,
+        )
         return reconstruction + regularization
 
     def on_train_end(self) -> None:

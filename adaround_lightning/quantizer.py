@@ -24,12 +24,12 @@ from adaround_lightning.observers import (
 )
 
 __all__ = [
-    "ZETA",
     "GAMMA",
+    "ZETA",
     "AdaroundFakeQuantizer",
-    "rectified_sigmoid",
-    "inverse_rectified_sigmoid",
     "bits_to_range",
+    "inverse_rectified_sigmoid",
+    "rectified_sigmoid",
 ]
 
 #: Stretch parameters of the rectified sigmoid, paper eq. (23).
@@ -71,7 +71,7 @@ def rectified_sigmoid(V: torch.Tensor) -> torch.Tensor:
 
 
 def inverse_rectified_sigmoid(h: torch.Tensor) -> torch.Tensor:
-    """``V`` such that ``h(V) = h`` for ``h`` in [0, 1] (the logit of ``(h - gamma) / (zeta - gamma)``).
+    """``V`` with ``h(V) = h`` for ``h`` in [0, 1]: the logit of ``(h - gamma) / (zeta - gamma)``.
 
     ``h`` is clamped to [0, 1] first, so float round-off in a fractional part never yields NaN:
     ``(h - gamma) / (zeta - gamma)`` then lies in ``[1/12, 11/12]`` and the logit is finite.
@@ -187,7 +187,7 @@ class AdaroundFakeQuantizer(FakeQuantize):
     @property
     def bits(self) -> int:
         """Bit width of the grid, ``log2(quant_max - quant_min + 1)``."""
-        return int(round(math.log2(self.quant_max - self.quant_min + 1)))
+        return round(math.log2(self.quant_max - self.quant_min + 1))
 
     def _load_from_state_dict(
         self,

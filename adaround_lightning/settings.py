@@ -49,7 +49,8 @@ def _build(cls: type, section: str, values: Any) -> Any:
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(
-            f"unknown setting {section}.{unknown[0]}; valid keys of {section}: {', '.join(sorted(known))}"
+            f"unknown setting {section}.{unknown[0]}; "
+            f"valid keys of {section}: {', '.join(sorted(known))}"
         )
     try:
         return cls(**values)
@@ -74,7 +75,9 @@ def run_config_from(cfg: DictConfig | dict[str, Any]) -> RunConfig:
     assert isinstance(values, dict)
     for section in ("model", "data", "quant", "adaround"):
         if section not in values:
-            raise UserError(f"the config has no '{section}' section; pick a recipe with recipe=NAME")
+            raise UserError(
+                f"the config has no '{section}' section; pick a recipe with recipe=NAME"
+            )
     data = dict(values["data"])
     data["calibration"] = _build(CalibrationConfig, "data.calibration", data.get("calibration", {}))
     data["preprocess"] = _build(PreprocessConfig, "data.preprocess", data.get("preprocess", {}))

@@ -12,7 +12,9 @@ class TinyCNN(nn.Module):
 
     def __init__(self, num_classes: int = 4) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+        )
         self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
         self.act = nn.ReLU6()
         self.grouped = nn.Conv2d(8, 8, 1, groups=2)

@@ -34,11 +34,15 @@ def test_schedule_at_boundaries(max_iter: int, warm: float) -> None:
     # First regularized step: beta is the start value (20) when warm*max_iter is an integer.
     reg, _ = loss(out, out, V, warm_end)
     assert loss.beta(warm_end) == pytest.approx(_paper_beta(warm_end, max_iter, warm))
-    assert float(reg) == pytest.approx(0.01 * _paper_reg(V, _paper_beta(warm_end, max_iter, warm)), rel=1e-5)
+    assert float(reg) == pytest.approx(
+        0.01 * _paper_reg(V, _paper_beta(warm_end, max_iter, warm)), rel=1e-5
+    )
     last = max_iter - 1
     reg, _ = loss(out, out, V, last)
     assert loss.beta(last) == pytest.approx(_paper_beta(last, max_iter, warm))
-    assert float(reg) == pytest.approx(0.01 * _paper_reg(V, _paper_beta(last, max_iter, warm)), rel=1e-5)
+    assert float(reg) == pytest.approx(
+        0.01 * _paper_reg(V, _paper_beta(last, max_iter, warm)), rel=1e-5
+    )
     betas, weights = loss.schedule(dtype=torch.float64)
     assert betas[warm_end] == pytest.approx(_paper_beta(warm_end, max_iter, warm))
     assert torch.all(weights[:warm_end] == 0) and torch.all(weights[warm_end:] == 0.01)
@@ -80,8 +84,13 @@ def test_iter_out_of_range(curr_iter: int) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_iter": 0}, {"max_iter": 10, "warm_start": 1.0}, {"max_iter": 10, "beta_range": (0, 2)},
-     {"max_iter": 10, "reconstruction": "sum"}, {"max_iter": 10, "reg_param": -1.0}],
+    [
+        {"max_iter": 0},
+        {"max_iter": 10, "warm_start": 1.0},
+        {"max_iter": 10, "beta_range": (0, 2)},
+        {"max_iter": 10, "reconstruction": "sum"},
+        {"max_iter": 10, "reg_param": -1.0},
+    ],
 )
 def test_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):

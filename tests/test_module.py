@@ -19,9 +19,16 @@ class RecordingModule(LayerReconstruction):
 
 
 def _trainer(steps: int) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, max_steps=steps, max_epochs=1, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
 
 
 def test_curr_iter_follows_global_step_and_layer_gets_hard_weights() -> None:

@@ -40,7 +40,9 @@ def _reference_scale(w: torch.Tensor, qmax: int, per_channel: bool) -> torch.Ten
 @pytest.mark.parametrize("kind", sorted(WEIGHTS))
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("per_channel", [True, False])
-def test_init_reproduces_float_weight_and_scale_shapes(kind: str, bits: int, per_channel: bool) -> None:
+def test_init_reproduces_float_weight_and_scale_shapes(
+    kind: str, bits: int, per_channel: bool
+) -> None:
     torch.manual_seed(bits)
     w = WEIGHTS[kind]().detach()
     fq = _quantizer(bits, per_channel)

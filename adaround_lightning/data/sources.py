@@ -28,12 +28,12 @@ from adaround_lightning.errors import UserError
 from adaround_lightning.models import ASSETS_DIR
 
 __all__ = [
+    "EMBEDDED_SAMPLE",
+    "SOURCES",
     "CalibrationConfig",
     "DataConfig",
-    "SOURCES",
     "calibration_images",
     "evaluation_dataset",
-    "EMBEDDED_SAMPLE",
 ]
 
 log = logging.getLogger(__name__)
@@ -93,13 +93,19 @@ class DataConfig:
         if isinstance(self.preprocess, dict):
             self.preprocess = PreprocessConfig(**self.preprocess)
         if self.source not in SOURCES:
-            raise UserError(f"data.source={self.source!r} is unknown; use one of {', '.join(SOURCES)}")
+            raise UserError(
+                f"data.source={self.source!r} is unknown; use one of {', '.join(SOURCES)}"
+            )
         if self.source != "embedded":
             if not self.root:
-                raise UserError(f"data.root is not set: pass data.root=PATH for data.source={self.source}")
+                raise UserError(
+                    f"data.root is not set: pass data.root=PATH for data.source={self.source}"
+                )
             root = Path(self.root).expanduser()
             if not root.is_dir():
-                raise UserError(f"data.root={self.root} is not a folder: pass an existing data.root=PATH")
+                raise UserError(
+                    f"data.root={self.root} is not a folder: pass an existing data.root=PATH"
+                )
         if self.eval_size is not None and self.eval_size < 1:
             raise UserError(f"data.eval_size must be positive or null, got {self.eval_size}")
         if self.batch_size < 1 or self.num_workers < 0:
@@ -109,7 +115,9 @@ class DataConfig:
 def _draw(count: int, size: int, seed: int) -> torch.Tensor:
     """``min(size, count)`` distinct indices drawn with ``seed``, sorted."""
     if size > count:
-        log.warning("asked for %d calibration images, only %d are available: using all", size, count)
+        log.warning(
+            "asked for %d calibration images, only %d are available: using all", size, count
+        )
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(count, generator=generator)[: min(size, count)].sort().values
 

@@ -9,7 +9,7 @@ import torchvision.transforms.v2 as T
 
 from adaround_lightning.errors import UserError
 
-__all__ = ["PreprocessConfig", "build_transform", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PreprocessConfig", "build_transform"]
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
