@@ -25,6 +25,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from adaround_lightning.errors import UserError
+
 __all__ = ["CalibrationCache", "RandomBatches", "capture_input", "capture_output"]
 
 
@@ -173,7 +175,7 @@ class CalibrationCache(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if calibration_images.shape[0] == 0:
-            raise ValueError("the calibration set is empty: give at least one sample")
+            raise UserError("the calibration set is empty: give at least one sample")
         self.calibration_images = calibration_images
         self.batch_size = batch_size
         self.num_steps = num_steps
@@ -221,7 +223,7 @@ class CalibrationCache(L.LightningDataModule):
         if activation is not None:
             targets = activation(targets)
         if not torch.isfinite(targets).all() or not torch.isfinite(self.inputs).all():
-            raise ValueError("non-finite activations in the calibration data")
+            raise UserError("non-finite activations in the calibration data")
         self.targets = targets
         self.layer_index = layer_index
 

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from adaround_lightning.bn_fold import fold_batch_norms
 from adaround_lightning.config import AdaroundConfig, QuantConfig
 from adaround_lightning.datamodule import CalibrationCache
+from adaround_lightning.errors import UserError
 from adaround_lightning.graph import trace_network
 from adaround_lightning.loss import AdaptiveRoundingLoss
 from adaround_lightning.module import (
@@ -186,7 +187,7 @@ def calibration_tensor(
         if count >= num_samples:
             break
     if not pieces:
-        raise ValueError("the calibration set is empty: give at least one sample")
+        raise UserError("the calibration set is empty: give at least one sample")
     return torch.cat(pieces)
 
 
@@ -315,25 +316,25 @@ def adaround(
 
     images = calibration_tensor(calibration_data, config.num_samples).to(device)
     if images.shape[0] < config.batch_size:
-        raise ValueError(
+        raise UserError(
             f"the calibration set has {images.shape[0]} samples, fewer than one batch "
             f"(adaround.batch_size={config.batch_size}): give more samples or lower the batch size"
         )
     if not torch.is_floating_point(images):
-        raise ValueError(f"calibration inputs must be floating point, got {images.dtype}")
+        raise UserError(f"calibration inputs must be floating point, got {images.dtype}")
     example = images[:2]
 
     fp_model = copy.deepcopy(model).eval().to(device)
     for name, parameter in fp_model.named_parameters():
         if not torch.isfinite(parameter).all():
-            raise ValueError(f"parameter {name!r} contains NaN or Inf: fix the checkpoint first")
+            raise UserError(f"parameter {name!r} contains NaN or Inf: fix the checkpoint first")
     fold_batch_norms(fp_model, example)
     for parameter in fp_model.parameters():
         parameter.requires_grad_(False)
     q_model = copy.deepcopy(fp_model)
     trace = trace_network(fp_model, example)
     if not trace.layers:
-        raise ValueError("the model has no Conv1d/2d/3d or Linear layer to quantize")
+        raise UserError("the model has no Conv1d/2d/3d or Linear layer to quantize")
 
     skipped: dict[str, str] = {}
     for name in trace.unsupported:
@@ -375,7 +376,7 @@ def adaround(
             try:
                 cache.cache_layer(fp_block, q_block, fp_layer, q_layer, activation, len(reports))
             except ValueError as error:
-                raise ValueError(f"layer {info.name!r}: {error}") from None
+                raise UserError(f"layer {info.name!r}: {error}") from None
             bits = quant.bits_for(info.name, info.name == first, info.name == last)
             quantizer = make_quantizer(bits, quant.per_channel).to(device)
             quantizer(q_layer.weight)  # the observer sets the scale, V starts at frac(W/s)

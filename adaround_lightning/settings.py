@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from adaround_lightning.config import AdaroundConfig, QuantConfig
 from adaround_lightning.data.sources import CalibrationConfig, DataConfig
@@ -71,7 +72,16 @@ def run_config_from(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         ...                  "quant": {"weight_bits": 3}, "adaround": {}}).quant.weight_bits
         3
     """
-    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    if isinstance(cfg, DictConfig):
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise UserError(f"{missing[0]} is not set: pass {missing[0]}=VALUE on the command line")
+        try:
+            values = OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as error:
+            raise UserError(f"the config does not resolve: {str(error).splitlines()[0]}") from None
+    else:
+        values = dict(cfg)
     assert isinstance(values, dict)
     for section in ("model", "data", "quant", "adaround"):
         if section not in values:

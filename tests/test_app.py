@@ -1,0 +1,168 @@
+"""The Hydra app: every recipe composes; run() and the command line end to end; bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from adaround_lightning.app import run
+from adaround_lightning.cli import CONFIG_DIR, recipes
+from adaround_lightning.errors import UserError
+from adaround_lightning.models import ModelConfig, build_model
+from adaround_lightning.settings import run_config_from
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = [
+    "adaround.iters=10",
+    "adaround.num_samples=64",
+    "data.calibration.size=64",
+    "data.eval_size=300",
+    "trainer.accelerator=cpu",
+]
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides)
+
+
+def _image_tree(root: Path, classes: int = 2, per_class: int = 3) -> Path:
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (40, 30), color=(c * 80, i * 40, 10)).save(folder / f"{i}.png")
+    return root
+
+
+def test_recipes_are_listed() -> None:
+    assert {"quickstart", "mobilenetv2", "resnet18", "resnet50"} <= set(recipes())
+
+
+@pytest.mark.parametrize("recipe", ["quickstart", "mobilenetv2", "resnet18", "resnet50"])
+def test_every_recipe_composes_and_instantiates(recipe: str, tmp_path: Path) -> None:
+    cfg = _compose([f"recipe={recipe}", f"data.root={_image_tree(tmp_path)}"])
+    settings = run_config_from(cfg)
+    assert settings.name == recipe
+    if recipe != "quickstart":
+        # The paper's settings, ImageNet layout, torchvision weights that exist.
+        assert settings.quant.weight_bits == 4 and settings.adaround.iters == 10000
+        assert settings.adaround.batch_size == 32 and settings.data.calibration.size == 1024
+        assert settings.data.source == "imagenet" and settings.data.preprocess.crop == 224
+        assert settings.model.weights in torchvision.models.get_model_weights(
+            settings.model.name
+        ).__members__
+        settings.model.weights = None  # no download in tests: the architecture only
+    model = build_model(settings.model)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, settings.model.num_classes)
+
+
+@pytest.mark.parametrize("group", ["data=fashion_mnist", "data=imagefolder", "data=imagenet"])
+def test_every_data_option_composes(group: str, tmp_path: Path) -> None:
+    cfg = _compose([group, f"data.root={tmp_path}"])
+    assert run_config_from(cfg).data.root == str(tmp_path)
+
+
+def test_offline_weights_name_the_checkpoint_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+    with pytest.raises(UserError, match="model.checkpoint=PATH"):
+        build_model(ModelConfig(name="resnet18", weights="IMAGENET1K_V1"))
+
+
+def test_run_on_an_image_folder(tmp_path: Path) -> None:
+    root = _image_tree(tmp_path / "data", classes=3, per_class=12)
+    checkpoint = tmp_path / "net.pt"
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}, checkpoint)
+    cfg = _compose(
+        [
+            "data=imagefolder",
+            f"data.root={root}",
+            "data.num_workers=0",
+            "data.preprocess.resize=32",
+            "data.preprocess.crop=32",
+            "model.name=resnet18",
+            "model.num_classes=3",
+            f"model.checkpoint={checkpoint}",
+            "adaround.iters=3",
+            "adaround.batch_size=8",
+            "trainer.accelerator=cpu",
+            f"output_dir={tmp_path / 'out'}",
+        ]
+    )
+    results = run(cfg)
+    assert results["finished"] and len(results["layers"]) == 21
+    assert set(results["fp32"]) == {"top1"}  # 3 classes: no top-5
+    assert (tmp_path / "out" / "results.json").is_file()
+    assert (tmp_path / "out" / "quantized_model.pt").is_file()
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "adaround_lightning", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_cli_quickstart_writes_results(tmp_path: Path) -> None:
+    proc = _cli([*FAST, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    for key in ("fp32", "nearest", "adaround"):
+        assert 0 <= results[key]["top1"] <= 100 and results[key]["top5"] >= results[key]["top1"]
+    assert results["recipe"] == "quickstart" and results["finished"] is True
+    assert len(results["layers"]) == 28 and results["seconds"] > 0
+    assert all(layer["iters"] == 10 for layer in results["layers"])
+    assert (tmp_path / "run" / "quantized_model.pt").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    assert "AdaRound" in proc.stdout and "round-to-nearest" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["recipe=nosuch"], "unknown recipe"),
+        (["recipe=resnet18"], "data.root"),
+        (["data=imagefolder", "data.root=/nonexistent/folder"], "data.root"),
+        (["data=imagefolder", "data.root=EMPTY"], "holds no images"),
+        (["model.checkpoint=/nonexistent/model.pt"], "does not exist"),
+        (["model.num_classes=7"], "does not fit"),
+        (["quant.weight_bits=9"], "2 to 8"),
+        (["quant.weight_bits=1"], "2 to 8"),
+        (["adaround.batch_size=5000"], "fewer than one batch"),
+    ],
+)
+def test_bad_inputs_give_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    (empty / "val").mkdir()
+    args = [a.replace("EMPTY", str(empty)) for a in args]
+    proc = _cli([*FAST, *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
