@@ -171,7 +171,15 @@ def build_model(config: ModelConfig) -> nn.Module:
                 "(and model.weights=null)"
             ) from None
     else:
-        model = torchvision.models.get_model(config.name, num_classes=config.num_classes, **kwargs)
+        try:
+            model = torchvision.models.get_model(
+                config.name, num_classes=config.num_classes, **kwargs
+            )
+        except TypeError as error:
+            raise UserError(
+                f"model.kwargs do not fit {config.name} ({error}); "
+                "set model.kwargs={} or the builder's own arguments"
+            ) from None
         if config.checkpoint is None:
             log.warning("model.weights and model.checkpoint are both unset: the model is untrained")
     if config.checkpoint is not None:

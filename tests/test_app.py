@@ -49,22 +49,23 @@ def _image_tree(root: Path, classes: int = 2, per_class: int = 3) -> Path:
 
 
 def test_recipes_are_listed() -> None:
-    assert {"quickstart", "mobilenetv2", "resnet18", "resnet50"} <= set(recipes())
+    assert {"quickstart", "mobilenetv2", "resnet18", "resnet50", "custom"} <= set(recipes())
 
 
-@pytest.mark.parametrize("recipe", ["quickstart", "mobilenetv2", "resnet18", "resnet50"])
+@pytest.mark.parametrize("recipe", ["quickstart", "mobilenetv2", "resnet18", "resnet50", "custom"])
 def test_every_recipe_composes_and_instantiates(recipe: str, tmp_path: Path) -> None:
     cfg = _compose([f"recipe={recipe}", f"data.root={_image_tree(tmp_path)}"])
     settings = run_config_from(cfg)
     assert settings.name == recipe
-    if recipe != "quickstart":
+    if recipe not in ("quickstart", "custom"):
         # The paper's settings, ImageNet layout, torchvision weights that exist.
         assert settings.quant.weight_bits == 4 and settings.adaround.iters == 10000
         assert settings.adaround.batch_size == 32 and settings.data.calibration.size == 1024
         assert settings.data.source == "imagenet" and settings.data.preprocess.crop == 224
-        assert settings.model.weights in torchvision.models.get_model_weights(
-            settings.model.name
-        ).__members__
+        assert (
+            settings.model.weights
+            in torchvision.models.get_model_weights(settings.model.name).__members__
+        )
         settings.model.weights = None  # no download in tests: the architecture only
     model = build_model(settings.model)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, settings.model.num_classes)
@@ -82,7 +83,7 @@ def test_offline_weights_name_the_checkpoint_option(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
-    with pytest.raises(UserError, match="model.checkpoint=PATH"):
+    with pytest.raises(UserError, match=r"model\.checkpoint=PATH"):
         build_model(ModelConfig(name="resnet18", weights="IMAGENET1K_V1"))
 
 
@@ -94,7 +95,7 @@ def test_run_on_an_image_folder(tmp_path: Path) -> None:
     torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}}, checkpoint)
     cfg = _compose(
         [
-            "data=imagefolder",
+            "recipe=custom",
             f"data.root={root}",
             "data.num_workers=0",
             "data.preprocess.resize=32",
