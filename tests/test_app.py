@@ -136,7 +136,7 @@ def test_cli_quickstart_writes_results(tmp_path: Path) -> None:
     for key in ("fp32", "nearest", "adaround"):
         assert 0 <= results[key]["top1"] <= 100 and results[key]["top5"] >= results[key]["top1"]
     assert results["recipe"] == "quickstart" and results["finished"] is True
-    assert len(results["layers"]) == 28 and results["seconds"] > 0
+    assert len(results["layers"]) == 29 and results["seconds"] > 0
     assert all(layer["iters"] == 10 for layer in results["layers"])
     assert (tmp_path / "run" / "quantized_model.pt").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()
