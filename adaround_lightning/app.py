@@ -6,6 +6,7 @@ tests call directly with a composed config.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -18,11 +19,12 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from adaround_lightning import export
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
-from adaround_lightning.driver import adaround, quiet_lightning, root_device
+from adaround_lightning.driver import AdaroundResult, adaround, quiet_lightning, root_device
 from adaround_lightning.evaluate import evaluate
 from adaround_lightning.models import build_model
-from adaround_lightning.settings import RunConfig, run_config_from
+from adaround_lightning.settings import ExportConfig, RunConfig, run_config_from
 
 __all__ = ["atomic_torch_save", "atomic_write_text", "output_dir_of", "run", "summary_table"]
 
@@ -83,11 +85,77 @@ def summary_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def export_run(
+    result: AdaroundResult, out_dir: Path, example_input: torch.Tensor, config: ExportConfig
+) -> dict[str, Any]:
+    """Write the quantized model and its integer forms to ``out_dir`` (each file atomically).
+
+    Returns:
+        ``{"outputs": {kind: file name}}`` for ``results.json``.
+    """
+    layers = export.quantized_layers(result.quantizers)
+    outputs = {"config": "config.yaml", "quantized_model": export.MODEL_FILE}
+    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    atomic_torch_save(out_dir / export.MODEL_FILE, state)
+    _atomic(
+        out_dir / export.WEIGHTS_FILE, lambda tmp: export.save_quantized_weights(Path(tmp), layers)
+    )
+    outputs["quantized_weights"] = export.WEIGHTS_FILE
+    encodings = export.aimet_encodings(layers)
+    atomic_write_text(out_dir / export.ENCODINGS_FILE, json.dumps(encodings, indent=1))
+    outputs["encodings"] = export.ENCODINGS_FILE
+    atomic_torch_save(out_dir / export.STATE_FILE, export.quantizer_states(result.quantizers))
+    outputs["adaround_state"] = export.STATE_FILE
+    if config.onnx:
+        model = copy.deepcopy(result.model).cpu()
+        _atomic(
+            out_dir / export.ONNX_FILE,
+            lambda tmp: export.export_onnx(model, layers, example_input, Path(tmp), config.opset),
+        )
+        outputs["onnx"] = export.ONNX_FILE
+    return {"outputs": outputs}
+
+
+@torch.no_grad()
+def onnx_evaluation(
+    path: Path,
+    model: torch.nn.Module,
+    dataset: Any,
+    num_classes: int,
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, float]:
+    """Onnxruntime's accuracy on ``dataset`` and its largest logit difference to ``model``."""
+    import onnxruntime as ort
+    from torch.utils.data import DataLoader
+    from torchmetrics.classification import MulticlassAccuracy
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+    top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes >= 5 else None
+    max_diff = 0.0
+    model = model.eval()
+    for images, labels in DataLoader(dataset, batch_size=batch_size):
+        logits = torch.from_numpy(session.run(["logits"], {"input": images.numpy()})[0])
+        reference = model(images.to(device)).float().cpu()
+        max_diff = max(max_diff, float((logits - reference).abs().max()))
+        top1.update(logits, labels)
+        if top5 is not None:
+            top5.update(logits, labels)
+    out = {"top1": round(100.0 * float(top1.compute()), 4)}
+    if top5 is not None:
+        out["top5"] = round(100.0 * float(top5.compute()), 4)
+    out["max_abs_logit_diff"] = max_diff
+    return out
+
+
 def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Calibrate the configured model and write the outputs.
 
-    Writes, in the output directory: ``config.yaml`` (resolved), ``results.json`` and
-    ``quantized_model.pt`` (the BN-folded quantized network's state_dict).
+    Writes, in the output directory: ``config.yaml`` (resolved), the exports of
+    :func:`export_run` and, last, ``results.json`` (``"finished": true``).
 
     Args:
         cfg: A composed config (``conf/config.yaml`` plus a recipe and overrides).
@@ -136,10 +204,13 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         "nearest": evaluate(result.nearest_model(), eval_set, num_classes, device, batch),
         "adaround": evaluate(result.model, eval_set, num_classes, device, batch),
     }
-    atomic_torch_save(
-        out_dir / "quantized_model.pt",
-        {k: v.detach().cpu() for k, v in result.model.state_dict().items()},
-    )
+    exported = export_run(result, out_dir, images[:2], settings.export)
+    if settings.export.onnx:
+        exported["onnx"] = onnx_evaluation(
+            out_dir / export.ONNX_FILE, result.model, eval_set, num_classes, device, batch
+        )
+    if settings.export.verify:
+        exported["grid_check"] = export.verify_grid(out_dir)
     results: dict[str, Any] = {
         "recipe": settings.name,
         "model": settings.model.name,
@@ -150,13 +221,14 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             "first_layer_bits": settings.quant.first_layer_bits,
             "last_layer_bits": settings.quant.last_layer_bits,
         },
+        "input_shape": list(images.shape[1:]),
         "calibration_images": int(images.shape[0]),
         "eval_images": len(eval_set),  # type: ignore[arg-type]
         "layers": [report.to_dict() for report in result.layers],
         "skipped": result.skipped,
         "calibration_seconds": round(result.seconds, 3),
         "seconds": round(time.perf_counter() - start, 3),
-        "outputs": {"quantized_model": "quantized_model.pt", "config": "config.yaml"},
+        **exported,
         "finished": True,
     }
     atomic_write_text(results_path, json.dumps(results, indent=2))

@@ -15,7 +15,29 @@ from adaround_lightning.data.transforms import PreprocessConfig
 from adaround_lightning.errors import UserError
 from adaround_lightning.models import ModelConfig
 
-__all__ = ["RunConfig", "run_config_from"]
+__all__ = ["ExportConfig", "RunConfig", "run_config_from"]
+
+
+@dataclass
+class ExportConfig:
+    """What a run exports besides ``quantized_model.pt``.
+
+    Attributes:
+        onnx: Write ``model.onnx`` (int8 weights through ``DequantizeLinear``) and evaluate it
+            with onnxruntime.
+        opset: ONNX opset (13 or newer: per-axis ``DequantizeLinear``).
+        verify: Run the grid check on the written files at the end of the run.
+    """
+
+    onnx: bool = True
+    opset: int = 17
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.opset < 13:
+            raise UserError(
+                f"export.opset must be >= 13 (per-axis DequantizeLinear), got {self.opset}"
+            )
 
 
 @dataclass
@@ -28,6 +50,7 @@ class RunConfig:
         data: Calibration and evaluation data.
         quant: Bits and layer selection.
         adaround: Optimisation settings.
+        export: What is exported besides the quantized state_dict.
         trainer: Keyword arguments of each Lightning ``Trainer`` (accelerator, devices, precision).
         seed: Global seed (``lightning.seed_everything``).
         output_dir: Where outputs go (None: Hydra's run dir, else the working directory).
@@ -38,6 +61,7 @@ class RunConfig:
     data: DataConfig
     quant: QuantConfig
     adaround: AdaroundConfig
+    export: ExportConfig = field(default_factory=ExportConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     output_dir: str | None = None
@@ -100,6 +124,7 @@ def run_config_from(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         data=_build(DataConfig, "data", data),
         quant=_build(QuantConfig, "quant", values["quant"]),
         adaround=_build(AdaroundConfig, "adaround", adaround),
+        export=_build(ExportConfig, "export", values.get("export") or {}),
         trainer=dict(values.get("trainer") or {}),
         seed=int(values.get("seed", 0)),
         output_dir=values.get("output_dir"),

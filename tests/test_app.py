@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from adaround_lightning.app import run
 from adaround_lightning.cli import CONFIG_DIR, recipes
 from adaround_lightning.errors import UserError
+from adaround_lightning.export import load_quantized, onnx_logits
 from adaround_lightning.models import ModelConfig, build_model
 from adaround_lightning.settings import run_config_from
 
@@ -112,8 +113,20 @@ def test_run_on_an_image_folder(tmp_path: Path) -> None:
     results = run(cfg)
     assert results["finished"] and len(results["layers"]) == 21
     assert set(results["fp32"]) == {"top1"}  # 3 classes: no top-5
-    assert (tmp_path / "out" / "results.json").is_file()
-    assert (tmp_path / "out" / "quantized_model.pt").is_file()
+    out = tmp_path / "out"
+    assert (
+        results["grid_check"]["passed"] and results["onnx"]["top1"] == results["adaround"]["top1"]
+    )
+    assert results["onnx"]["max_abs_logit_diff"] < 1e-3
+    # load_quantized rebuilds the network from the files; onnxruntime agrees with it.
+    rebuilt = load_quantized(out)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        logits = rebuilt(x).numpy()
+    assert abs(onnx_logits(out / "model.onnx", x) - logits).max() < 1e-4
+    state = torch.load(out / "quantized_model.pt", weights_only=True)
+    for key, value in rebuilt.state_dict().items():
+        assert torch.equal(value, state[key]), key
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -138,8 +151,17 @@ def test_cli_quickstart_writes_results(tmp_path: Path) -> None:
     assert results["recipe"] == "quickstart" and results["finished"] is True
     assert len(results["layers"]) == 29 and results["seconds"] > 0
     assert all(layer["iters"] == 10 for layer in results["layers"])
-    assert (tmp_path / "run" / "quantized_model.pt").is_file()
-    assert (tmp_path / "run" / "config.yaml").is_file()
+    for name in (
+        "quantized_model.pt",
+        "config.yaml",
+        "quantized_weights.safetensors",
+        "encodings.json",
+        "model.onnx",
+        "adaround_state.pt",
+    ):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert results["grid_check"]["passed"]
+    assert results["onnx"]["top1"] == results["adaround"]["top1"]
     assert "AdaRound" in proc.stdout and "round-to-nearest" in proc.stdout
 
 

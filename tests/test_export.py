@@ -1,0 +1,147 @@
+"""Export formats: round trips, ONNX parity with onnxruntime, the grid check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from adaround_lightning import AdaroundConfig, QuantConfig, adaround
+from adaround_lightning.app import export_run
+from adaround_lightning.export import (
+    GridCheckError,
+    aimet_encodings,
+    load_quantized_weights,
+    onnx_logits,
+    verify_grid,
+)
+from adaround_lightning.settings import ExportConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _export(model: nn.Module, images: torch.Tensor, bits: int, per_channel: bool, out: Path):
+    result = adaround(
+        model,
+        images,
+        QuantConfig(weight_bits=bits, per_channel=per_channel),
+        AdaroundConfig(iters=8, batch_size=16, seed=bits),
+        {"accelerator": "cpu"},
+    )
+    export_run(result, out, images[:2], ExportConfig(onnx=True))
+    return result
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_round_trip_and_onnx_parity(
+    tiny_cnn: nn.Module, images: torch.Tensor, bits: int, per_channel: bool, tmp_path: Path
+) -> None:
+    result = _export(tiny_cnn, images, bits, per_channel, tmp_path)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    layers = {
+        layer.name: layer
+        for layer in load_quantized_weights(tmp_path / "quantized_weights.safetensors")
+    }
+    assert set(layers) == set(result.quantizers)
+    state = torch.load(tmp_path / "quantized_model.pt", weights_only=True)
+    encodings = json.loads((tmp_path / "encodings.json").read_text())["param_encodings"]
+    for name, fq in result.quantizers.items():
+        layer = layers[name]
+        assert layer.q.dtype == torch.int8 and layer.quant_min == qmin and layer.quant_max == qmax
+        assert int(layer.q.min()) >= qmin and int(layer.q.max()) <= qmax
+        # Safetensors integers are the learned rounding, recomputed from V and W/s in float64.
+        w = result.float_model.get_submodule(name).weight.detach().double()
+        s = fq.scale.double()
+        expected = torch.clamp(torch.floor(w / s) + (fq.V >= 0).double(), qmin, qmax)
+        # floor in float64 may differ from float32 only where W/s is within round-off of an integer
+        differs = layer.q.double() != expected
+        near_integer = ((w / s) - torch.round(w / s)).abs() < 1e-5
+        assert not (differs & ~near_integer).any()
+        assert torch.equal(state[f"{name}.weight"], layer.q.float() * fq.scale)
+        entries = encodings[f"{name}.weight"]
+        assert len(entries) == (w.shape[0] if per_channel else 1)
+        for entry, scale in zip(entries, layer.scale.reshape(-1).tolist(), strict=True):
+            assert entry["bitwidth"] == bits and entry["offset"] == qmin
+            assert entry["min"] == pytest.approx(qmin * scale) and entry["max"] == pytest.approx(
+                qmax * scale
+            )
+    # ONNX: int8 initializers through DequantizeLinear; logits match PyTorch.
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    dequant = [n for n in graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dequant) == len(result.quantizers)
+    weights = {i.name: i for i in graph.initializer if i.name.endswith(".weight_quantized")}
+    assert len(weights) == len(result.quantizers)
+    assert all(w.data_type == onnx.TensorProto.INT8 for w in weights.values())
+    # No float copy of a quantized weight is left in the graph.
+    float_names = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    assert not any(f"{name}.weight" in float_names for name in result.quantizers)
+    x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(bits))
+    with torch.no_grad():
+        reference = result.model(x).numpy()
+    assert np.abs(onnx_logits(tmp_path / "model.onnx", x) - reference).max() < 1e-4
+    assert verify_grid(tmp_path)["passed"]
+
+
+def test_grid_check_catches_a_corrupted_integer(
+    tiny_cnn: nn.Module, images: torch.Tensor, tmp_path: Path
+) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    _export(tiny_cnn, images, 4, True, tmp_path)
+    path = tmp_path / "quantized_weights.safetensors"
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    q = tensors["depthwise.q"]
+    q.view(-1)[3] = q.view(-1)[3] + (1 if q.view(-1)[3] < 7 else -1)
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(GridCheckError, match="depthwise"):
+        verify_grid(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "adaround_lightning.verify", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": ""},
+    )
+    assert proc.returncode == 1 and "depthwise" in proc.stderr
+
+
+def test_grid_check_catches_a_weight_off_the_grid(
+    tiny_cnn: nn.Module, images: torch.Tensor, tmp_path: Path
+) -> None:
+    _export(tiny_cnn, images, 3, False, tmp_path)
+    state = torch.load(tmp_path / "quantized_model.pt", weights_only=True)
+    state["fc.weight"][0, 0] += 1e-6
+    torch.save(state, tmp_path / "quantized_model.pt")
+    with pytest.raises(GridCheckError, match="fc"):
+        verify_grid(tmp_path)
+
+
+def test_aimet_encoding_fields() -> None:
+    from adaround_lightning.export import QuantizedLayer
+
+    layer = QuantizedLayer(
+        "conv", torch.zeros(3, 1, dtype=torch.int8), torch.tensor(0.1), None, -4, 3
+    )
+    entry = aimet_encodings([layer])["param_encodings"]["conv.weight"]
+    assert entry == [
+        {
+            "bitwidth": 3,
+            "dtype": "int",
+            "is_symmetric": "True",
+            "max": pytest.approx(0.3),
+            "min": pytest.approx(-0.4),
+            "offset": -4,
+            "scale": pytest.approx(0.1),
+        }
+    ]
