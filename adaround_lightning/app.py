@@ -67,6 +67,16 @@ def atomic_torch_save(path: Path, obj: Any) -> None:
     _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
+def _task_overrides() -> list[str]:
+    """The command-line overrides of this Hydra job (empty outside Hydra)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):
+        return []
+
+
 def summary_table(results: dict[str, Any]) -> str:
     """The headline table: FP32 / round-to-nearest / AdaRound accuracy.
 
@@ -213,6 +223,7 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         exported["grid_check"] = export.verify_grid(out_dir)
     results: dict[str, Any] = {
         "recipe": settings.name,
+        "overrides": _task_overrides(),
         "model": settings.model.name,
         **accuracy,
         "quant": {

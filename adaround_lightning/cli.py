@@ -7,15 +7,18 @@ A thin ``@hydra.main`` wrapper over :func:`adaround_lightning.app.run`. Mistakes
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from adaround_lightning.app import output_dir_of, run, summary_table
+from adaround_lightning.app import atomic_write_text, output_dir_of, run, summary_table
 from adaround_lightning.errors import UserError
 from adaround_lightning.settings import run_config_from
 
@@ -54,15 +57,45 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _record_failure(cfg: DictConfig, message: str) -> None:
+    """Write ``results.json`` with ``finished: false``: a failed job never looks done."""
+    try:
+        out_dir = output_dir_of(run_config_from(cfg))
+    except UserError:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+    atomic_write_text(
+        out_dir / "results.json",
+        json.dumps({"finished": False, "error": message, "overrides": _task_overrides()}, indent=2),
+    )
+
+
+def _task_overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         results = run(cfg)
     except UserError as error:
+        _record_failure(cfg, str(error))
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if multirun:  # the other jobs still run; the summary lists this one as failed
+            log.error("job failed: %s", error)
+            return
         _fail(str(error))
         return
+    except Exception as error:
+        _record_failure(cfg, f"{type(error).__name__}: {error}")
+        if multirun:
+            log.exception("job failed")
+            return
+        raise
     out_dir = output_dir_of(run_config_from(cfg))
     sys.stdout.write(
         f"\n{summary_table(results)}\n\n"

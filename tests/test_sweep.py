@@ -1,0 +1,92 @@
+"""Hydra multirun: every job runs, a failed one is recorded, the summary is written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from adaround_lightning.summarize import main as summarize_main
+from adaround_lightning.sweep import collect_jobs
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = [
+    "adaround.iters=3",
+    "adaround.num_samples=32",
+    "data.calibration.size=32",
+    "data.eval_size=100",
+    "trainer.accelerator=cpu",
+    "export.onnx=false",
+]
+
+
+def _multirun(args: list[str], sweep_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adaround_lightning",
+            "-m",
+            *args,
+            *FAST,
+            f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=sweep_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _is_png(path: Path) -> bool:
+    import matplotlib.image
+
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(path).ndim == 3
+
+
+def test_two_job_multirun_writes_the_summary(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _multirun(["quant.weight_bits=3,4"], sweep)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (sweep / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["status"] for r in rows] == ["finished", "finished"]
+    assert [r["weight_bits"] for r in rows] == ["3", "4"]
+    for row in rows:
+        results = json.loads((sweep / row["job"] / "results.json").read_text())
+        assert float(row["adaround_top1"]) == results["adaround"]["top1"]
+        assert f"quant.weight_bits={row['weight_bits']}" in row["overrides"]
+    markdown = (sweep / "summary.md").read_text().splitlines()
+    assert len(markdown) == 2 + 2
+    assert _is_png(sweep / "summary.png")
+
+    # summarize rebuilds the same files from the job folders alone.
+    for name in ("summary.csv", "summary.md", "summary.png"):
+        (sweep / name).unlink()
+    assert summarize_main([str(sweep)]) == 0
+    with (sweep / "summary.csv").open() as handle:
+        assert list(csv.DictReader(handle)) == rows
+    assert _is_png(sweep / "summary.png")
+
+
+def test_a_failed_job_is_recorded_and_the_others_run(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = _multirun(["quant.weight_bits=9,2"], sweep)
+    assert proc.returncode == 1  # every job ran, one failed
+    rows = collect_jobs(sweep)
+    assert [r["status"] for r in rows] == ["failed", "finished"]
+    assert "2 to 8" in rows[0]["error"]
+    assert "failed" in (sweep / "summary.md").read_text()
+    # A job folder without results.json (killed mid-run) is "incomplete".
+    (sweep / "1" / "results.json").unlink()
+    assert [r["status"] for r in collect_jobs(sweep)] == ["failed", "incomplete"]
+
+
+def test_summarize_rejects_a_missing_folder(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert summarize_main([str(tmp_path / "nope")]) == 2
+    assert "error:" in capsys.readouterr().err
