@@ -22,17 +22,23 @@ from omegaconf import DictConfig, OmegaConf
 from adaround_lightning import export
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
 from adaround_lightning.driver import AdaroundResult, adaround, quiet_lightning, root_device
+from adaround_lightning.errors import UserError
 from adaround_lightning.evaluate import evaluate
 from adaround_lightning.models import build_model
-from adaround_lightning.settings import ExportConfig, RunConfig, run_config_from
+from adaround_lightning.settings import ExportConfig, RunConfig, fingerprint, run_config_from
 
 __all__ = ["atomic_torch_save", "atomic_write_text", "output_dir_of", "run", "summary_table"]
 
 log = logging.getLogger(__name__)
 
+#: Per-layer progress checkpoints inside the run dir (see :mod:`adaround_lightning.checkpoint`).
+CHECKPOINT_DIR = "checkpoints"
+
 
 def output_dir_of(settings: RunConfig) -> Path:
-    """``output_dir`` if set, else Hydra's run dir when inside a Hydra app, else the cwd."""
+    """``resume`` or ``output_dir`` if set, else Hydra's run dir (in a Hydra app) or the cwd."""
+    if settings.resume:
+        return Path(settings.resume)
     if settings.output_dir:
         return Path(settings.output_dir)
     try:
@@ -181,6 +187,10 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     settings = run_config_from(cfg)
     out_dir = output_dir_of(settings)
+    if settings.resume and not (out_dir / "config.yaml").is_file():
+        raise UserError(
+            f"resume={settings.resume} is not a run dir (no config.yaml): pass a run dir"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_yaml(
         OmegaConf.create(
@@ -204,7 +214,15 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         len(eval_set),
     )  # type: ignore[arg-type]
 
-    result = adaround(model, images, settings.quant, settings.adaround, settings.trainer)
+    result = adaround(
+        model,
+        images,
+        settings.quant,
+        settings.adaround,
+        settings.trainer,
+        checkpoint=out_dir / CHECKPOINT_DIR,
+        checkpoint_tag=fingerprint(cfg),
+    )
 
     device = root_device(settings.trainer)
     num_classes = settings.model.num_classes

@@ -104,9 +104,22 @@ def _hydra_main(cfg: DictConfig) -> None:
     )
 
 
+def _resume_into_same_dir(argv: list[str]) -> list[str]:
+    """With ``resume=PATH``, let Hydra write into PATH too (one run, one dir)."""
+    resume = [a.partition("=")[2] for a in argv if a.startswith("resume=")]
+    if (
+        resume
+        and resume[0] not in ("", "null")
+        and not any(a.startswith("hydra.run.dir=") for a in argv)
+    ):
+        return [*argv, f"hydra.run.dir={resume[0]}"]
+    return argv
+
+
 def main() -> None:
     """Console entry point."""
     _check_recipe(sys.argv[1:])
+    sys.argv = [sys.argv[0], *_resume_into_same_dir(sys.argv[1:])]
     _hydra_main()
 
 

@@ -23,6 +23,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -31,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from adaround_lightning.bn_fold import fold_batch_norms
+from adaround_lightning.checkpoint import load_progress, save_layer_progress
 from adaround_lightning.config import AdaroundConfig, QuantConfig
 from adaround_lightning.datamodule import CalibrationCache
 from adaround_lightning.errors import UserError
@@ -278,12 +280,22 @@ def _loss_curve(history: torch.Tensor) -> list[list[float]]:
     return [[float(i * stride), r[0], r[1]] for i, r in enumerate(rows)]
 
 
+def _oom_message(where: str, images: torch.Tensor) -> str:
+    return (
+        f"out of memory while caching the activations of {where} for {images.shape[0]} "
+        f"calibration samples: lower adaround.num_samples or adaround.forward_batch_size, "
+        "or cache on the CPU with trainer.accelerator=cpu"
+    )
+
+
 def adaround(
     model: nn.Module,
     calibration_data: torch.Tensor | Dataset | DataLoader | Iterable[Any],
     quant: QuantConfig | None = None,
     config: AdaroundConfig | None = None,
     trainer: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_tag: str = "",
 ) -> AdaroundResult:
     """Quantize ``model``'s Conv/Linear weights with AdaRound, block by block.
 
@@ -295,6 +307,9 @@ def adaround(
         config: AdaRound's optimisation settings (default: the paper's, 10k steps per layer).
         trainer: Keyword arguments of the Lightning ``Trainer`` of each layer's fit, e.g.
             ``{"accelerator": "gpu", "precision": "bf16-mixed"}``. Lightning picks the device.
+        checkpoint: A folder that receives a progress checkpoint after every finished layer.
+            If it holds one, those layers are restored and calibration continues after them.
+        checkpoint_tag: A fingerprint of the settings; a checkpoint with another tag is refused.
 
     Returns:
         The quantized network, the BN-folded float network, the quantizers and a per-layer report.
@@ -358,12 +373,30 @@ def adaround(
     )
     quantizers: dict[str, AdaroundFakeQuantizer] = {}
     reports: list[LayerReport] = []
+    finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
+    for info in trace.layers:  # restore finished layers, in calibration order
+        if info.name in finished:
+            entry = finished[info.name]
+            quantizer = make_quantizer(entry["bits"], entry["per_channel"]).to(device)
+            quantizer.load_state_dict(entry["state"])
+            quantizer.use_soft_rounding = False
+            with torch.no_grad():
+                q_layer = q_model.get_submodule(info.name)
+                q_layer.weight.copy_(quantizer.hard_weight().to(q_layer.weight.dtype))
+            quantizers[info.name] = quantizer
+            reports.append(LayerReport(**entry["report"]))
+    if finished:
+        log.info("resuming after %d finished layers", len(finished))
     for block in trace.blocks:
-        todo = [info for info in block.layers if info.name not in skipped]
+        done = set(skipped) | set(quantizers)
+        todo = [info for info in block.layers if info.name not in done]
         if not todo:
             continue
         fp_block, q_block = fp_model.get_submodule(block.name), q_model.get_submodule(block.name)
-        cache.cache_block(fp_model, q_model, fp_block, q_block)
+        try:
+            cache.cache_block(fp_model, q_model, fp_block, q_block)
+        except torch.OutOfMemoryError:
+            raise UserError(_oom_message(block.name, images)) from None
         for info in todo:
             layer_start = time.perf_counter()
             fp_layer, q_layer = fp_model.get_submodule(info.name), q_model.get_submodule(info.name)
@@ -375,6 +408,8 @@ def adaround(
             activation = functional_activation(activation_module)
             try:
                 cache.cache_layer(fp_block, q_block, fp_layer, q_layer, activation, len(reports))
+            except torch.OutOfMemoryError:
+                raise UserError(_oom_message(info.name, images)) from None
             except ValueError as error:
                 raise UserError(f"layer {info.name!r}: {error}") from None
             bits = quant.bits_for(info.name, info.name == first, info.name == last)
@@ -430,6 +465,16 @@ def adaround(
             quantizer.V.requires_grad_(False)
             quantizers[info.name] = quantizer
             reports.append(report)
+            if checkpoint is not None:
+                finished[info.name] = {
+                    "state": {k: v.detach().cpu() for k, v in quantizer.state_dict().items()},
+                    "bits": bits,
+                    "per_channel": quant.per_channel,
+                    "report": report.to_dict(),
+                }
+                save_layer_progress(
+                    checkpoint, checkpoint_tag, list(finished), info.name, finished[info.name]
+                )
             log.info(
                 "[%d/%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
                 len(reports),

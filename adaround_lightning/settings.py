@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +17,7 @@ from adaround_lightning.data.transforms import PreprocessConfig
 from adaround_lightning.errors import UserError
 from adaround_lightning.models import ModelConfig
 
-__all__ = ["ExportConfig", "RunConfig", "run_config_from"]
+__all__ = ["ExportConfig", "RunConfig", "fingerprint", "run_config_from"]
 
 
 @dataclass
@@ -54,6 +56,7 @@ class RunConfig:
         trainer: Keyword arguments of each Lightning ``Trainer`` (accelerator, devices, precision).
         seed: Global seed (``lightning.seed_everything``).
         output_dir: Where outputs go (None: Hydra's run dir, else the working directory).
+        resume: A run dir whose calibration continues after its last finished layer.
     """
 
     name: str
@@ -65,6 +68,7 @@ class RunConfig:
     trainer: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     output_dir: str | None = None
+    resume: str | None = None
 
 
 def _build(cls: type, section: str, values: Any) -> Any:
@@ -83,6 +87,29 @@ def _build(cls: type, section: str, values: Any) -> Any:
         raise
     except (TypeError, ValueError) as error:
         raise UserError(str(error)) from None
+
+
+def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
+    """Hash of the settings that decide the calibration's result.
+
+    Output location, resume, export and evaluation-only settings are left out, so a resumed run
+    may change them.
+
+    Example:
+        >>> fingerprint({"quant": {"weight_bits": 4}}) == fingerprint({"quant": {"weight_bits": 4}})
+        True
+    """
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    assert isinstance(values, dict)
+    kept = {k: v for k, v in values.items() if k not in ("output_dir", "resume", "export", "hydra")}
+    if isinstance(kept.get("data"), dict):
+        kept["data"] = {
+            k: v
+            for k, v in kept["data"].items()
+            if k not in ("eval_size", "eval_split", "num_workers")
+        }
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def run_config_from(cfg: DictConfig | dict[str, Any]) -> RunConfig:
@@ -128,4 +155,5 @@ def run_config_from(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         trainer=dict(values.get("trainer") or {}),
         seed=int(values.get("seed", 0)),
         output_dir=values.get("output_dir"),
+        resume=values.get("resume"),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -149,12 +150,25 @@ def _split_dir(config: DataConfig, split: str) -> Path:
     return folder
 
 
+def _read_image(path: str) -> Any:
+    """PIL loader that names the file it cannot read."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except OSError as error:
+        raise UserError(f"cannot read image {path} ({error}): remove or replace the file") from None
+
+
 def _image_folder(config: DataConfig, split: str) -> Dataset:
     from torchvision.datasets import ImageFolder
 
     folder = _split_dir(config, split)
     try:
-        return ImageFolder(str(folder), transform=build_transform(config.preprocess))
+        return ImageFolder(
+            str(folder), transform=build_transform(config.preprocess), loader=_read_image
+        )
     except (FileNotFoundError, RuntimeError) as error:
         raise UserError(
             f"{folder} holds no images in class sub-folders ({error}); "
@@ -166,8 +180,11 @@ def _stack_images(dataset: Dataset, config: DataConfig) -> torch.Tensor:
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers)
     try:
         return torch.cat([batch[0] for batch in loader])
-    except (OSError, ValueError) as error:
-        raise UserError(f"could not read a calibration image: {error}") from None
+    except UserError as error:
+        # From a worker process the message carries the worker's traceback: keep its last line.
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        message = lines[-1].split("UserError: ", 1)[-1] if lines else "unreadable image"
+        raise UserError(message) from None
 
 
 def calibration_images(config: DataConfig) -> torch.Tensor:
