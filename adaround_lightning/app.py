@@ -7,6 +7,7 @@ tests call directly with a composed config.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from adaround_lightning import export
@@ -25,6 +27,7 @@ from adaround_lightning.driver import AdaroundResult, adaround, quiet_lightning,
 from adaround_lightning.errors import UserError
 from adaround_lightning.evaluate import evaluate
 from adaround_lightning.models import build_model
+from adaround_lightning.report import write_report
 from adaround_lightning.settings import ExportConfig, RunConfig, fingerprint, run_config_from
 
 __all__ = ["atomic_torch_save", "atomic_write_text", "output_dir_of", "run", "summary_table"]
@@ -71,6 +74,17 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_torch_save(path: Path, obj: Any) -> None:
     """``torch.save`` to ``path`` atomically (temporary file + rename)."""
     _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def run_loggers(out_dir: Path) -> list[Logger]:
+    """One run, one log dir: Lightning's CSV logger, plus TensorBoard when it is installed.
+
+    Every layer's fit uses these same loggers; metrics are prefixed with the layer's name.
+    """
+    loggers: list[Logger] = [CSVLogger(save_dir=str(out_dir), name="logs", version="")]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        loggers.append(TensorBoardLogger(save_dir=str(out_dir), name="logs", version="tensorboard"))
+    return loggers
 
 
 def _task_overrides() -> list[str]:
@@ -222,6 +236,7 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         settings.trainer,
         checkpoint=out_dir / CHECKPOINT_DIR,
         checkpoint_tag=fingerprint(cfg),
+        loggers=run_loggers(out_dir),
     )
 
     device = root_device(settings.trainer)
@@ -260,5 +275,6 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         **exported,
         "finished": True,
     }
+    results["outputs"]["report"] = write_report(results, out_dir).name
     atomic_write_text(results_path, json.dumps(results, indent=2))
     return results

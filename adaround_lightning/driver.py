@@ -28,6 +28,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -43,6 +44,7 @@ from adaround_lightning.module import (
     forward_with_weight,
     functional_activation,
 )
+from adaround_lightning.progress import CalibrationProgress
 from adaround_lightning.quantizer import AdaroundFakeQuantizer, bits_to_range
 
 __all__ = [
@@ -220,12 +222,19 @@ def _trainer_kwargs(trainer: dict[str, Any] | None) -> dict[str, Any]:
     return kwargs
 
 
-def _inner_trainer(trainer_kwargs: dict[str, Any], steps: int) -> L.Trainer:
+def _inner_trainer(
+    trainer_kwargs: dict[str, Any],
+    steps: int,
+    loggers: list[Logger] | None = None,
+    callbacks: list[L.Callback] | None = None,
+) -> L.Trainer:
     # A fresh Trainer per layer: a reused one keeps global_step and the next fit does nothing.
+    # The loggers are shared by all layers (one run, one log dir; metrics prefixed per layer).
     return L.Trainer(
         max_steps=steps,
         max_epochs=1,
-        logger=False,
+        logger=loggers or False,
+        callbacks=callbacks or [],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -273,13 +282,6 @@ def _output_mse(
     return float(total / targets.numel())
 
 
-def _loss_curve(history: torch.Tensor) -> list[list[float]]:
-    steps = history.shape[0]
-    stride = max(1, steps // _CURVE_POINTS)
-    rows = history[::stride].cpu().tolist()
-    return [[float(i * stride), r[0], r[1]] for i, r in enumerate(rows)]
-
-
 def _oom_message(where: str, images: torch.Tensor) -> str:
     return (
         f"out of memory while caching the activations of {where} for {images.shape[0]} "
@@ -296,6 +298,8 @@ def adaround(
     trainer: dict[str, Any] | None = None,
     checkpoint: Path | None = None,
     checkpoint_tag: str = "",
+    loggers: list[Logger] | None = None,
+    progress: bool | None = None,
 ) -> AdaroundResult:
     """Quantize ``model``'s Conv/Linear weights with AdaRound, block by block.
 
@@ -310,6 +314,8 @@ def adaround(
         checkpoint: A folder that receives a progress checkpoint after every finished layer.
             If it holds one, those layers are restored and calibration continues after them.
         checkpoint_tag: A fingerprint of the settings; a checkpoint with another tag is refused.
+        loggers: Lightning loggers shared by every layer's fit (metrics prefixed by layer name).
+        progress: Show rich progress bars; None shows them on an interactive terminal outside CI.
 
     Returns:
         The quantized network, the BN-folded float network, the quantizers and a per-layer report.
@@ -387,107 +393,121 @@ def adaround(
             reports.append(LayerReport(**entry["report"]))
     if finished:
         log.info("resuming after %d finished layers", len(finished))
-    for block in trace.blocks:
-        done = set(skipped) | set(quantizers)
-        todo = [info for info in block.layers if info.name not in done]
-        if not todo:
-            continue
-        fp_block, q_block = fp_model.get_submodule(block.name), q_model.get_submodule(block.name)
-        try:
-            cache.cache_block(fp_model, q_model, fp_block, q_block)
-        except torch.OutOfMemoryError:
-            raise UserError(_oom_message(block.name, images)) from None
-        for info in todo:
-            layer_start = time.perf_counter()
-            fp_layer, q_layer = fp_model.get_submodule(info.name), q_model.get_submodule(info.name)
-            activation_module = (
-                fp_model.get_submodule(info.activation)
-                if info.activation and config.include_activation
-                else None
+    with CalibrationProgress(total_layers, len(quantizers), progress) as bar:
+        for block in trace.blocks:
+            done = set(skipped) | set(quantizers)
+            todo = [info for info in block.layers if info.name not in done]
+            if not todo:
+                continue
+            fp_block, q_block = (
+                fp_model.get_submodule(block.name),
+                q_model.get_submodule(block.name),
             )
-            activation = functional_activation(activation_module)
             try:
-                cache.cache_layer(fp_block, q_block, fp_layer, q_layer, activation, len(reports))
+                cache.cache_block(fp_model, q_model, fp_block, q_block)
             except torch.OutOfMemoryError:
-                raise UserError(_oom_message(info.name, images)) from None
-            except ValueError as error:
-                raise UserError(f"layer {info.name!r}: {error}") from None
-            bits = quant.bits_for(info.name, info.name == first, info.name == last)
-            quantizer = make_quantizer(bits, quant.per_channel).to(device)
-            quantizer(q_layer.weight)  # the observer sets the scale, V starts at frac(W/s)
-            loss = AdaptiveRoundingLoss(
-                max_iter=config.iters,
-                warm_start=config.warm_start,
-                beta_range=config.beta_range,
-                reg_param=config.reg_param,
-                reconstruction=config.reconstruction,  # type: ignore[arg-type]
-            )
-            module = LayerReconstruction(q_layer, quantizer, loss, activation, config.lr)
-            with quiet_lightning():
-                _inner_trainer(trainer_kwargs, config.iters).fit(module, datamodule=cache)
-            # Lightning's teardown may move the fitted module to the CPU: put it back.
-            q_layer.to(device).eval()
-            quantizer.to(device)
-            history = module.history
-            assert cache.inputs is not None and cache.targets is not None
-            nearest_weight = quantizer.nearest_integer_weight().float() * quantizer.scale
-            mse_nearest = _output_mse(
-                q_layer,
-                nearest_weight,
-                activation,
-                cache.inputs,
-                cache.targets,
-                config.forward_batch_size,
-            )
-            mse_adaround = _output_mse(
-                q_layer,
-                q_layer.weight,
-                activation,
-                cache.inputs,
-                cache.targets,
-                config.forward_batch_size,
-            )
-            flipped = quantizer.integer_weight() != quantizer.nearest_integer_weight()
-            report = LayerReport(
-                name=info.name,
-                type=type(q_layer).__name__,
-                weight_shape=list(q_layer.weight.shape),
-                bits=bits,
-                per_channel=quant.per_channel,
-                activation=info.activation if activation is not None else None,
-                mse_nearest=mse_nearest,
-                mse_adaround=mse_adaround,
-                flipped_fraction=float(flipped.float().mean()),
-                seconds=time.perf_counter() - layer_start,
-                iters=config.iters,
-                loss_curve=_loss_curve(history),
-            )
-            quantizer.V.requires_grad_(False)
-            quantizers[info.name] = quantizer
-            reports.append(report)
-            if checkpoint is not None:
-                finished[info.name] = {
-                    "state": {k: v.detach().cpu() for k, v in quantizer.state_dict().items()},
-                    "bits": bits,
-                    "per_channel": quant.per_channel,
-                    "report": report.to_dict(),
-                }
-                save_layer_progress(
-                    checkpoint, checkpoint_tag, list(finished), info.name, finished[info.name]
+                raise UserError(_oom_message(block.name, images)) from None
+            for info in todo:
+                layer_start = time.perf_counter()
+                fp_layer, q_layer = (
+                    fp_model.get_submodule(info.name),
+                    q_model.get_submodule(info.name),
                 )
-            log.info(
-                "[%d/%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
-                len(reports),
-                total_layers,
-                info.name,
-                report.type,
-                bits,
-                mse_nearest,
-                mse_adaround,
-                100 * report.flipped_fraction,
-                report.seconds,
-            )
-        cache.release()
+                activation_module = (
+                    fp_model.get_submodule(info.activation)
+                    if info.activation and config.include_activation
+                    else None
+                )
+                activation = functional_activation(activation_module)
+                try:
+                    cache.cache_layer(
+                        fp_block, q_block, fp_layer, q_layer, activation, len(reports)
+                    )
+                except torch.OutOfMemoryError:
+                    raise UserError(_oom_message(info.name, images)) from None
+                except ValueError as error:
+                    raise UserError(f"layer {info.name!r}: {error}") from None
+                bits = quant.bits_for(info.name, info.name == first, info.name == last)
+                quantizer = make_quantizer(bits, quant.per_channel).to(device)
+                quantizer(q_layer.weight)  # the observer sets the scale, V starts at frac(W/s)
+                loss = AdaptiveRoundingLoss(
+                    max_iter=config.iters,
+                    warm_start=config.warm_start,
+                    beta_range=config.beta_range,
+                    reg_param=config.reg_param,
+                    reconstruction=config.reconstruction,  # type: ignore[arg-type]
+                )
+                module = LayerReconstruction(
+                    q_layer, quantizer, loss, activation, config.lr, name=info.name
+                )
+                bar.start_layer(info.name, config.iters)
+                with quiet_lightning():
+                    _inner_trainer(trainer_kwargs, config.iters, loggers, [bar]).fit(
+                        module, datamodule=cache
+                    )
+                # Lightning's teardown may move the fitted module to the CPU: put it back.
+                q_layer.to(device).eval()
+                quantizer.to(device)
+                assert cache.inputs is not None and cache.targets is not None
+                nearest_weight = quantizer.nearest_integer_weight().float() * quantizer.scale
+                mse_nearest = _output_mse(
+                    q_layer,
+                    nearest_weight,
+                    activation,
+                    cache.inputs,
+                    cache.targets,
+                    config.forward_batch_size,
+                )
+                mse_adaround = _output_mse(
+                    q_layer,
+                    q_layer.weight,
+                    activation,
+                    cache.inputs,
+                    cache.targets,
+                    config.forward_batch_size,
+                )
+                flipped = quantizer.integer_weight() != quantizer.nearest_integer_weight()
+                report = LayerReport(
+                    name=info.name,
+                    type=type(q_layer).__name__,
+                    weight_shape=list(q_layer.weight.shape),
+                    bits=bits,
+                    per_channel=quant.per_channel,
+                    activation=info.activation if activation is not None else None,
+                    mse_nearest=mse_nearest,
+                    mse_adaround=mse_adaround,
+                    flipped_fraction=float(flipped.float().mean()),
+                    seconds=time.perf_counter() - layer_start,
+                    iters=config.iters,
+                    loss_curve=module.loss_curve(_CURVE_POINTS),
+                )
+                quantizer.V.requires_grad_(False)
+                quantizers[info.name] = quantizer
+                reports.append(report)
+                if checkpoint is not None:
+                    finished[info.name] = {
+                        "state": {k: v.detach().cpu() for k, v in quantizer.state_dict().items()},
+                        "bits": bits,
+                        "per_channel": quant.per_channel,
+                        "report": report.to_dict(),
+                    }
+                    save_layer_progress(
+                        checkpoint, checkpoint_tag, list(finished), info.name, finished[info.name]
+                    )
+                log.info(
+                    "[%d/%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
+                    len(reports),
+                    total_layers,
+                    info.name,
+                    report.type,
+                    bits,
+                    mse_nearest,
+                    mse_adaround,
+                    100 * report.flipped_fraction,
+                    report.seconds,
+                )
+                bar.finish_layer()
+            cache.release()
 
     return AdaroundResult(
         model=q_model,

@@ -57,6 +57,8 @@ class LayerReconstruction(L.LightningModule):
         loss: The AdaRound loss, whose ``max_iter`` equals the number of training steps.
         activation: The activation that directly follows the layer, or None.
         lr: Adam's learning rate.
+        name: Prefix of the logged metrics (the layer's name), so that one logger serves all
+            layers of a run.
 
     Example:
         >>> layer = nn.Linear(4, 3)
@@ -72,6 +74,7 @@ class LayerReconstruction(L.LightningModule):
         loss: AdaptiveRoundingLoss,
         activation: nn.Module | None = None,
         lr: float = 1e-3,
+        name: str = "layer",
     ) -> None:
         super().__init__()
         if not quantizer.initialized:
@@ -81,6 +84,7 @@ class LayerReconstruction(L.LightningModule):
         self.loss = loss
         self.activation = functional_activation(activation)
         self.lr = lr
+        self.name = name
         for parameter in self.layer.parameters():
             parameter.requires_grad_(False)
         self.quantizer.V.requires_grad_(True)
@@ -122,15 +126,16 @@ class LayerReconstruction(L.LightningModule):
         self.history[curr_iter, 0] = reconstruction.detach()
         self.history[curr_iter, 1] = regularization.detach()
         batch_size = inputs.shape[0]
+        # Epoch means accumulate on the device: no host sync per step.
         self.log(
-            "reconstruction",
+            f"{self.name}/reconstruction_mean",
             reconstruction.detach(),
             on_step=False,
             on_epoch=True,
             batch_size=batch_size,
         )
         self.log(
-            "regularization",
+            f"{self.name}/regularization_mean",
             regularization.detach(),
             on_step=False,
             on_epoch=True,
@@ -138,7 +143,24 @@ class LayerReconstruction(L.LightningModule):
         )
         return reconstruction + regularization
 
+    def loss_curve(self, points: int = 200) -> list[list[float]]:
+        """``[step, reconstruction, regularization]`` rows, at most ``points`` (one host copy)."""
+        stride = max(1, self.history.shape[0] // points)
+        rows = self.history[::stride].cpu().tolist()
+        return [[float(i * stride), r[0], r[1]] for i, r in enumerate(rows)]
+
     def on_train_end(self) -> None:
+        # The per-step curve goes to the loggers once, at the end: one copy, no per-step sync.
+        if self.loggers:
+            for step, reconstruction, regularization in self.loss_curve():
+                metrics = {
+                    f"{self.name}/reconstruction": reconstruction,
+                    f"{self.name}/regularization": regularization,
+                }
+                for logger in self.loggers:
+                    logger.log_metrics(metrics, step=int(step))
+            for logger in self.loggers:
+                logger.save()
         self.quantizer.use_soft_rounding = False
         self.quantizer.V.requires_grad_(False)
         with torch.no_grad():

@@ -189,3 +189,11 @@ def test_bad_inputs_give_one_line(args: list[str], expected: str, tmp_path: Path
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+
+
+def test_help_lists_the_recipes(tmp_path: Path) -> None:
+    proc = _cli(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("recipe:"))
+    for recipe in recipes():
+        assert recipe in line
