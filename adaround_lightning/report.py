@@ -57,7 +57,7 @@ def _plots(layers: list[dict[str, Any]], out_dir: Path) -> list[str]:
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("output reconstruction MSE (calibration set)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / _ERROR_PNG)
