@@ -136,9 +136,15 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     # One line per method and per setting of the other swept parameters.
     groups: dict[str, list[dict[str, Any]]] = {}
+    # Label lines by the overrides that differ between jobs (not those shared by all).
+    shared = (
+        set.intersection(*(set(r["overrides"].split()) for r in finished)) if finished else set()
+    )
     for row in finished:
         others = " ".join(
-            o for o in row["overrides"].split() if not o.startswith("quant.weight_bits=")
+            o
+            for o in row["overrides"].split()
+            if not o.startswith("quant.weight_bits=") and o not in shared
         )
         groups.setdefault(others, []).append(row)
     for others, group in sorted(groups.items()):
