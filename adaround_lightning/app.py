@@ -23,7 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from adaround_lightning import export
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
-from adaround_lightning.driver import AdaroundResult, adaround, quiet_lightning, root_device
+from adaround_lightning.distributed import process_context
+from adaround_lightning.driver import (
+    AdaroundResult,
+    adaround,
+    quiet_lightning,
+    trainer_kwargs_with_defaults,
+)
 from adaround_lightning.errors import UserError
 from adaround_lightning.evaluate import evaluate
 from adaround_lightning.models import build_model
@@ -85,6 +91,16 @@ def run_loggers(out_dir: Path) -> list[Logger]:
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         loggers.append(TensorBoardLogger(save_dir=str(out_dir), name="logs", version="tensorboard"))
     return loggers
+
+
+def _is_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except (ImportError, ValueError):
+        return False
 
 
 def _task_overrides() -> list[str]:
@@ -163,8 +179,12 @@ def onnx_evaluation(
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-    top5 = MulticlassAccuracy(num_classes, top_k=5, average="micro") if num_classes >= 5 else None
+    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", sync_on_compute=False)
+    top5 = (
+        MulticlassAccuracy(num_classes, top_k=5, average="micro", sync_on_compute=False)
+        if num_classes >= 5
+        else None
+    )
     max_diff = 0.0
     model = model.eval()
     for images, labels in DataLoader(dataset, batch_size=batch_size):
@@ -191,7 +211,7 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         cfg: A composed config (``conf/config.yaml`` plus a recipe and overrides).
 
     Returns:
-        The content of ``results.json``.
+        The content of ``results.json`` (an empty dict on DDP ranks other than 0).
 
     Example:
         >>> from hydra import compose, initialize_config_dir  # doctest: +SKIP
@@ -205,16 +225,23 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         raise UserError(
             f"resume={settings.resume} is not a run dir (no config.yaml): pass a run dir"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_yaml(
-        OmegaConf.create(
-            cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    context = process_context(trainer_kwargs_with_defaults(settings.trainer))
+    if context.world_size > 1 and _is_multirun():
+        raise UserError(
+            "Hydra multirun with DDP is unsupported upstream: run each job as its own command, "
+            "or sweep with trainer.devices=1 (see the README)"
         )
-    )
-    atomic_write_text(out_dir / "config.yaml", resolved)
     results_path = out_dir / "results.json"
-    if results_path.exists():
-        results_path.unlink()  # a stale results.json must never describe this run
+    if context.is_main:  # under DDP, only rank 0 writes
+        out_dir.mkdir(parents=True, exist_ok=True)
+        resolved = OmegaConf.to_yaml(
+            OmegaConf.create(
+                cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+            )
+        )
+        atomic_write_text(out_dir / "config.yaml", resolved)
+        if results_path.exists():
+            results_path.unlink()  # a stale results.json must never describe this run
     with quiet_lightning():
         L.seed_everything(settings.seed, verbose=False)
 
@@ -236,10 +263,12 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         settings.trainer,
         checkpoint=out_dir / CHECKPOINT_DIR,
         checkpoint_tag=fingerprint(cfg),
-        loggers=run_loggers(out_dir),
+        loggers=run_loggers(out_dir) if context.is_main else None,
     )
+    if not context.is_main:
+        return {}  # rank 0 evaluates and writes
 
-    device = root_device(settings.trainer)
+    device = context.device
     num_classes = settings.model.num_classes
     batch = settings.data.batch_size
     accuracy = {

@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from adaround_lightning.app import atomic_write_text, output_dir_of, run, summary_table
@@ -59,6 +60,8 @@ def _fail(message: str) -> None:
 
 def _record_failure(cfg: DictConfig, message: str) -> None:
     """Write ``results.json`` with ``finished: false``: a failed job never looks done."""
+    if rank_zero_only.rank != 0:  # under DDP only rank 0 writes
+        return
     try:
         out_dir = output_dir_of(run_config_from(cfg))
     except UserError:
@@ -96,6 +99,8 @@ def _hydra_main(cfg: DictConfig) -> None:
             log.exception("job failed")
             return
         raise
+    if not results:  # a DDP rank other than 0: rank 0 reports
+        return
     out_dir = output_dir_of(run_config_from(cfg))
     sys.stdout.write(
         f"\n{summary_table(results)}\n\n"

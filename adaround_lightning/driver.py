@@ -36,6 +36,12 @@ from adaround_lightning.bn_fold import fold_batch_norms
 from adaround_lightning.checkpoint import load_progress, save_layer_progress
 from adaround_lightning.config import AdaroundConfig, QuantConfig
 from adaround_lightning.datamodule import CalibrationCache
+from adaround_lightning.distributed import (
+    ProcessContext,
+    all_reduce_sum,
+    check_same_on_all_ranks,
+    process_context,
+)
 from adaround_lightning.errors import UserError
 from adaround_lightning.graph import trace_network
 from adaround_lightning.loss import AdaptiveRoundingLoss
@@ -216,7 +222,7 @@ def quiet_lightning() -> Iterator[None]:
                 lg.setLevel(level)
 
 
-def _trainer_kwargs(trainer: dict[str, Any] | None) -> dict[str, Any]:
+def trainer_kwargs_with_defaults(trainer: dict[str, Any] | None) -> dict[str, Any]:
     kwargs = {"accelerator": "auto", "devices": 1}
     kwargs.update(trainer or {})
     return kwargs
@@ -252,15 +258,7 @@ def root_device(trainer: dict[str, Any] | None = None) -> torch.device:
         >>> root_device({"accelerator": "cpu"})
         device(type='cpu')
     """
-    with quiet_lightning():
-        probe = L.Trainer(
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            **_trainer_kwargs(trainer),
-        )
-    return probe.strategy.root_device
+    return process_context(trainer_kwargs_with_defaults(trainer)).device
 
 
 @torch.no_grad()
@@ -271,15 +269,21 @@ def _output_mse(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     chunk: int,
+    context: ProcessContext,
 ) -> float:
-    """Mean squared error of ``f_a(weight x)`` against ``targets`` over all cached samples."""
+    """Mean squared error of ``f_a(weight x)`` against ``targets`` over all cached samples.
+
+    Under DDP each process holds a shard: the sums are added over all processes.
+    """
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
     for start in range(0, inputs.shape[0], chunk):
         out = forward_with_weight(layer, inputs[start : start + chunk], weight)
         if activation is not None:
             out = activation(out)
         total += (out.double() - targets[start : start + chunk].double()).pow(2).sum()
-    return float(total / targets.numel())
+    count = torch.tensor(float(targets.numel()), dtype=torch.float64, device=total.device)
+    total, count = all_reduce_sum(total, context), all_reduce_sum(count, context)
+    return float(total / count)
 
 
 def _oom_message(where: str, images: torch.Tensor) -> str:
@@ -331,16 +335,28 @@ def adaround(
     """
     quant = quant or QuantConfig()
     config = config or AdaroundConfig()
-    trainer_kwargs = _trainer_kwargs(trainer)
+    trainer_kwargs = trainer_kwargs_with_defaults(trainer)
     start_time = time.perf_counter()
-    device = root_device(trainer_kwargs)
+    context = process_context(trainer_kwargs)
+    device = context.device
 
-    images = calibration_tensor(calibration_data, config.num_samples).to(device)
+    images = calibration_tensor(calibration_data, config.num_samples)
     if images.shape[0] < config.batch_size:
         raise UserError(
             f"the calibration set has {images.shape[0]} samples, fewer than one batch "
             f"(adaround.batch_size={config.batch_size}): give more samples or lower the batch size"
         )
+    batch_size = config.batch_size
+    if context.world_size > 1:
+        # adaround.batch_size is the global batch: each process draws its part from its shard.
+        if config.batch_size % context.world_size:
+            raise UserError(
+                f"adaround.batch_size={config.batch_size} is the global batch and must divide "
+                f"by the {context.world_size} processes: pick a multiple of {context.world_size}"
+            )
+        batch_size = config.batch_size // context.world_size
+        images = images[context.rank :: context.world_size]
+    images = images.to(device)
     if not torch.is_floating_point(images):
         raise UserError(f"calibration inputs must be floating point, got {images.dtype}")
     example = images[:2]
@@ -372,9 +388,9 @@ def adaround(
     total_layers = sum(1 for info in trace.layers if info.name not in skipped)
     cache = CalibrationCache(
         images,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         num_steps=config.iters,
-        seed=config.seed,
+        seed=config.seed + 1_000_003 * context.rank,
         forward_batch_size=config.forward_batch_size,
     )
     quantizers: dict[str, AdaroundFakeQuantizer] = {}
@@ -393,6 +409,8 @@ def adaround(
             reports.append(LayerReport(**entry["report"]))
     if finished:
         log.info("resuming after %d finished layers", len(finished))
+    if not context.is_main:  # one process writes and shows progress
+        checkpoint, loggers, progress = None, None, False
     with CalibrationProgress(total_layers, len(quantizers), progress) as bar:
         for block in trace.blocks:
             done = set(skipped) | set(quantizers)
@@ -457,6 +475,7 @@ def adaround(
                     cache.inputs,
                     cache.targets,
                     config.forward_batch_size,
+                    context,
                 )
                 mse_adaround = _output_mse(
                     q_layer,
@@ -465,7 +484,9 @@ def adaround(
                     cache.inputs,
                     cache.targets,
                     config.forward_batch_size,
+                    context,
                 )
+                check_same_on_all_ranks(quantizer.integer_weight(), info.name, context)
                 flipped = quantizer.integer_weight() != quantizer.nearest_integer_weight()
                 report = LayerReport(
                     name=info.name,

@@ -28,9 +28,15 @@ def evaluate(
         {'top1': 100.0}
     """
     model = model.eval().to(device)
-    metrics = {"top1": MulticlassAccuracy(num_classes, top_k=1, average="micro").to(device)}
+    metrics = {
+        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro", sync_on_compute=False).to(
+            device
+        )
+    }
     if num_classes >= 5:
-        metrics["top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro").to(device)
+        metrics["top5"] = MulticlassAccuracy(
+            num_classes, top_k=5, average="micro", sync_on_compute=False
+        ).to(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     for images, labels in loader:
         logits = model(images.to(device))

@@ -133,6 +133,7 @@ class LayerReconstruction(L.LightningModule):
             on_step=False,
             on_epoch=True,
             batch_size=batch_size,
+            sync_dist=True,  # under DDP: one all-reduce when the fit ends, not per step
         )
         self.log(
             f"{self.name}/regularization_mean",
@@ -140,6 +141,7 @@ class LayerReconstruction(L.LightningModule):
             on_step=False,
             on_epoch=True,
             batch_size=batch_size,
+            sync_dist=True,  # under DDP: one all-reduce when the fit ends, not per step
         )
         return reconstruction + regularization
 
