@@ -10,8 +10,6 @@ import copy
 import importlib.util
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from adaround_lightning import export
+from adaround_lightning.atomic import atomic_torch_save, atomic_write, atomic_write_text
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
 from adaround_lightning.distributed import process_context
 from adaround_lightning.driver import (
@@ -56,30 +55,6 @@ def output_dir_of(settings: RunConfig) -> Path:
         return Path(HydraConfig.get().runtime.output_dir)
     except (ImportError, ValueError):
         return Path.cwd()
-
-
-def _atomic(path: Path, write: Any) -> None:
-    # Write to a temporary name in the same folder, then rename: a crash never leaves a
-    # half-written file under the final name.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file + rename)."""
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` to ``path`` atomically (temporary file + rename)."""
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def run_loggers(out_dir: Path) -> list[Logger]:
@@ -143,7 +118,7 @@ def export_run(
     outputs = {"config": "config.yaml", "quantized_model": export.MODEL_FILE}
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     atomic_torch_save(out_dir / export.MODEL_FILE, state)
-    _atomic(
+    atomic_write(
         out_dir / export.WEIGHTS_FILE, lambda tmp: export.save_quantized_weights(Path(tmp), layers)
     )
     outputs["quantized_weights"] = export.WEIGHTS_FILE
@@ -154,7 +129,7 @@ def export_run(
     outputs["adaround_state"] = export.STATE_FILE
     if config.onnx:
         model = copy.deepcopy(result.model).cpu()
-        _atomic(
+        atomic_write(
             out_dir / export.ONNX_FILE,
             lambda tmp: export.export_onnx(model, layers, example_input, Path(tmp), config.opset),
         )

@@ -13,14 +13,12 @@ uninterrupted run's.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from adaround_lightning.atomic import atomic_write
 from adaround_lightning.errors import UserError
 
 __all__ = ["INDEX_FILE", "load_progress", "save_layer_progress"]
@@ -28,17 +26,6 @@ __all__ = ["INDEX_FILE", "load_progress", "save_layer_progress"]
 _VERSION = 1
 #: The index file inside the checkpoint folder.
 INDEX_FILE = "progress.json"
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_layer_progress(
@@ -54,6 +41,7 @@ def save_layer_progress(
         entry: ``{"state": quantizer state_dict, "bits", "per_channel", "report"}``.
 
     Example:
+        >>> import tempfile
         >>> folder = Path(tempfile.mkdtemp())
         >>> save_layer_progress(folder, "cfg", ["fc"], "fc", {"bits": 4})
         >>> load_progress(folder, "cfg")
@@ -61,12 +49,12 @@ def save_layer_progress(
     """
     folder.mkdir(parents=True, exist_ok=True)
     file_name = f"layer_{len(order) - 1:04d}.pt"
-    _atomic(folder / file_name, lambda tmp: torch.save(entry, tmp))
+    atomic_write(folder / file_name, lambda tmp: torch.save(entry, tmp))
     files = _read_index(folder).get("files", {}) if (folder / INDEX_FILE).is_file() else {}
     files = {n: f for n, f in files.items() if n in order}
     files[name] = file_name
     index = {"version": _VERSION, "tag": tag, "order": order, "files": files}
-    _atomic(folder / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
+    atomic_write(folder / INDEX_FILE, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
 
 
 def _read_index(folder: Path) -> dict[str, Any]:

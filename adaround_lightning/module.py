@@ -125,24 +125,17 @@ class LayerReconstruction(L.LightningModule):
             )
         self.history[curr_iter, 0] = reconstruction.detach()
         self.history[curr_iter, 1] = regularization.detach()
-        batch_size = inputs.shape[0]
-        # Epoch means accumulate on the device: no host sync per step.
-        self.log(
-            f"{self.name}/reconstruction_mean",
-            reconstruction.detach(),
-            on_step=False,
-            on_epoch=True,
-            batch_size=batch_size,
-            sync_dist=True,  # under DDP: one all-reduce when the fit ends, not per step
-        )
-        self.log(
-            f"{self.name}/regularization_mean",
-            regularization.detach(),
-            on_step=False,
-            on_epoch=True,
-            batch_size=batch_size,
-            sync_dist=True,  # under DDP: one all-reduce when the fit ends, not per step
-        )
+        # Epoch means accumulate on the device: no host sync per step; under DDP one
+        # all-reduce when the fit ends.
+        for term, value in (("reconstruction", reconstruction), ("regularization", regularization)):
+            self.log(
+                f"{self.name}/{term}_mean",
+                value.detach(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=inputs.shape[0],
+                sync_dist=True,
+            )
         return reconstruction + regularization
 
     def loss_curve(self, points: int = 200) -> list[list[float]]:

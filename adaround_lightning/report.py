@@ -139,7 +139,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     Example:
         >>> write_report(json.loads(Path("results.json").read_text()), Path("."))  # doctest: +SKIP
     """
-    from adaround_lightning.app import atomic_write_text
+    from adaround_lightning.atomic import atomic_write_text
 
     out_dir = Path(out_dir)
     layers = list(results.get("layers", []))

@@ -174,7 +174,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     Returns:
         The rows written.
     """
-    from adaround_lightning.app import atomic_write_text
+    from adaround_lightning.atomic import atomic_write_text
 
     sweep_dir = Path(sweep_dir)
     rows = collect_jobs(sweep_dir)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.error
 from pathlib import Path
 
@@ -21,6 +18,7 @@ from adaround_lightning.errors import UserError
 from adaround_lightning.export import load_quantized, onnx_logits
 from adaround_lightning.models import ModelConfig, build_model
 from adaround_lightning.settings import run_config_from
+from tests.helpers.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
@@ -129,21 +127,8 @@ def test_run_on_an_image_folder(tmp_path: Path) -> None:
         assert torch.equal(value, state[key]), key
 
 
-def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "adaround_lightning", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def test_cli_quickstart_writes_results(tmp_path: Path) -> None:
-    proc = _cli([*FAST, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_cli([*FAST, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     for key in ("fp32", "nearest", "adaround"):
@@ -184,7 +169,7 @@ def test_bad_inputs_give_one_line(args: list[str], expected: str, tmp_path: Path
     (empty / "train").mkdir(parents=True)
     (empty / "val").mkdir()
     args = [a.replace("EMPTY", str(empty)) for a in args]
-    proc = _cli([*FAST, *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    proc = run_cli([*FAST, *args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -192,7 +177,7 @@ def test_bad_inputs_give_one_line(args: list[str], expected: str, tmp_path: Path
 
 
 def test_help_lists_the_recipes(tmp_path: Path) -> None:
-    proc = _cli(["--help"], cwd=tmp_path)
+    proc = run_cli(["--help"], cwd=tmp_path)
     assert proc.returncode == 0
     line = next(line for line in proc.stdout.splitlines() if line.startswith("recipe:"))
     for recipe in recipes():

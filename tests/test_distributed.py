@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers.cli import REPO, run_cli
+
 SETTINGS = [
     "adaround.iters=30",
     "adaround.num_samples=128",
@@ -23,25 +21,11 @@ SETTINGS = [
 DDP = ["trainer.devices=2", "trainer.strategy=ddp"]
 
 
-def _run(args: list[str], cwd: Path, entry: list[str] | None = None, timeout: int = 600):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = entry or ["-m", "adaround_lightning"]
-    return subprocess.run(
-        [sys.executable, *command, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ddp")
     dirs = {"single": root / "single", "ddp": root / "ddp"}
     for name, extra in (("single", []), ("ddp", DDP)):
-        proc = _run([*SETTINGS, *extra, f"hydra.run.dir={dirs[name]}"], root)
+        proc = run_cli([*SETTINGS, *extra, f"hydra.run.dir={dirs[name]}"], root)
         assert proc.returncode == 0, proc.stderr[-3000:]
         dirs[f"{name}_stdout"] = proc.stdout  # type: ignore[assignment]
     return dirs
@@ -73,10 +57,10 @@ def test_ddp_matches_single_process_within_tolerance(runs: dict[str, Path]) -> N
         assert b["mse_adaround"] == pytest.approx(a["mse_adaround"], rel=0.10)
 
 
-def test_crash_on_one_rank_ends_the_run(tmp_path: Path) -> None:
+def test_crash_on_one_rank_ends_therun_cli(tmp_path: Path) -> None:
     entry = [str(REPO / "tests" / "helpers" / "ddp_crash_entry.py")]
     start = time.monotonic()
-    proc = _run([*SETTINGS, *DDP, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, entry, 300)
+    proc = run_cli([*SETTINGS, *DDP, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, entry, 300)
     assert proc.returncode != 0
     assert "injected crash on rank 1" in proc.stderr
     assert time.monotonic() - start < 240
@@ -84,7 +68,7 @@ def test_crash_on_one_rank_ends_the_run(tmp_path: Path) -> None:
 
 
 def test_multirun_with_ddp_is_refused(tmp_path: Path) -> None:
-    proc = _run(
+    proc = run_cli(
         ["-m", "quant.weight_bits=3", *SETTINGS, *DDP, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         tmp_path,
     )

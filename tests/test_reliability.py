@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,8 +16,8 @@ from torch import nn
 from adaround_lightning import AdaroundConfig, adaround
 from adaround_lightning.datamodule import CalibrationCache
 from adaround_lightning.errors import UserError
+from tests.helpers.cli import start_cli
 
-REPO = Path(__file__).resolve().parents[1]
 CPU = {"accelerator": "cpu", "devices": 1}
 RUN = [
     "adaround.iters=40",
@@ -30,18 +27,6 @@ RUN = [
     "trainer.accelerator=cpu",
     "export.onnx=false",
 ]
-
-
-def _start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "adaround_lightning", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _finished_layers(run_dir: Path) -> int:
@@ -54,11 +39,11 @@ def _finished_layers(run_dir: Path) -> int:
 
 def test_sigkill_mid_run_then_resume_gives_identical_integers(tmp_path: Path) -> None:
     reference, killed = tmp_path / "reference", tmp_path / "killed"
-    proc = _start([*RUN, f"hydra.run.dir={reference}"], tmp_path)
+    proc = start_cli([*RUN, f"hydra.run.dir={reference}"], tmp_path)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
 
-    proc = _start([*RUN, f"hydra.run.dir={killed}"], tmp_path)
+    proc = start_cli([*RUN, f"hydra.run.dir={killed}"], tmp_path)
     deadline = time.monotonic() + 300
     while _finished_layers(killed) < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -72,7 +57,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_integers(tmp_path: Path) ->
     assert not (killed / "quantized_weights.safetensors").exists()
     assert not list(killed.glob("**/.*.tmp*"))
 
-    proc = _start([*RUN, f"resume={killed}"], tmp_path)
+    proc = start_cli([*RUN, f"resume={killed}"], tmp_path)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     assert f"resuming after {done} finished layers" in out + err
@@ -91,12 +76,12 @@ def test_sigkill_mid_run_then_resume_gives_identical_integers(tmp_path: Path) ->
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     fast = [*RUN[1:], "adaround.iters=2"]
-    proc = _start([*fast, f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = start_cli([*fast, f"hydra.run.dir={run_dir}"], tmp_path)
     assert proc.communicate(timeout=600) and proc.returncode == 0
-    proc = _start([*fast, "quant.weight_bits=2", f"resume={run_dir}"], tmp_path)
+    proc = start_cli([*fast, "quant.weight_bits=2", f"resume={run_dir}"], tmp_path)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and "other settings" in err and "Traceback" not in err
-    proc = _start([*fast, f"resume={tmp_path / 'nowhere'}"], tmp_path)
+    proc = start_cli([*fast, f"resume={tmp_path / 'nowhere'}"], tmp_path)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 2 and "not a run dir" in err
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from adaround_lightning.summarize import main as summarize_main
 from adaround_lightning.sweep import collect_jobs
+from tests.helpers.cli import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 FAST = [
     "adaround.iters=3",
     "adaround.num_samples=32",
@@ -24,22 +22,8 @@ FAST = [
 
 
 def _multirun(args: list[str], sweep_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "adaround_lightning",
-            "-m",
-            *args,
-            *FAST,
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        cwd=sweep_dir.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    return run_cli(
+        ["-m", *args, *FAST, f"hydra.sweep.dir={sweep_dir}"], sweep_dir.parent, timeout=900
     )
 
 
