@@ -19,7 +19,8 @@ from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from adaround_lightning.atomic import atomic_write_text, output_dir_of, run, summary_table
+from adaround_lightning.app import output_dir_of, run, summary_table
+from adaround_lightning.atomic import atomic_write_text
 from adaround_lightning.errors import UserError
 from adaround_lightning.settings import run_config_from
 
