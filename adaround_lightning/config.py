@@ -33,6 +33,8 @@ class QuantConfig:
         layer_bits: Per-layer bit widths, pattern -> bits; the first matching pattern wins.
         first_layer_bits: Bits of the first quantizable layer in execution order (None: default).
         last_layer_bits: Bits of the last quantizable layer in execution order (None: default).
+        scale_method: How the grid's scale is chosen: ``maxabs``, ``half``, ``full`` or ``mse``
+            (see :mod:`adaround_lightning.grids`).
     """
 
     weight_bits: int = 4
@@ -41,9 +43,17 @@ class QuantConfig:
     layer_bits: dict[str, int] = field(default_factory=dict)
     first_layer_bits: int | None = None
     last_layer_bits: int | None = None
+    scale_method: str = "maxabs"
 
     def __post_init__(self) -> None:
         _check_bits("quant.weight_bits", self.weight_bits)
+        from adaround_lightning.grids import SCALE_METHODS
+
+        if self.scale_method not in SCALE_METHODS:
+            raise ValueError(
+                f"quant.scale_method must be one of {', '.join(SCALE_METHODS)}, "
+                f"got {self.scale_method!r}"
+            )
         self.exclude = [str(p) for p in self.exclude]
         self.layer_bits = {str(k): v for k, v in dict(self.layer_bits).items()}
         for pattern, bits in self.layer_bits.items():
@@ -85,6 +95,9 @@ class AdaroundConfig:
         include_activation: Put the ReLU/ReLU6 that directly follows a layer in its target.
         seed: Seed of the calibration batches.
         forward_batch_size: Batch size of the forward passes that fill the caches.
+        granularity: ``layer`` (AdaRound: one fit per layer, its output error) or ``block``
+            (BRECQ-style: one fit per block, the block output error, all its layers' ``V``
+            together; layers outside blocks are still fitted one by one).
     """
 
     iters: int = 10000
@@ -98,8 +111,13 @@ class AdaroundConfig:
     include_activation: bool = True
     seed: int = 0
     forward_batch_size: int = 256
+    granularity: str = "layer"
 
     def __post_init__(self) -> None:
+        if self.granularity not in ("layer", "block"):
+            raise ValueError(
+                f"adaround.granularity must be 'layer' or 'block', got {self.granularity!r}"
+            )
         for name in ("iters", "batch_size", "num_samples", "forward_batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

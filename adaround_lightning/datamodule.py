@@ -227,6 +227,27 @@ class CalibrationCache(L.LightningDataModule):
         self.targets = targets
         self.layer_index = layer_index
 
+    @torch.no_grad()
+    def cache_block_output(self, fp_block: nn.Module, layer_index: int) -> None:
+        """Train on the whole block: inputs ``x~`` (quantized network), targets ``B(x)`` (float).
+
+        Used by block reconstruction; the targets are the float block's output on the float
+        network's block input.
+        """
+        if self.fp_block_inputs is None or self.q_block_inputs is None:
+            raise RuntimeError("call cache_block before cache_block_output")
+        chunk = self.forward_batch_size
+        targets = torch.cat(
+            [
+                fp_block(self.fp_block_inputs[start : start + chunk])
+                for start in range(0, self.fp_block_inputs.shape[0], chunk)
+            ]
+        )
+        if not torch.isfinite(targets).all():
+            raise UserError("non-finite activations in the calibration data")
+        self.inputs, self.targets = self.q_block_inputs, targets
+        self.layer_index = layer_index
+
     def release(self) -> None:
         """Drop every cached tensor (the calibration images stay)."""
         self.fp_block_inputs = self.q_block_inputs = self.inputs = self.targets = None

@@ -43,9 +43,11 @@ from adaround_lightning.distributed import (
     process_context,
 )
 from adaround_lightning.errors import UserError
-from adaround_lightning.graph import trace_network
+from adaround_lightning.graph import LayerInfo, trace_network
+from adaround_lightning.grids import weight_scale
 from adaround_lightning.loss import AdaptiveRoundingLoss
 from adaround_lightning.module import (
+    BlockReconstruction,
     LayerReconstruction,
     forward_with_weight,
     functional_activation,
@@ -411,6 +413,130 @@ def adaround(
         log.info("resuming after %d finished layers", len(finished))
     if not context.is_main:  # one process writes and shows progress
         checkpoint, loggers, progress = None, None, False
+
+    def activation_of(info: LayerInfo) -> nn.Module | None:
+        if info.activation and config.include_activation:
+            return functional_activation(fp_model.get_submodule(info.activation))
+        return None
+
+    def new_quantizer(info: LayerInfo) -> tuple[AdaroundFakeQuantizer, int]:
+        weight = q_model.get_submodule(info.name).weight
+        bits = quant.bits_for(info.name, info.name == first, info.name == last)
+        quantizer = make_quantizer(bits, quant.per_channel).to(device)
+        quantizer(weight)  # the observer sets the scale, V starts at frac(W/s)
+        if quant.scale_method != "maxabs":
+            scale = weight_scale(
+                weight,
+                quantizer.quant_min,
+                quantizer.quant_max,
+                quant.per_channel,
+                quant.scale_method,
+            )
+            quantizer.update_scale(weight, scale)
+        return quantizer, bits
+
+    def new_loss() -> AdaptiveRoundingLoss:
+        return AdaptiveRoundingLoss(
+            max_iter=config.iters,
+            warm_start=config.warm_start,
+            beta_range=config.beta_range,
+            reg_param=config.reg_param,
+            reconstruction=config.reconstruction,  # type: ignore[arg-type]
+        )
+
+    def fit(module: L.LightningModule, name: str, bar: CalibrationProgress) -> None:
+        bar.start_layer(name, config.iters)
+        with quiet_lightning():
+            _inner_trainer(trainer_kwargs, config.iters, loggers, [bar]).fit(
+                module, datamodule=cache
+            )
+        # Lightning's teardown may move the fitted module to the CPU: put it back.
+        module.to(device)
+
+    def cache_layer(info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
+        try:
+            cache.cache_layer(
+                fp_block,
+                q_block,
+                fp_model.get_submodule(info.name),
+                q_model.get_submodule(info.name),
+                activation_of(info),
+                len(reports),
+            )
+        except torch.OutOfMemoryError:
+            raise UserError(_oom_message(info.name, images)) from None
+        except ValueError as error:
+            raise UserError(f"layer {info.name!r}: {error}") from None
+
+    def finish_layer(
+        info: LayerInfo,
+        quantizer: AdaroundFakeQuantizer,
+        bits: int,
+        seconds: float,
+        curve: list[list[float]],
+        bar: CalibrationProgress,
+    ) -> None:
+        """Report the layer (MSEs on its cached input and target), checkpoint it, log it."""
+        q_layer = q_model.get_submodule(info.name).eval()
+        activation = activation_of(info)
+        assert cache.inputs is not None and cache.targets is not None
+        mse = {
+            kind: _output_mse(
+                q_layer,
+                weight,
+                activation,
+                cache.inputs,
+                cache.targets,
+                config.forward_batch_size,
+                context,
+            )
+            for kind, weight in (
+                ("nearest", quantizer.nearest_integer_weight().float() * quantizer.scale),
+                ("adaround", q_layer.weight),
+            )
+        }
+        check_same_on_all_ranks(quantizer.integer_weight(), info.name, context)
+        flipped = quantizer.integer_weight() != quantizer.nearest_integer_weight()
+        report = LayerReport(
+            name=info.name,
+            type=type(q_layer).__name__,
+            weight_shape=list(q_layer.weight.shape),
+            bits=bits,
+            per_channel=quant.per_channel,
+            activation=info.activation if activation is not None else None,
+            mse_nearest=mse["nearest"],
+            mse_adaround=mse["adaround"],
+            flipped_fraction=float(flipped.float().mean()),
+            seconds=seconds,
+            iters=config.iters,
+            loss_curve=curve,
+        )
+        quantizers[info.name] = quantizer
+        reports.append(report)
+        if checkpoint is not None:
+            finished[info.name] = {
+                "state": {k: v.detach().cpu() for k, v in quantizer.state_dict().items()},
+                "bits": bits,
+                "per_channel": quant.per_channel,
+                "report": report.to_dict(),
+            }
+            save_layer_progress(
+                checkpoint, checkpoint_tag, list(finished), info.name, finished[info.name]
+            )
+        log.info(
+            "[%d/%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
+            len(reports),
+            total_layers,
+            info.name,
+            report.type,
+            bits,
+            mse["nearest"],
+            mse["adaround"],
+            100 * report.flipped_fraction,
+            seconds,
+        )
+        bar.finish_layer()
+
     with CalibrationProgress(total_layers, len(quantizers), progress) as bar:
         for block in trace.blocks:
             done = set(skipped) | set(quantizers)
@@ -425,109 +551,44 @@ def adaround(
                 cache.cache_block(fp_model, q_model, fp_block, q_block)
             except torch.OutOfMemoryError:
                 raise UserError(_oom_message(block.name, images)) from None
-            for info in todo:
-                layer_start = time.perf_counter()
-                fp_layer, q_layer = (
-                    fp_model.get_submodule(info.name),
-                    q_model.get_submodule(info.name),
+            if config.granularity == "block" and block.name not in {i.name for i in block.layers}:
+                # One fit for the whole block: its output error, all its layers' V together.
+                block_start = time.perf_counter()
+                new = {info.name: new_quantizer(info) for info in todo}
+                prefix = f"{block.name}."
+                module = BlockReconstruction(
+                    q_block,
+                    {name[len(prefix) :]: q for name, (q, _) in new.items()},
+                    new_loss(),
+                    config.lr,
+                    name=block.name,
                 )
-                activation_module = (
-                    fp_model.get_submodule(info.activation)
-                    if info.activation and config.include_activation
-                    else None
-                )
-                activation = functional_activation(activation_module)
-                try:
-                    cache.cache_layer(
-                        fp_block, q_block, fp_layer, q_layer, activation, len(reports)
+                cache.cache_block_output(fp_block, len(reports))
+                fit(module, block.name, bar)
+                curve = module.loss_curve(_CURVE_POINTS)
+                seconds = (time.perf_counter() - block_start) / len(todo)
+                for info in todo:
+                    cache_layer(info, fp_block, q_block)
+                    quantizer, bits = new[info.name]
+                    finish_layer(info, quantizer, bits, seconds, curve, bar)
+            else:
+                for info in todo:
+                    layer_start = time.perf_counter()
+                    cache_layer(info, fp_block, q_block)
+                    quantizer, bits = new_quantizer(info)
+                    module = LayerReconstruction(
+                        q_model.get_submodule(info.name),
+                        quantizer,
+                        new_loss(),
+                        activation_of(info),
+                        config.lr,
+                        name=info.name,
                     )
-                except torch.OutOfMemoryError:
-                    raise UserError(_oom_message(info.name, images)) from None
-                except ValueError as error:
-                    raise UserError(f"layer {info.name!r}: {error}") from None
-                bits = quant.bits_for(info.name, info.name == first, info.name == last)
-                quantizer = make_quantizer(bits, quant.per_channel).to(device)
-                quantizer(q_layer.weight)  # the observer sets the scale, V starts at frac(W/s)
-                loss = AdaptiveRoundingLoss(
-                    max_iter=config.iters,
-                    warm_start=config.warm_start,
-                    beta_range=config.beta_range,
-                    reg_param=config.reg_param,
-                    reconstruction=config.reconstruction,  # type: ignore[arg-type]
-                )
-                module = LayerReconstruction(
-                    q_layer, quantizer, loss, activation, config.lr, name=info.name
-                )
-                bar.start_layer(info.name, config.iters)
-                with quiet_lightning():
-                    _inner_trainer(trainer_kwargs, config.iters, loggers, [bar]).fit(
-                        module, datamodule=cache
+                    fit(module, info.name, bar)
+                    seconds = time.perf_counter() - layer_start
+                    finish_layer(
+                        info, quantizer, bits, seconds, module.loss_curve(_CURVE_POINTS), bar
                     )
-                # Lightning's teardown may move the fitted module to the CPU: put it back.
-                q_layer.to(device).eval()
-                quantizer.to(device)
-                assert cache.inputs is not None and cache.targets is not None
-                nearest_weight = quantizer.nearest_integer_weight().float() * quantizer.scale
-                mse_nearest = _output_mse(
-                    q_layer,
-                    nearest_weight,
-                    activation,
-                    cache.inputs,
-                    cache.targets,
-                    config.forward_batch_size,
-                    context,
-                )
-                mse_adaround = _output_mse(
-                    q_layer,
-                    q_layer.weight,
-                    activation,
-                    cache.inputs,
-                    cache.targets,
-                    config.forward_batch_size,
-                    context,
-                )
-                check_same_on_all_ranks(quantizer.integer_weight(), info.name, context)
-                flipped = quantizer.integer_weight() != quantizer.nearest_integer_weight()
-                report = LayerReport(
-                    name=info.name,
-                    type=type(q_layer).__name__,
-                    weight_shape=list(q_layer.weight.shape),
-                    bits=bits,
-                    per_channel=quant.per_channel,
-                    activation=info.activation if activation is not None else None,
-                    mse_nearest=mse_nearest,
-                    mse_adaround=mse_adaround,
-                    flipped_fraction=float(flipped.float().mean()),
-                    seconds=time.perf_counter() - layer_start,
-                    iters=config.iters,
-                    loss_curve=module.loss_curve(_CURVE_POINTS),
-                )
-                quantizer.V.requires_grad_(False)
-                quantizers[info.name] = quantizer
-                reports.append(report)
-                if checkpoint is not None:
-                    finished[info.name] = {
-                        "state": {k: v.detach().cpu() for k, v in quantizer.state_dict().items()},
-                        "bits": bits,
-                        "per_channel": quant.per_channel,
-                        "report": report.to_dict(),
-                    }
-                    save_layer_progress(
-                        checkpoint, checkpoint_tag, list(finished), info.name, finished[info.name]
-                    )
-                log.info(
-                    "[%d/%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
-                    len(reports),
-                    total_layers,
-                    info.name,
-                    report.type,
-                    bits,
-                    mse_nearest,
-                    mse_adaround,
-                    100 * report.flipped_fraction,
-                    report.seconds,
-                )
-                bar.finish_layer()
             cache.release()
 
     return AdaroundResult(

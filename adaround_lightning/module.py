@@ -12,7 +12,12 @@ from torch import nn
 from adaround_lightning.loss import AdaptiveRoundingLoss
 from adaround_lightning.quantizer import AdaroundFakeQuantizer, rectified_sigmoid
 
-__all__ = ["LayerReconstruction", "forward_with_weight", "functional_activation"]
+__all__ = [
+    "BlockReconstruction",
+    "LayerReconstruction",
+    "forward_with_weight",
+    "functional_activation",
+]
 
 
 def forward_with_weight(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -40,69 +45,54 @@ def functional_activation(activation: nn.Module | None) -> nn.Module | None:
     return activation
 
 
-class LayerReconstruction(L.LightningModule):
-    """Learns ``V`` of one layer's :class:`AdaroundFakeQuantizer` (paper eq. 25).
+class _RoundingReconstruction(L.LightningModule):
+    """Shared by the layer and block modules: trains the ``V`` of some quantizers.
 
-    Only ``V`` is trained, with Adam. Each step computes ``f_a(W~ x~)`` with the soft-quantized
-    weight and both loss terms at ``curr_iter = trainer.global_step``. The annealed ``beta`` and
-    the regularizer weight come from device tensors indexed by the step (no host sync, fixed
-    shapes); the two terms are kept per step in a device tensor (``history``, shape
-    ``(max_iter, 2)``) and logged as epoch means, so logging syncs once per fit, not per step.
-    When fit ends, ``layer`` (the module of the quantized network) receives the hard-rounded
-    weight ``s * q``.
-
-    Args:
-        layer: The Conv/Linear module of the quantized network (still holding its float weight).
-        quantizer: Its quantizer, already initialised from the weight (one forward).
-        loss: The AdaRound loss, whose ``max_iter`` equals the number of training steps.
-        activation: The activation that directly follows the layer, or None.
-        lr: Adam's learning rate.
-        name: Prefix of the logged metrics (the layer's name), so that one logger serves all
-            layers of a run.
-
-    Example:
-        >>> layer = nn.Linear(4, 3)
-        >>> fq = AdaroundFakeQuantizer(quant_min=-8, quant_max=7)
-        >>> _ = fq(layer.weight)
-        >>> module = LayerReconstruction(layer, fq, AdaptiveRoundingLoss(max_iter=10), None, 1e-3)
+    Each step computes ``h(V)`` of every quantizer once, the soft output of the subclass, the
+    reconstruction term and ``sum_l lambda f_reg(V_l)`` at ``curr_iter = trainer.global_step``.
+    ``beta`` and the regularizer weight come from device tensors indexed by the step (fixed
+    shapes, no host sync); both terms are kept per step in ``history`` (shape ``(max_iter, 2)``)
+    and logged as epoch means, so logging syncs once per fit.
     """
 
     def __init__(
         self,
-        layer: nn.Module,
-        quantizer: AdaroundFakeQuantizer,
+        quantizers: list[AdaroundFakeQuantizer],
+        frozen: nn.Module,
         loss: AdaptiveRoundingLoss,
-        activation: nn.Module | None = None,
-        lr: float = 1e-3,
-        name: str = "layer",
+        lr: float,
+        name: str,
     ) -> None:
         super().__init__()
-        if not quantizer.initialized:
-            raise ValueError("initialise the quantizer with one forward of the weight first")
-        self.layer = layer
-        self.quantizer = quantizer
+        if not all(q.initialized for q in quantizers):
+            raise ValueError("initialise each quantizer with one forward of its weight first")
         self.loss = loss
-        self.activation = functional_activation(activation)
         self.lr = lr
         self.name = name
-        for parameter in self.layer.parameters():
+        for parameter in frozen.parameters():
             parameter.requires_grad_(False)
-        self.quantizer.V.requires_grad_(True)
-        self.quantizer.use_soft_rounding = True
+        for quantizer in quantizers:
+            quantizer.V.requires_grad_(True)
+            quantizer.use_soft_rounding = True
         beta, reg_weight = loss.schedule()
         self.register_buffer("beta", beta, persistent=False)
         self.register_buffer("reg_weight", reg_weight, persistent=False)
         self.register_buffer("history", torch.zeros(loss.max_iter, 2), persistent=False)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam([self.quantizer.V], lr=self.lr)
+    def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
+        """The quantizers whose ``V`` is trained."""
+        raise NotImplementedError
 
-    def soft_output(self, x: torch.Tensor, h_V: torch.Tensor | None = None) -> torch.Tensor:
-        """``f_a(W~ x)`` with the soft-quantized weight ``W~`` of eq. (22)."""
-        if h_V is None:
-            h_V = rectified_sigmoid(self.quantizer.V)
-        out = forward_with_weight(self.layer, x, self.quantizer.quantize_with(h_V))
-        return self.activation(out) if self.activation is not None else out
+    def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The output with soft-quantized weights (``h``: one ``h(V)`` per quantizer)."""
+        raise NotImplementedError
+
+    def apply_hard_weights(self) -> None:
+        """Write ``s * q`` into the quantized network's modules."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([q.V for q in self.rounding_quantizers()], lr=self.lr)
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
@@ -113,16 +103,16 @@ class LayerReconstruction(L.LightningModule):
             raise ValueError(
                 f"step {curr_iter} is past the loss schedule ({self.loss.max_iter} steps)"
             )
-        h_V = rectified_sigmoid(self.quantizer.V)
-        outputs = self.soft_output(inputs, h_V)
+        h = [rectified_sigmoid(q.V) for q in self.rounding_quantizers()]
+        outputs = self.soft_output(inputs, h)
         reconstruction = self.loss.reconstruction_loss(outputs, targets.to(outputs.dtype))
         if curr_iter < self.loss.warm_start_end:
             # Warm start: no regularizer. A Python-int comparison, so no host sync.
             regularization = reconstruction.new_zeros(())
         else:
-            regularization = self.reg_weight[curr_iter] * AdaptiveRoundingLoss.regularizer_of_h(
-                h_V, self.beta[curr_iter]
-            )
+            beta = self.beta[curr_iter]
+            f_reg = sum(AdaptiveRoundingLoss.regularizer_of_h(h_V, beta) for h_V in h)
+            regularization = self.reg_weight[curr_iter] * f_reg
         self.history[curr_iter, 0] = reconstruction.detach()
         self.history[curr_iter, 1] = regularization.detach()
         # Epoch means accumulate on the device: no host sync per step; under DDP one
@@ -156,7 +146,115 @@ class LayerReconstruction(L.LightningModule):
                     logger.log_metrics(metrics, step=int(step))
             for logger in self.loggers:
                 logger.save()
-        self.quantizer.use_soft_rounding = False
-        self.quantizer.V.requires_grad_(False)
+        for quantizer in self.rounding_quantizers():
+            quantizer.use_soft_rounding = False
+            quantizer.V.requires_grad_(False)
         with torch.no_grad():
-            self.layer.weight.copy_(self.quantizer.hard_weight().to(self.layer.weight.dtype))
+            self.apply_hard_weights()
+
+
+class LayerReconstruction(_RoundingReconstruction):
+    """Learns ``V`` of one layer's :class:`AdaroundFakeQuantizer` (paper eq. 25).
+
+    Only ``V`` is trained, with Adam. Each step computes ``f_a(W~ x~)`` with the soft-quantized
+    weight and both loss terms at ``curr_iter = trainer.global_step``. When fit ends, ``layer``
+    (the module of the quantized network) receives the hard-rounded weight ``s * q``.
+
+    Args:
+        layer: The Conv/Linear module of the quantized network (still holding its float weight).
+        quantizer: Its quantizer, already initialised from the weight (one forward).
+        loss: The AdaRound loss, whose ``max_iter`` equals the number of training steps.
+        activation: The activation that directly follows the layer, or None.
+        lr: Adam's learning rate.
+        name: Prefix of the logged metrics (the layer's name), so that one logger serves all
+            layers of a run.
+
+    Example:
+        >>> layer = nn.Linear(4, 3)
+        >>> fq = AdaroundFakeQuantizer(quant_min=-8, quant_max=7)
+        >>> _ = fq(layer.weight)
+        >>> module = LayerReconstruction(layer, fq, AdaptiveRoundingLoss(max_iter=10), None, 1e-3)
+    """
+
+    def __init__(
+        self,
+        layer: nn.Module,
+        quantizer: AdaroundFakeQuantizer,
+        loss: AdaptiveRoundingLoss,
+        activation: nn.Module | None = None,
+        lr: float = 1e-3,
+        name: str = "layer",
+    ) -> None:
+        super().__init__([quantizer], layer, loss, lr, name)
+        self.layer = layer
+        self.quantizer = quantizer
+        self.activation = functional_activation(activation)
+
+    def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
+        return [self.quantizer]
+
+    def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``f_a(W~ x)`` with the soft-quantized weight ``W~`` of eq. (22)."""
+        h_V = rectified_sigmoid(self.quantizer.V) if h is None else h[0]
+        out = forward_with_weight(self.layer, x, self.quantizer.quantize_with(h_V))
+        return self.activation(out) if self.activation is not None else out
+
+    def apply_hard_weights(self) -> None:
+        self.layer.weight.copy_(self.quantizer.hard_weight().to(self.layer.weight.dtype))
+
+
+class BlockReconstruction(_RoundingReconstruction):
+    """Learns the ``V`` of every layer of a block together (BRECQ-style block reconstruction).
+
+    The objective is the block-output error ``||B(x) - B~(x~)||^2`` (same conventions as the
+    layer loss) plus the sum of the layers' rounding regularizers; ``x~`` is the block's input
+    in the quantized network and the target ``B(x)`` the float block's output.
+
+    Args:
+        block: The block module of the quantized network (its layers still hold float weights).
+        quantizers: Per layer name *relative to the block*, its initialised quantizer.
+        loss: The AdaRound loss, whose ``max_iter`` equals the number of training steps.
+        lr: Adam's learning rate.
+        name: Prefix of the logged metrics (the block's name).
+
+    Example:
+        >>> block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> fqs = {"0": AdaroundFakeQuantizer(quant_min=-8, quant_max=7),
+        ...        "2": AdaroundFakeQuantizer(quant_min=-8, quant_max=7)}
+        >>> for name, fq in fqs.items():
+        ...     _ = fq(block.get_submodule(name).weight)
+        >>> module = BlockReconstruction(block, fqs, AdaptiveRoundingLoss(max_iter=10), 1e-3)
+    """
+
+    def __init__(
+        self,
+        block: nn.Module,
+        quantizers: dict[str, AdaroundFakeQuantizer],
+        loss: AdaptiveRoundingLoss,
+        lr: float = 1e-3,
+        name: str = "block",
+    ) -> None:
+        super().__init__(list(quantizers.values()), block, loss, lr, name)
+        self.block = block
+        self.layer_names = list(quantizers)
+        # ModuleDict keys cannot contain dots.
+        self.quantizers = nn.ModuleDict({n.replace(".", "/"): q for n, q in quantizers.items()})
+
+    def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
+        return [self.quantizers[n.replace(".", "/")] for n in self.layer_names]  # type: ignore[misc]
+
+    def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``B~(x)``: the block with every quantized weight soft-quantized."""
+        quantizers = self.rounding_quantizers()
+        if h is None:
+            h = [rectified_sigmoid(q.V) for q in quantizers]
+        weights = {
+            f"{n}.weight": q.quantize_with(h_V)
+            for n, q, h_V in zip(self.layer_names, quantizers, h, strict=True)
+        }
+        return torch.func.functional_call(self.block, weights, (x,), strict=False)
+
+    def apply_hard_weights(self) -> None:
+        for name, quantizer in zip(self.layer_names, self.rounding_quantizers(), strict=True):
+            layer = self.block.get_submodule(name)
+            layer.weight.copy_(quantizer.hard_weight().to(layer.weight.dtype))

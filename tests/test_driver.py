@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 
 import pytest
 import torch
@@ -120,3 +121,53 @@ def test_dataset_input_and_determinism(tiny_cnn: nn.Module, images: torch.Tensor
     second = adaround(tiny_cnn, images, QuantConfig(weight_bits=2), config, CPU)
     for name, fq in first.quantizers.items():
         assert torch.equal(fq.integer_weight(), second.quantizers[name].integer_weight())
+
+
+def test_block_granularity_fits_each_block_once_and_beats_nearest() -> None:
+    from torchvision.models.resnet import BasicBlock
+
+    from adaround_lightning.module import BlockReconstruction
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        BasicBlock(8, 8),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+    images = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    fits: list[str] = []
+    original = BlockReconstruction.on_train_end
+
+    def counting(self: BlockReconstruction) -> None:
+        fits.append(self.name)
+        original(self)
+
+    BlockReconstruction.on_train_end = counting  # type: ignore[method-assign]
+    try:
+        result = adaround(
+            net,
+            images,
+            QuantConfig(weight_bits=2),
+            AdaroundConfig(iters=200, batch_size=16, lr=1e-2, granularity="block"),
+            CPU,
+        )
+    finally:
+        BlockReconstruction.on_train_end = original  # type: ignore[method-assign]
+    assert fits == ["2"]  # one fit for the BasicBlock; the stem and fc are fitted as layers
+    assert [r.name for r in result.layers] == ["0", "2.conv1", "2.conv2", "5"]
+    # The block's output error with AdaRound's integers is below round-to-nearest's (float64).
+    block_q, block_fp = result.model[2].double(), result.float_model[2].double()
+    x_q = capture_input(result.model.double(), block_q, images.double())
+    x_fp = capture_input(result.float_model.double(), block_fp, images.double())
+    target = block_fp(x_fp)
+    nearest = copy.deepcopy(block_q)
+    for name in ("conv1", "conv2"):
+        fq = result.quantizers[f"2.{name}"]
+        nearest.get_submodule(name).weight.data = (
+            fq.nearest_integer_weight().double() * fq.scale.double()
+        )
+    with torch.no_grad():
+        assert (block_q(x_q) - target).pow(2).mean() < (nearest(x_q) - target).pow(2).mean()

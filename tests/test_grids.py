@@ -1,0 +1,49 @@
+"""Grid scales against their formulas; the MSE search finds the best clipping ratio."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adaround_lightning.config import QuantConfig
+from adaround_lightning.grids import weight_scale
+
+
+def _error(w: torch.Tensor, s: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    w = w.double().flatten(1)
+    s = s.double()[:, None]
+    return (w - torch.clamp(torch.round(w / s), qmin, qmax) * s).pow(2).sum(1)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_scale_formulas(bits: int) -> None:
+    g = torch.Generator().manual_seed(bits)
+    w = torch.randn(6, 4, 3, 3, generator=g)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    m = w.abs().flatten(1).amax(1).double()
+    expected = {"maxabs": m / qmax, "half": m / (qmax + 0.5), "full": m / 2 ** (bits - 1)}
+    for method, reference in expected.items():
+        assert torch.allclose(weight_scale(w, qmin, qmax, True, method).double(), reference)
+    per_tensor = weight_scale(w, qmin, qmax, False, "half")
+    assert per_tensor.shape == (1,) and float(per_tensor) == pytest.approx(
+        float(m.max()) / (qmax + 0.5)
+    )
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_mse_search_picks_the_best_of_its_candidates(bits: int) -> None:
+    g = torch.Generator().manual_seed(10 + bits)
+    w = torch.randn(5, 64, generator=g) * torch.rand(5, 1, generator=g)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    best = weight_scale(w, qmin, qmax, True, "mse")
+    m = w.abs().amax(1)
+    # The documented search: 100 clipping ratios in [0.5, 1], recomputed in float64.
+    candidates = [alpha * m / qmax for alpha in torch.linspace(0.5, 1.0, 100)]
+    errors = torch.stack([_error(w, c, qmin, qmax) for c in candidates])
+    assert torch.allclose(_error(w, best, qmin, qmax), errors.min(0).values, rtol=1e-4)
+    assert (_error(w, best, qmin, qmax) <= _error(w, m / qmax, qmin, qmax) + 1e-9).all()
+
+
+def test_unknown_method_is_rejected() -> None:
+    with pytest.raises(ValueError, match="scale_method"):
+        QuantConfig(scale_method="percentile")
