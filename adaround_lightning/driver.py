@@ -451,7 +451,7 @@ def adaround(
                 module, datamodule=cache
             )
         # Lightning's teardown may move the fitted module to the CPU: put it back.
-        module.to(device)
+        module.to(device).eval()
 
     def cache_layer(info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
         try:

@@ -83,6 +83,17 @@ class _RoundingReconstruction(L.LightningModule):
         """The quantizers whose ``V`` is trained."""
         raise NotImplementedError
 
+    def network_part(self) -> nn.Module:
+        """The module of the quantized network that this fit optimises (a layer or a block)."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> _RoundingReconstruction:
+        # Lightning switches to train mode for the fit; the network part must keep its eval
+        # behaviour (no dropout, frozen statistics): only V is being trained.
+        super().train(mode)
+        self.network_part().eval()
+        return self
+
     def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The output with soft-quantized weights (``h``: one ``h(V)`` per quantizer)."""
         raise NotImplementedError
@@ -193,6 +204,9 @@ class LayerReconstruction(_RoundingReconstruction):
     def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
         return [self.quantizer]
 
+    def network_part(self) -> nn.Module:
+        return self.layer
+
     def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``f_a(W~ x)`` with the soft-quantized weight ``W~`` of eq. (22)."""
         h_V = rectified_sigmoid(self.quantizer.V) if h is None else h[0]
@@ -242,6 +256,9 @@ class BlockReconstruction(_RoundingReconstruction):
 
     def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
         return [self.quantizers[n.replace(".", "/")] for n in self.layer_names]  # type: ignore[misc]
+
+    def network_part(self) -> nn.Module:
+        return self.block
 
     def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``B~(x)``: the block with every quantized weight soft-quantized."""
