@@ -98,6 +98,9 @@ class AdaroundConfig:
         granularity: ``layer`` (AdaRound: one fit per layer, its output error) or ``block``
             (BRECQ-style: one fit per block, the block output error, all its layers' ``V``
             together; layers outside blocks are still fitted one by one).
+        steps_per_batch: Optimizer steps per Lightning training step (manual optimization when
+            > 1). Same batches, same steps, same result; Lightning's per-step overhead is paid
+            once per this many steps.
     """
 
     iters: int = 10000
@@ -112,13 +115,14 @@ class AdaroundConfig:
     seed: int = 0
     forward_batch_size: int = 256
     granularity: str = "layer"
+    steps_per_batch: int = 8
 
     def __post_init__(self) -> None:
         if self.granularity not in ("layer", "block"):
             raise ValueError(
                 f"adaround.granularity must be 'layer' or 'block', got {self.granularity!r}"
             )
-        for name in ("iters", "batch_size", "num_samples", "forward_batch_size"):
+        for name in ("iters", "batch_size", "num_samples", "forward_batch_size", "steps_per_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"adaround.{name} must be a positive integer, got {value!r}")

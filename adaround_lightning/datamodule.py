@@ -41,10 +41,17 @@ class RandomBatches:
     10k steps of 32), from a generator seeded with ``seed``: the batches are reproducible and the
     training step does no host work to get them.
 
+    With ``steps_per_batch = K > 1`` each item stacks the batches of ``K`` consecutive steps,
+    ``(K, batch_size, ...)`` (the last item may hold fewer), for a training step that runs ``K``
+    optimizer steps: the same batches in the same order as with ``K = 1``.
+
     Example:
         >>> batches = RandomBatches(torch.arange(10.0), torch.arange(10.0), 4, num_steps=3, seed=0)
         >>> [tuple(x.shape) for x, _ in batches]
         [(4,), (4,), (4,)]
+        >>> grouped = RandomBatches(torch.arange(10.0), torch.arange(10.0), 4, 3, 0, 2)
+        >>> [tuple(x.shape) for x, _ in grouped]
+        [(2, 4), (1, 4)]
     """
 
     def __init__(
@@ -54,6 +61,7 @@ class RandomBatches:
         batch_size: int,
         num_steps: int,
         seed: int,
+        steps_per_batch: int = 1,
     ) -> None:
         if inputs.shape[0] != targets.shape[0]:
             raise ValueError("inputs and targets must have the same number of samples")
@@ -62,9 +70,10 @@ class RandomBatches:
         self.batch_size = batch_size
         self.num_steps = num_steps
         self.seed = seed
+        self.steps_per_batch = steps_per_batch
 
     def __len__(self) -> int:
-        return self.num_steps
+        return -(-self.num_steps // self.steps_per_batch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.inputs.device
@@ -76,8 +85,13 @@ class RandomBatches:
             generator=generator,
             device=device,
         )
-        for step in range(self.num_steps):
-            idx = indices[step]
+        if self.steps_per_batch == 1:
+            for step in range(self.num_steps):
+                idx = indices[step]
+                yield self.inputs[idx], self.targets[idx]
+            return
+        for first in range(0, self.num_steps, self.steps_per_batch):
+            idx = indices[first : first + self.steps_per_batch]  # (K, batch_size)
             yield self.inputs[idx], self.targets[idx]
 
 
@@ -155,6 +169,7 @@ class CalibrationCache(L.LightningDataModule):
         num_steps: Training steps per layer (the dataloader's length).
         seed: Base seed of the random batches; layer ``k`` uses ``seed + k``.
         forward_batch_size: Chunk size of the forward passes that fill the cache.
+        steps_per_batch: Optimizer steps per training step (batches grouped by that many).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
@@ -172,8 +187,10 @@ class CalibrationCache(L.LightningDataModule):
         num_steps: int = 10000,
         seed: int = 0,
         forward_batch_size: int = 256,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
+        self.steps_per_batch = steps_per_batch
         if calibration_images.shape[0] == 0:
             raise UserError("the calibration set is empty: give at least one sample")
         self.calibration_images = calibration_images
@@ -262,4 +279,5 @@ class CalibrationCache(L.LightningDataModule):
             self.batch_size,
             self.num_steps,
             self.seed + self.layer_index,
+            self.steps_per_batch,
         )

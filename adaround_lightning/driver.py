@@ -394,6 +394,7 @@ def adaround(
         num_steps=config.iters,
         seed=config.seed + 1_000_003 * context.rank,
         forward_batch_size=config.forward_batch_size,
+        steps_per_batch=config.steps_per_batch,
     )
     quantizers: dict[str, AdaroundFakeQuantizer] = {}
     reports: list[LayerReport] = []
@@ -562,6 +563,7 @@ def adaround(
                     new_loss(),
                     config.lr,
                     name=block.name,
+                    steps_per_batch=config.steps_per_batch,
                 )
                 cache.cache_block_output(fp_block, len(reports))
                 fit(module, block.name, bar)
@@ -583,6 +585,7 @@ def adaround(
                         activation_of(info),
                         config.lr,
                         name=info.name,
+                        steps_per_batch=config.steps_per_batch,
                     )
                     fit(module, info.name, bar)
                     seconds = time.perf_counter() - layer_start

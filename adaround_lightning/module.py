@@ -52,7 +52,7 @@ class _RoundingReconstruction(L.LightningModule):
     reconstruction term and ``sum_l lambda f_reg(V_l)`` at ``curr_iter = trainer.global_step``.
     ``beta`` and the regularizer weight come from device tensors indexed by the step (fixed
     shapes, no host sync); both terms are kept per step in ``history`` (shape ``(max_iter, 2)``)
-    and logged as epoch means, so logging syncs once per fit.
+    and logged once per fit (their means), so logging costs nothing per step.
     """
 
     def __init__(
@@ -62,8 +62,14 @@ class _RoundingReconstruction(L.LightningModule):
         loss: AdaptiveRoundingLoss,
         lr: float,
         name: str,
+        steps_per_batch: int = 1,
     ) -> None:
         super().__init__()
+        # K > 1: each training step runs K optimizer steps on a (K, batch, ...) batch under
+        # manual optimization, so Lightning's per-step overhead is paid once per K steps.
+        # Every optimizer.step() advances global_step, so curr_iter stays the true step.
+        self.steps_per_batch = steps_per_batch
+        self.automatic_optimization = steps_per_batch == 1
         if not all(q.initialized for q in quantizers):
             raise ValueError("initialise each quantizer with one forward of its weight first")
         self.loss = loss
@@ -107,9 +113,23 @@ class _RoundingReconstruction(L.LightningModule):
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | None:
         inputs, targets = batch
-        curr_iter = self.trainer.global_step  # 0 in the first step
+        if self.automatic_optimization:
+            return self._loss(inputs, targets, self.trainer.global_step)
+        optimizer = self.optimizers()
+        for k in range(inputs.shape[0]):
+            curr_iter = self.trainer.global_step  # advanced by every optimizer.step()
+            if curr_iter >= self.loss.max_iter:
+                break
+            loss = self._loss(inputs[k], targets[k], curr_iter)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+        return None
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor, curr_iter: int) -> torch.Tensor:
+        """Both terms at ``curr_iter`` (0 in the first step); returns their sum."""
         if curr_iter >= self.loss.max_iter:
             raise ValueError(
                 f"step {curr_iter} is past the loss schedule ({self.loss.max_iter} steps)"
@@ -126,18 +146,21 @@ class _RoundingReconstruction(L.LightningModule):
             regularization = self.reg_weight[curr_iter] * f_reg
         self.history[curr_iter, 0] = reconstruction.detach()
         self.history[curr_iter, 1] = regularization.detach()
-        # Epoch means accumulate on the device: no host sync per step; under DDP one
-        # all-reduce when the fit ends.
-        for term, value in (("reconstruction", reconstruction), ("regularization", regularization)):
+        return reconstruction + regularization
+
+    def on_train_epoch_end(self) -> None:
+        # One log call per fit, not per step (self.log costs Python time on every call): the
+        # means over all steps, computed on the device from history; under DDP one all-reduce.
+        steps = max(1, min(self.trainer.global_step, self.loss.max_iter))
+        means = self.history[:steps].mean(0)
+        for index, term in enumerate(("reconstruction", "regularization")):
             self.log(
                 f"{self.name}/{term}_mean",
-                value.detach(),
+                means[index],
                 on_step=False,
                 on_epoch=True,
-                batch_size=inputs.shape[0],
                 sync_dist=True,
             )
-        return reconstruction + regularization
 
     def loss_curve(self, points: int = 200) -> list[list[float]]:
         """``[step, reconstruction, regularization]`` rows, at most ``points`` (one host copy)."""
@@ -179,6 +202,8 @@ class LayerReconstruction(_RoundingReconstruction):
         lr: Adam's learning rate.
         name: Prefix of the logged metrics (the layer's name), so that one logger serves all
             layers of a run.
+        steps_per_batch: Optimizer steps per Lightning training step (batches of shape
+            ``(K, batch, ...)``); 1 is plain automatic optimization.
 
     Example:
         >>> layer = nn.Linear(4, 3)
@@ -195,8 +220,9 @@ class LayerReconstruction(_RoundingReconstruction):
         activation: nn.Module | None = None,
         lr: float = 1e-3,
         name: str = "layer",
+        steps_per_batch: int = 1,
     ) -> None:
-        super().__init__([quantizer], layer, loss, lr, name)
+        super().__init__([quantizer], layer, loss, lr, name, steps_per_batch)
         self.layer = layer
         self.quantizer = quantizer
         self.activation = functional_activation(activation)
@@ -230,6 +256,7 @@ class BlockReconstruction(_RoundingReconstruction):
         loss: The AdaRound loss, whose ``max_iter`` equals the number of training steps.
         lr: Adam's learning rate.
         name: Prefix of the logged metrics (the block's name).
+        steps_per_batch: Optimizer steps per Lightning training step.
 
     Example:
         >>> block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -247,8 +274,9 @@ class BlockReconstruction(_RoundingReconstruction):
         loss: AdaptiveRoundingLoss,
         lr: float = 1e-3,
         name: str = "block",
+        steps_per_batch: int = 1,
     ) -> None:
-        super().__init__(list(quantizers.values()), block, loss, lr, name)
+        super().__init__(list(quantizers.values()), block, loss, lr, name, steps_per_batch)
         self.block = block
         self.layer_names = list(quantizers)
         # ModuleDict keys cannot contain dots.

@@ -21,6 +21,7 @@ SETTINGS = [
 DDP = ["trainer.devices=2", "trainer.strategy=ddp"]
 
 
+@pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ddp")
     dirs = {"single": root / "single", "ddp": root / "ddp"}
@@ -57,7 +58,7 @@ def test_ddp_matches_single_process_within_tolerance(runs: dict[str, Path]) -> N
         assert b["mse_adaround"] == pytest.approx(a["mse_adaround"], rel=0.10)
 
 
-def test_crash_on_one_rank_ends_therun_cli(tmp_path: Path) -> None:
+def test_crash_on_one_rank_ends_the_run(tmp_path: Path) -> None:
     entry = [str(REPO / "tests" / "helpers" / "ddp_crash_entry.py")]
     start = time.monotonic()
     proc = run_cli([*SETTINGS, *DDP, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, entry, 300)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import lightning as L
 import torch
 from torch import nn
@@ -71,3 +73,32 @@ def test_fresh_trainers_each_run_their_steps() -> None:
         module.seen_steps = []
         _trainer(7).fit(module, train_dataloaders=RandomBatches(x, y, 4, 7, seed=0))
         assert module.seen_steps == list(range(7))
+
+
+def test_several_steps_per_training_step_give_the_same_result() -> None:
+    torch.manual_seed(1)
+    layer = nn.Conv2d(3, 5, 3, padding=1)
+    x = torch.randn(24, 3, 6, 6)
+    with torch.no_grad():
+        y = torch.relu(layer(x))
+    steps = 10  # not a multiple of 3: the last training step runs one optimizer step
+    results = {}
+    for k in (1, 3):
+        fq = AdaroundFakeQuantizer(qscheme=torch.per_channel_symmetric, quant_min=-4, quant_max=3)
+        fq(layer.weight)
+        module = RecordingModule(
+            copy.deepcopy(layer),
+            fq,
+            AdaptiveRoundingLoss(max_iter=steps, warm_start=0.3),
+            nn.ReLU(),
+            lr=5e-2,
+            steps_per_batch=k,
+        )
+        module.seen_steps = []
+        _trainer(steps).fit(module, train_dataloaders=RandomBatches(x, y, 8, steps, 0, k))
+        assert module.trainer.global_step == steps
+        assert torch.all(module.history[:, 0] > 0)  # every step ran, indexed by global_step
+        results[k] = (fq.V.detach().clone(), fq.integer_weight(), module.history.clone())
+    assert torch.allclose(results[1][0], results[3][0], atol=1e-6)
+    assert torch.equal(results[1][1], results[3][1])
+    assert torch.allclose(results[1][2], results[3][2], rtol=1e-5, atol=1e-7)
