@@ -68,6 +68,7 @@ def time_layer(
     steps: int,
     batch: int,
     trainer_kwargs: dict,
+    steps_per_batch: int = 8,
 ) -> tuple[float, float]:
     """``(lightning_ms, eager_ms)`` per step for one layer on cached ``inputs``.
 
@@ -85,8 +86,10 @@ def time_layer(
     # Lightning path.
     quantizer = make_quantizer(4, True).to(device)
     quantizer(layer.weight)
-    module = LayerReconstruction(copy.deepcopy(layer), quantizer, loss, activation)
-    batches = RandomBatches(inputs, targets, batch, steps, seed=0)
+    module = LayerReconstruction(
+        copy.deepcopy(layer), quantizer, loss, activation, steps_per_batch=steps_per_batch
+    )
+    batches = RandomBatches(inputs, targets, batch, steps, 0, steps_per_batch)
     _sync(device)
     start = time.perf_counter()
     with quiet_lightning():
@@ -137,6 +140,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=10000, help="steps per layer to project to")
     parser.add_argument("--layers", type=int, default=0, help="time only the first N layers")
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument(
+        "--steps-per-batch",
+        type=int,
+        default=8,
+        help="optimizer steps per Lightning training step (adaround.steps_per_batch)",
+    )
     args = parser.parse_args(argv)
 
     if args.model == "quickstart":
