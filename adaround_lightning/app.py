@@ -30,7 +30,7 @@ from adaround_lightning.driver import (
     trainer_kwargs_with_defaults,
 )
 from adaround_lightning.errors import UserError
-from adaround_lightning.evaluate import evaluate
+from adaround_lightning.evaluate import evaluate, evaluate_with_onnx
 from adaround_lightning.models import build_model
 from adaround_lightning.report import write_report
 from adaround_lightning.settings import ExportConfig, RunConfig, fingerprint, run_config_from
@@ -137,45 +137,6 @@ def export_run(
     return {"outputs": outputs}
 
 
-@torch.no_grad()
-def onnx_evaluation(
-    path: Path,
-    model: torch.nn.Module,
-    dataset: Any,
-    num_classes: int,
-    device: torch.device,
-    batch_size: int,
-) -> dict[str, float]:
-    """Onnxruntime's accuracy on ``dataset`` and its largest logit difference to ``model``."""
-    import onnxruntime as ort
-    from torch.utils.data import DataLoader
-    from torchmetrics.classification import MulticlassAccuracy
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro", sync_on_compute=False)
-    top5 = (
-        MulticlassAccuracy(num_classes, top_k=5, average="micro", sync_on_compute=False)
-        if num_classes >= 5
-        else None
-    )
-    max_diff = 0.0
-    model = model.eval()
-    for images, labels in DataLoader(dataset, batch_size=batch_size):
-        logits = torch.from_numpy(session.run(["logits"], {"input": images.numpy()})[0])
-        reference = model(images.to(device)).float().cpu()
-        max_diff = max(max_diff, float((logits - reference).abs().max()))
-        top1.update(logits, labels)
-        if top5 is not None:
-            top5.update(logits, labels)
-    out = {"top1": round(100.0 * float(top1.compute()), 4)}
-    if top5 is not None:
-        out["top5"] = round(100.0 * float(top5.compute()), 4)
-    out["max_abs_logit_diff"] = max_diff
-    return out
-
-
 def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Calibrate the configured model and write the outputs.
 
@@ -246,16 +207,18 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     device = context.device
     num_classes = settings.model.num_classes
     batch = settings.data.batch_size
+    exported = export_run(result, out_dir, images[:2], settings.export)
     accuracy = {
         "fp32": evaluate(model, eval_set, num_classes, device, batch),
         "nearest": evaluate(result.nearest_model(), eval_set, num_classes, device, batch),
-        "adaround": evaluate(result.model, eval_set, num_classes, device, batch),
     }
-    exported = export_run(result, out_dir, images[:2], settings.export)
     if settings.export.onnx:
-        exported["onnx"] = onnx_evaluation(
+        # One pass gives both PyTorch's and onnxruntime's accuracy of the calibrated model.
+        accuracy["adaround"], exported["onnx"] = evaluate_with_onnx(
             out_dir / export.ONNX_FILE, result.model, eval_set, num_classes, device, batch
         )
+    else:
+        accuracy["adaround"] = evaluate(result.model, eval_set, num_classes, device, batch)
     if settings.export.verify:
         exported["grid_check"] = export.verify_grid(out_dir)
     results: dict[str, Any] = {

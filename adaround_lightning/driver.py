@@ -253,16 +253,6 @@ def _inner_trainer(
     )
 
 
-def root_device(trainer: dict[str, Any] | None = None) -> torch.device:
-    """The device Lightning would train on with these ``Trainer`` settings.
-
-    Example:
-        >>> root_device({"accelerator": "cpu"})
-        device(type='cpu')
-    """
-    return process_context(trainer_kwargs_with_defaults(trainer)).device
-
-
 @torch.no_grad()
 def _output_mse(
     layer: nn.Module,

@@ -1,13 +1,47 @@
-"""Top-1 / top-5 accuracy with torchmetrics."""
+"""Top-1 / top-5 accuracy with torchmetrics, for PyTorch models and for onnxruntime."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["evaluate"]
+__all__ = ["Accuracy", "evaluate", "evaluate_with_onnx"]
+
+
+class Accuracy:
+    """Top-1 (and top-5 when there are at least 5 classes) accuracy in percent.
+
+    ``sync_on_compute`` is off: under DDP only rank 0 evaluates.
+
+    Example:
+        >>> acc = Accuracy(3, torch.device("cpu"))
+        >>> acc.update(torch.eye(3), torch.arange(3))
+        >>> acc.compute()
+        {'top1': 100.0}
+    """
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        top_ks = (1, 5) if num_classes >= 5 else (1,)
+        self.metrics = {
+            f"top{k}": MulticlassAccuracy(
+                num_classes, top_k=k, average="micro", sync_on_compute=False
+            ).to(device)
+            for k in top_ks
+        }
+        self.device = device
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add one batch."""
+        for metric in self.metrics.values():
+            metric.update(logits.to(self.device), labels.to(self.device))
+
+    def compute(self) -> dict[str, float]:
+        """Accuracies in percent."""
+        return {name: round(100.0 * float(m.compute()), 4) for name, m in self.metrics.items()}
 
 
 @torch.no_grad()
@@ -28,18 +62,39 @@ def evaluate(
         {'top1': 100.0}
     """
     model = model.eval().to(device)
-    metrics = {
-        "top1": MulticlassAccuracy(num_classes, top_k=1, average="micro", sync_on_compute=False).to(
-            device
-        )
-    }
-    if num_classes >= 5:
-        metrics["top5"] = MulticlassAccuracy(
-            num_classes, top_k=5, average="micro", sync_on_compute=False
-        ).to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    for images, labels in loader:
+    accuracy = Accuracy(num_classes, device)
+    for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+        accuracy.update(model(images.to(device)), labels)
+    return accuracy.compute()
+
+
+@torch.no_grad()
+def evaluate_with_onnx(
+    onnx_path: Path,
+    model: nn.Module,
+    dataset: Dataset,
+    num_classes: int,
+    device: torch.device,
+    batch_size: int = 256,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One pass over ``dataset``: PyTorch and onnxruntime accuracy, and their largest logit gap.
+
+    Returns:
+        ``(pytorch, onnx)``; ``onnx`` also holds ``max_abs_logit_diff``.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    model = model.eval().to(device)
+    torch_accuracy = Accuracy(num_classes, device)
+    onnx_accuracy = Accuracy(num_classes, torch.device("cpu"))
+    max_diff = 0.0
+    for images, labels in DataLoader(dataset, batch_size=batch_size):
         logits = model(images.to(device))
-        for metric in metrics.values():
-            metric.update(logits, labels.to(device))
-    return {name: round(100.0 * float(metric.compute()), 4) for name, metric in metrics.items()}
+        onnx_logits = torch.from_numpy(session.run(["logits"], {"input": images.numpy()})[0])
+        max_diff = max(max_diff, float((onnx_logits - logits.float().cpu()).abs().max()))
+        torch_accuracy.update(logits, labels)
+        onnx_accuracy.update(onnx_logits, labels)
+    return torch_accuracy.compute(), {**onnx_accuracy.compute(), "max_abs_logit_diff": max_diff}
