@@ -119,10 +119,11 @@ def export_run(
     state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     atomic_torch_save(out_dir / export.MODEL_FILE, state)
     atomic_write(
-        out_dir / export.WEIGHTS_FILE, lambda tmp: export.save_quantized_weights(Path(tmp), layers)
+        out_dir / export.WEIGHTS_FILE,
+        lambda tmp: export.save_quantized_weights(Path(tmp), layers, result.act_quantizers),
     )
     outputs["quantized_weights"] = export.WEIGHTS_FILE
-    encodings = export.aimet_encodings(layers)
+    encodings = export.aimet_encodings(layers, result.act_quantizers)
     atomic_write_text(out_dir / export.ENCODINGS_FILE, json.dumps(encodings, indent=1))
     outputs["encodings"] = export.ENCODINGS_FILE
     atomic_torch_save(out_dir / export.STATE_FILE, export.quantizer_states(result.quantizers))
@@ -231,6 +232,11 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             "per_channel": settings.quant.per_channel,
             "first_layer_bits": settings.quant.first_layer_bits,
             "last_layer_bits": settings.quant.last_layer_bits,
+            "scale_method": settings.quant.scale_method,
+            "act_bits": settings.quant.act_bits,
+            "act_observer": settings.quant.act_observer,
+            "act_in_loop": settings.adaround.act_in_loop,
+            "granularity": settings.adaround.granularity,
         },
         "input_shape": list(images.shape[1:]),
         "calibration_images": int(images.shape[0]),

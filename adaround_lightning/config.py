@@ -35,6 +35,9 @@ class QuantConfig:
         last_layer_bits: Bits of the last quantizable layer in execution order (None: default).
         scale_method: How the grid's scale is chosen: ``maxabs``, ``half``, ``full`` or ``mse``
             (see :mod:`adaround_lightning.grids`).
+        act_bits: Bits of the activations feeding every quantized layer (2 to 8), None for
+            float activations (see :mod:`adaround_lightning.activations`).
+        act_observer: How activation ranges are calibrated: ``minmax`` or ``mse``.
     """
 
     weight_bits: int = 4
@@ -44,9 +47,20 @@ class QuantConfig:
     first_layer_bits: int | None = None
     last_layer_bits: int | None = None
     scale_method: str = "maxabs"
+    act_bits: int | None = None
+    act_observer: str = "minmax"
 
     def __post_init__(self) -> None:
         _check_bits("quant.weight_bits", self.weight_bits)
+        if self.act_bits is not None:
+            _check_bits("quant.act_bits", self.act_bits)
+        from adaround_lightning.activations import ACT_OBSERVERS
+
+        if self.act_observer not in ACT_OBSERVERS:
+            raise ValueError(
+                f"quant.act_observer must be one of {', '.join(ACT_OBSERVERS)}, "
+                f"got {self.act_observer!r}"
+            )
         from adaround_lightning.grids import SCALE_METHODS
 
         if self.scale_method not in SCALE_METHODS:
@@ -101,6 +115,14 @@ class AdaroundConfig:
         steps_per_batch: Optimizer steps per Lightning training step (manual optimization when
             > 1). Same batches, same steps, same result; Lightning's per-step overhead is paid
             once per this many steps.
+        act_in_loop: With ``quant.act_bits``: calibrate each layer's input quantizer when its
+            block is reached and reconstruct with quantized activations, so every layer learns
+            its rounding on the inputs the fully quantized network gives it (QDrop's setting).
+            Off: weights first, activation ranges calibrated afterwards (AIMET's workflow).
+        block_iters: Steps of each block fit (``granularity=block``); None gives ``iters`` times
+            the number of layers fitted together, the same steps per layer as layer-wise.
+        drop_prob: QDrop: during an in-loop reconstruction, each input element keeps its float
+            value with this probability (0: always quantized, as in BRECQ).
     """
 
     iters: int = 10000
@@ -116,8 +138,21 @@ class AdaroundConfig:
     forward_batch_size: int = 256
     granularity: str = "layer"
     steps_per_batch: int = 8
+    act_in_loop: bool = False
+    drop_prob: float = 0.5
+    block_iters: int | None = None
 
     def __post_init__(self) -> None:
+        if self.block_iters is not None and (
+            isinstance(self.block_iters, bool)
+            or not isinstance(self.block_iters, int)
+            or self.block_iters < 1
+        ):
+            raise ValueError(
+                f"adaround.block_iters must be a positive integer or null, got {self.block_iters!r}"
+            )
+        if not 0.0 <= self.drop_prob < 1.0:
+            raise ValueError(f"adaround.drop_prob must be in [0, 1), got {self.drop_prob}")
         if self.granularity not in ("layer", "block"):
             raise ValueError(
                 f"adaround.granularity must be 'layer' or 'block', got {self.granularity!r}"

@@ -20,6 +20,7 @@ from adaround_lightning.errors import UserError
 
 __all__ = [
     "ProcessContext",
+    "all_reduce_max",
     "all_reduce_sum",
     "check_same_on_all_ranks",
     "inner_trainer_kwargs",
@@ -96,6 +97,14 @@ def all_reduce_sum(value: torch.Tensor, context: ProcessContext) -> torch.Tensor
     if _active(context):
         value = value.clone()
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def all_reduce_max(value: torch.Tensor, context: ProcessContext) -> torch.Tensor:
+    """Maximum of ``value`` over all processes (itself when there is one)."""
+    if _active(context):
+        value = value.clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return value
 
 

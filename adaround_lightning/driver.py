@@ -32,6 +32,11 @@ from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from adaround_lightning.activations import (
+    ActivationQuantizer,
+    attach_input_quantizers,
+    observe_inputs,
+)
 from adaround_lightning.bn_fold import fold_batch_norms
 from adaround_lightning.checkpoint import load_progress, save_layer_progress
 from adaround_lightning.config import AdaroundConfig, QuantConfig
@@ -119,6 +124,8 @@ class AdaroundResult:
         layers: Per-layer reports in calibration order.
         skipped: Layers left in float, name -> reason.
         seconds: Wall time of the whole calibration, caching included.
+        act_quantizers: Per quantized layer name, the quantizer of its input (empty without
+            ``quant.act_bits``); they are attached to ``model``.
     """
 
     model: nn.Module
@@ -127,15 +134,22 @@ class AdaroundResult:
     layers: list[LayerReport]
     skipped: dict[str, str]
     seconds: float
+    act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
 
     def nearest_model(self) -> nn.Module:
-        """A copy of the float network with round-to-nearest weights on the same grids."""
+        """A copy of the float network with round-to-nearest weights on the same grids.
+
+        With activation quantization, copies of the same input quantizers are attached.
+        """
         nearest = copy.deepcopy(self.float_model)
         with torch.no_grad():
             for name, quantizer in self.quantizers.items():
                 layer = nearest.get_submodule(name)
                 weight = quantizer.nearest_integer_weight().float() * quantizer.scale
                 layer.weight.copy_(weight.to(layer.weight.dtype))
+        if self.act_quantizers:
+            copies = {n: copy.deepcopy(q) for n, q in self.act_quantizers.items()}
+            attach_input_quantizers(nearest, copies)
         return nearest
 
 
@@ -262,6 +276,7 @@ def _output_mse(
     targets: torch.Tensor,
     chunk: int,
     context: ProcessContext,
+    input_quantizer: nn.Module | None = None,
 ) -> float:
     """Mean squared error of ``f_a(weight x)`` against ``targets`` over all cached samples.
 
@@ -269,7 +284,10 @@ def _output_mse(
     """
     total = torch.zeros((), dtype=torch.float64, device=inputs.device)
     for start in range(0, inputs.shape[0], chunk):
-        out = forward_with_weight(layer, inputs[start : start + chunk], weight)
+        x = inputs[start : start + chunk]
+        if input_quantizer is not None:
+            x = input_quantizer(x)
+        out = forward_with_weight(layer, x, weight)
         if activation is not None:
             out = activation(out)
         total += (out.double() - targets[start : start + chunk].double()).pow(2).sum()
@@ -387,6 +405,8 @@ def adaround(
         steps_per_batch=config.steps_per_batch,
     )
     quantizers: dict[str, AdaroundFakeQuantizer] = {}
+    act_quantizers: dict[str, ActivationQuantizer] = {}
+    act_in_loop = quant.act_bits is not None and config.act_in_loop
     reports: list[LayerReport] = []
     finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
     for info in trace.layers:  # restore finished layers, in calibration order
@@ -399,6 +419,13 @@ def adaround(
                 q_layer = q_model.get_submodule(info.name)
                 q_layer.weight.copy_(quantizer.hard_weight().to(q_layer.weight.dtype))
             quantizers[info.name] = quantizer
+            if entry.get("act_state") is not None:
+                act_quantizer = ActivationQuantizer(entry["act_state"]["bits"]).to(device)
+                act_quantizer.scale.copy_(entry["act_state"]["scale"])
+                act_quantizer.zero_point.copy_(entry["act_state"]["zero_point"])
+                act_quantizer.calibrated = True
+                act_quantizers[info.name] = act_quantizer
+                attach_input_quantizers(q_model, {info.name: act_quantizer})
             reports.append(LayerReport(**entry["report"]))
     if finished:
         log.info("resuming after %d finished layers", len(finished))
@@ -426,21 +453,39 @@ def adaround(
             quantizer.update_scale(weight, scale)
         return quantizer, bits
 
-    def new_loss() -> AdaptiveRoundingLoss:
+    def new_loss(steps: int) -> AdaptiveRoundingLoss:
         return AdaptiveRoundingLoss(
-            max_iter=config.iters,
+            max_iter=steps,
             warm_start=config.warm_start,
             beta_range=config.beta_range,
             reg_param=config.reg_param,
             reconstruction=config.reconstruction,  # type: ignore[arg-type]
         )
 
-    def fit(module: L.LightningModule, name: str, bar: CalibrationProgress) -> None:
-        bar.start_layer(name, config.iters)
+    def new_act_quantizers(
+        names: list[str], network: nn.Module, inputs: torch.Tensor, prefix: str = ""
+    ) -> dict[str, ActivationQuantizer]:
+        """Input quantizers of ``names`` calibrated by running ``network`` on ``inputs``."""
+        assert quant.act_bits is not None
+        new = {name: ActivationQuantizer(quant.act_bits).to(device) for name in names}
+        observe_inputs(
+            network,
+            {name[len(prefix) :]: q for name, q in new.items()},
+            inputs,
+            config.forward_batch_size,
+        )
+        try:
+            for q in new.values():
+                q.calibrate(quant.act_observer, context)
+        except ValueError as error:
+            raise UserError(f"activation calibration of {names[0]!r}: {error}") from None
+        return new
+
+    def fit(module: L.LightningModule, name: str, bar: CalibrationProgress, steps: int) -> None:
+        bar.start_layer(name, steps)
+        cache.num_steps = steps
         with quiet_lightning():
-            _inner_trainer(trainer_kwargs, config.iters, loggers, [bar]).fit(
-                module, datamodule=cache
-            )
+            _inner_trainer(trainer_kwargs, steps, loggers, [bar]).fit(module, datamodule=cache)
         # Lightning's teardown may move the fitted module to the CPU: put it back.
         module.to(device).eval()
 
@@ -471,6 +516,9 @@ def adaround(
         q_layer = q_model.get_submodule(info.name).eval()
         activation = activation_of(info)
         assert cache.inputs is not None and cache.targets is not None
+        act_quantizer = act_quantizers.get(info.name) if act_in_loop else None
+        # Block fits cache the layer input behind its attached quantizer; layer fits do not.
+        quantize_cached = act_quantizer if config.granularity == "layer" else None
         mse = {
             kind: _output_mse(
                 q_layer,
@@ -480,6 +528,7 @@ def adaround(
                 cache.targets,
                 config.forward_batch_size,
                 context,
+                quantize_cached,
             )
             for kind, weight in (
                 ("nearest", quantizer.nearest_integer_weight().float() * quantizer.scale),
@@ -510,6 +559,13 @@ def adaround(
                 "bits": bits,
                 "per_channel": quant.per_channel,
                 "report": report.to_dict(),
+                "act_state": None
+                if act_quantizer is None
+                else {
+                    "bits": act_quantizer.bits,
+                    "scale": act_quantizer.scale.detach().cpu(),
+                    "zero_point": act_quantizer.zero_point.detach().cpu(),
+                },
             }
             save_layer_progress(
                 checkpoint, checkpoint_tag, list(finished), info.name, finished[info.name]
@@ -547,16 +603,28 @@ def adaround(
                 block_start = time.perf_counter()
                 new = {info.name: new_quantizer(info) for info in todo}
                 prefix = f"{block.name}."
+                steps = config.block_iters or config.iters * len(todo)
                 module = BlockReconstruction(
                     q_block,
                     {name[len(prefix) :]: q for name, (q, _) in new.items()},
-                    new_loss(),
+                    new_loss(steps),
                     config.lr,
                     name=block.name,
                     steps_per_batch=config.steps_per_batch,
                 )
                 cache.cache_block_output(fp_block, len(reports))
-                fit(module, block.name, bar)
+                if act_in_loop:
+                    assert cache.q_block_inputs is not None
+                    new_act = new_act_quantizers(
+                        [info.name for info in todo], q_block, cache.q_block_inputs, prefix
+                    )
+                    for act_quantizer in new_act.values():
+                        act_quantizer.drop_prob = config.drop_prob
+                    attach_input_quantizers(q_model, new_act)
+                    act_quantizers.update(new_act)
+                fit(module, block.name, bar, steps)
+                for name in new if act_in_loop else ():
+                    act_quantizers[name].drop_prob = 0.0
                 curve = module.loss_curve(_CURVE_POINTS)
                 seconds = (time.perf_counter() - block_start) / len(todo)
                 for info in todo:
@@ -568,21 +636,40 @@ def adaround(
                     layer_start = time.perf_counter()
                     cache_layer(info, fp_block, q_block)
                     quantizer, bits = new_quantizer(info)
+                    act_quantizer = None
+                    if act_in_loop:
+                        # Calibrated on what the quantized network feeds this layer.
+                        assert cache.inputs is not None
+                        act_quantizer = new_act_quantizers(
+                            [info.name], nn.Identity(), cache.inputs, prefix=info.name
+                        )[info.name]
+                        act_quantizer.drop_prob = config.drop_prob
                     module = LayerReconstruction(
                         q_model.get_submodule(info.name),
                         quantizer,
-                        new_loss(),
+                        new_loss(config.iters),
                         activation_of(info),
                         config.lr,
                         name=info.name,
                         steps_per_batch=config.steps_per_batch,
+                        input_quantizer=act_quantizer,
                     )
-                    fit(module, info.name, bar)
+                    fit(module, info.name, bar, config.iters)
+                    if act_quantizer is not None:
+                        act_quantizer.drop_prob = 0.0
+                        act_quantizers[info.name] = act_quantizer
+                        attach_input_quantizers(q_model, {info.name: act_quantizer})
                     seconds = time.perf_counter() - layer_start
                     finish_layer(
                         info, quantizer, bits, seconds, module.loss_curve(_CURVE_POINTS), bar
                     )
             cache.release()
+
+    if quant.act_bits is not None and not act_in_loop:
+        # AIMET's order: weights first, then the activation ranges of the weight-quantized network.
+        names = [info.name for info in trace.layers if info.name in quantizers]
+        act_quantizers = new_act_quantizers(names, q_model, images)
+        attach_input_quantizers(q_model, act_quantizers)
 
     return AdaroundResult(
         model=q_model,
@@ -591,4 +678,5 @@ def adaround(
         layers=reports,
         skipped=skipped,
         seconds=time.perf_counter() - start_time,
+        act_quantizers=act_quantizers,
     )

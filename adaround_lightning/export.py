@@ -4,10 +4,15 @@ Files written to a run directory by :func:`export_run`:
 
 * ``quantized_weights.safetensors``: per quantized layer ``NAME.q`` (int8), ``NAME.scale``
   (float32, one per output channel or a scalar); ``ch_axis``, bits and range in the metadata.
-* ``encodings.json``: AIMET's parameter-encodings format, loadable with
-  ``QuantizationSimModel.set_and_freeze_param_encodings``.
+  With activation quantization also ``NAME.input_scale`` (float32) and ``NAME.input_zero_point``
+  (int32) of the layer's input grid.
+* ``encodings.json``: AIMET's encodings format: ``param_encodings`` (loadable with
+  ``QuantizationSimModel.set_and_freeze_param_encodings``) and, with activation quantization,
+  ``activation_encodings`` per layer input.
 * ``model.onnx``: the network with every quantized weight stored as an int8 initializer feeding a
-  ``DequantizeLinear`` (per-axis where scales are per channel).
+  ``DequantizeLinear`` (per-axis where scales are per channel); with activation quantization each
+  quantized layer's input passes a ``QuantizeLinear``/``DequantizeLinear`` pair (uint8, behind a
+  ``Clip`` to the b-bit range below 8 bits).
 * ``adaround_state.pt``: what the grid check needs: per layer ``V``, ``floor(W/s)``, the scale
   and the range.
 
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adaround_lightning.activations import ActivationQuantizer, attach_input_quantizers
 from adaround_lightning.quantizer import AdaroundFakeQuantizer
 
 __all__ = [
@@ -37,6 +43,7 @@ __all__ = [
     "QuantizedLayer",
     "aimet_encodings",
     "export_onnx",
+    "load_input_quantizers",
     "load_quantized",
     "load_quantized_weights",
     "onnx_logits",
@@ -122,12 +129,29 @@ def quantized_layers(quantizers: dict[str, AdaroundFakeQuantizer]) -> list[Quant
     return layers
 
 
-def save_quantized_weights(path: Path, layers: list[QuantizedLayer]) -> None:
-    """Write the integer weights and scales as safetensors, grids in the metadata."""
+def save_quantized_weights(
+    path: Path,
+    layers: list[QuantizedLayer],
+    input_quantizers: dict[str, ActivationQuantizer] | None = None,
+) -> None:
+    """Write the integer weights and scales as safetensors, grids in the metadata.
+
+    ``input_quantizers`` (activation quantization) add ``NAME.input_scale`` and
+    ``NAME.input_zero_point`` and their bits in the ``activations`` metadata entry.
+    """
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
     grids: dict[str, Any] = {}
+    activations: dict[str, Any] = {}
+    for name, quantizer in (input_quantizers or {}).items():
+        tensors[f"{name}.input_scale"] = quantizer.scale.detach().float().cpu().reshape(())
+        tensors[f"{name}.input_zero_point"] = quantizer.zero_point.detach().cpu().reshape(())
+        activations[name] = {
+            "bits": quantizer.bits,
+            "quant_min": 0,
+            "quant_max": quantizer.quant_max,
+        }
     for layer in layers:
         tensors[f"{layer.name}.q"] = layer.q
         tensors[f"{layer.name}.scale"] = layer.scale
@@ -137,9 +161,10 @@ def save_quantized_weights(path: Path, layers: list[QuantizedLayer]) -> None:
             "quant_min": layer.quant_min,
             "quant_max": layer.quant_max,
         }
-    save_file(
-        tensors, str(path), metadata={"format": "adaround_lightning/1", "layers": json.dumps(grids)}
-    )
+    metadata = {"format": "adaround_lightning/1", "layers": json.dumps(grids)}
+    if activations:
+        metadata["activations"] = json.dumps(activations)
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def load_quantized_weights(path: Path) -> list[QuantizedLayer]:
@@ -163,11 +188,31 @@ def load_quantized_weights(path: Path) -> list[QuantizedLayer]:
     return layers
 
 
-def aimet_encodings(layers: list[QuantizedLayer]) -> dict[str, Any]:
-    """AIMET's encodings dictionary for the quantized weights.
+def load_input_quantizers(path: Path) -> dict[str, ActivationQuantizer]:
+    """The calibrated input quantizers stored by :func:`save_quantized_weights` (may be empty)."""
+    from safetensors import safe_open
+
+    quantizers: dict[str, ActivationQuantizer] = {}
+    with safe_open(str(path), framework="pt") as handle:
+        activations = json.loads(handle.metadata().get("activations", "{}"))
+        for name, grid in activations.items():
+            quantizer = ActivationQuantizer(grid["bits"])
+            quantizer.scale.copy_(handle.get_tensor(f"{name}.input_scale"))
+            quantizer.zero_point.copy_(handle.get_tensor(f"{name}.input_zero_point"))
+            quantizer.calibrated = True
+            quantizers[name] = quantizer
+    return quantizers
+
+
+def aimet_encodings(
+    layers: list[QuantizedLayer], input_quantizers: dict[str, ActivationQuantizer] | None = None
+) -> dict[str, Any]:
+    """AIMET's encodings dictionary for the quantized weights (and layer inputs).
 
     AIMET describes a signed symmetric grid with an unsigned offset: ``offset = q_min``,
     ``min = offset * scale``, ``max = (offset + 2**bits - 1) * scale = q_max * scale``.
+    An asymmetric activation grid with zero point ``z`` has ``offset = -z``; activation
+    encodings are keyed by layer name, then ``"input"``, then the input index ``"0"``.
 
     Example:
         >>> layer = QuantizedLayer("fc", torch.zeros(2, 2, dtype=torch.int8),
@@ -190,7 +235,23 @@ def aimet_encodings(layers: list[QuantizedLayer]) -> dict[str, Any]:
             }
             for s in scales
         ]
-    return {"version": "0.6.1", "activation_encodings": {}, "param_encodings": params}
+    activations: dict[str, Any] = {}
+    for name, quantizer in (input_quantizers or {}).items():
+        scale, offset = float(quantizer.scale), -int(quantizer.zero_point)
+        activations[name] = {
+            "input": {
+                "0": {
+                    "bitwidth": quantizer.bits,
+                    "dtype": "int",
+                    "is_symmetric": "False",
+                    "max": (offset + quantizer.quant_max) * scale,
+                    "min": offset * scale,
+                    "offset": offset,
+                    "scale": scale,
+                }
+            }
+        }
+    return {"version": "0.6.1", "activation_encodings": activations, "param_encodings": params}
 
 
 def _torchscript_export(
@@ -371,7 +432,24 @@ def verify_grid(run_dir: Path) -> dict[str, Any]:
             if not np.allclose(scales, layer.scale.reshape(-1).double().numpy(), rtol=0, atol=0):
                 raise GridCheckError(f"{layer.name}: {ENCODINGS_FILE} has different scales")
         count += layer.q.numel()
-    return {"layers": len(layers), "weights": count, "passed": True}
+    input_quantizers = load_input_quantizers(run_dir / WEIGHTS_FILE)
+    for name, quantizer in input_quantizers.items():
+        if name not in states:
+            raise GridCheckError(f"{name}: an activation grid for a layer that is not quantized")
+        if encodings is not None:
+            entry = encodings["activation_encodings"].get(name, {}).get("input", {}).get("0")
+            if (
+                entry is None
+                or entry["scale"] != float(quantizer.scale)
+                or entry["offset"] != -int(quantizer.zero_point)
+            ):
+                raise GridCheckError(f"{name}: {ENCODINGS_FILE} has a different input grid")
+    return {
+        "layers": len(layers),
+        "weights": count,
+        "activation_grids": len(input_quantizers),
+        "passed": True,
+    }
 
 
 def load_quantized(run_dir: Path) -> nn.Module:
@@ -403,4 +481,5 @@ def load_quantized(run_dir: Path) -> nn.Module:
     with torch.no_grad():
         for layer in load_quantized_weights(run_dir / WEIGHTS_FILE):
             model.get_submodule(layer.name).weight.copy_(layer.dequantized())
+    attach_input_quantizers(model, load_input_quantizers(run_dir / WEIGHTS_FILE))
     return model.eval()

@@ -4,6 +4,9 @@ With ``b`` bits the integers run from ``q_min = -2**(b-1)`` to ``q_max = 2**(b-1
 ``max|W|`` (per tensor or per output channel):
 
 * ``maxabs``: ``s = m / q_max``. No weight is clipped; the grid point ``q_min`` is never used.
+* ``minmax``: ``s = max(max(W) / q_max, -min(W) / -q_min)``, the finest symmetric grid that clips
+  nothing: when the weight of largest magnitude is negative it lands on ``q_min`` (AIMET's
+  symmetric ``tf`` weight grid). Never coarser than ``maxabs``.
 * ``half``: ``s = m / (q_max + 1/2)`` (torch's ``MinMaxObserver``): a finer grid; the largest
   positive weight is clipped by at most half a step, the most negative one maps onto ``q_min``.
 * ``full``: ``s = m / 2**(b-1)``: finer still; positive weights above ``q_max * s`` are clipped by
@@ -19,7 +22,7 @@ import torch
 
 __all__ = ["SCALE_METHODS", "weight_scale"]
 
-SCALE_METHODS = ("maxabs", "half", "full", "mse")
+SCALE_METHODS = ("maxabs", "minmax", "half", "full", "mse")
 
 
 def _max_abs(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -43,6 +46,12 @@ def weight_scale(
             f"quant.scale_method must be one of {', '.join(SCALE_METHODS)}, got {method!r}"
         )
     m = _max_abs(weight, per_channel).clamp_min(1e-12)
+    if method == "minmax":
+        w = weight.detach().float()
+        w = w.flatten(1) if per_channel else w.reshape(1, -1)
+        positive = w.amax(1).clamp_min(0) / quant_max
+        negative = (-w.amin(1)).clamp_min(0) / (-quant_min)
+        return torch.maximum(positive, negative).clamp_min(1e-12 / quant_max)
     if method == "maxabs":
         return m / quant_max
     if method == "half":

@@ -204,6 +204,8 @@ class LayerReconstruction(_RoundingReconstruction):
             layers of a run.
         steps_per_batch: Optimizer steps per Lightning training step (batches of shape
             ``(K, batch, ...)``); 1 is plain automatic optimization.
+        input_quantizer: Fake-quantizes the cached inputs in every step (activation
+            quantization in the loop; its ``drop_prob`` gives QDrop), or None.
 
     Example:
         >>> layer = nn.Linear(4, 3)
@@ -221,11 +223,13 @@ class LayerReconstruction(_RoundingReconstruction):
         lr: float = 1e-3,
         name: str = "layer",
         steps_per_batch: int = 1,
+        input_quantizer: nn.Module | None = None,
     ) -> None:
         super().__init__([quantizer], layer, loss, lr, name, steps_per_batch)
         self.layer = layer
         self.quantizer = quantizer
         self.activation = functional_activation(activation)
+        self.input_quantizer = input_quantizer
 
     def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
         return [self.quantizer]
@@ -236,6 +240,8 @@ class LayerReconstruction(_RoundingReconstruction):
     def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
         """``f_a(W~ x)`` with the soft-quantized weight ``W~`` of eq. (22)."""
         h_V = rectified_sigmoid(self.quantizer.V) if h is None else h[0]
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
         out = forward_with_weight(self.layer, x, self.quantizer.quantize_with(h_V))
         return self.activation(out) if self.activation is not None else out
 

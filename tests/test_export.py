@@ -145,3 +145,62 @@ def test_aimet_encoding_fields() -> None:
             "scale": pytest.approx(0.1),
         }
     ]
+
+
+@pytest.mark.parametrize("act_bits", [8, 4])
+def test_activation_grids_in_every_export(
+    tiny_cnn: nn.Module, images: torch.Tensor, act_bits: int, tmp_path: Path
+) -> None:
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from adaround_lightning.export import load_input_quantizers
+
+    result = adaround(
+        tiny_cnn,
+        images,
+        QuantConfig(weight_bits=4, act_bits=act_bits),
+        AdaroundConfig(iters=8, batch_size=16),
+        {"accelerator": "cpu"},
+    )
+    export_run(result, tmp_path, images[:2], ExportConfig(onnx=True))
+    # safetensors and AIMET encodings: offset = -zero_point, min/max = scale * (offset + [0, q_max])
+    loaded = load_input_quantizers(tmp_path / "quantized_weights.safetensors")
+    encodings = json.loads((tmp_path / "encodings.json").read_text())["activation_encodings"]
+    assert set(loaded) == set(encodings) == set(result.quantizers)
+    for name, aq in result.act_quantizers.items():
+        assert torch.equal(loaded[name].scale, aq.scale.cpu())
+        assert torch.equal(loaded[name].zero_point, aq.zero_point.cpu())
+        entry = encodings[name]["input"]["0"]
+        assert entry["bitwidth"] == act_bits and entry["offset"] == -int(aq.zero_point)
+        assert entry["min"] == pytest.approx(entry["offset"] * entry["scale"])
+        assert entry["max"] == pytest.approx((entry["offset"] + 2**act_bits - 1) * entry["scale"])
+    # ONNX: one QuantizeLinear per quantized layer input, with the same scales.
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    q_nodes = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert len(q_nodes) == len(result.quantizers)
+    onnx_scales = sorted(float(constants[n.input[1]]) for n in q_nodes)
+    ours = sorted(float(aq.scale) for aq in result.act_quantizers.values())
+    assert np.allclose(onnx_scales, ours, rtol=1e-7)
+    # onnxruntime runs the graph; values agree except where float noise crosses a rounding edge.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), options)
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    onnx_out = session.run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        torch_out = result.model.cpu()(x).numpy()
+    assert np.mean(np.abs(onnx_out - torch_out) < 1e-4) > 0.95
+    assert verify_grid(tmp_path)["activation_grids"] == len(result.quantizers)
+    # A changed activation encoding is caught.
+    document = json.loads((tmp_path / "encodings.json").read_text())
+    first = next(iter(document["activation_encodings"].values()))["input"]["0"]
+    first["scale"] *= 1.5
+    (tmp_path / "encodings.json").write_text(json.dumps(document))
+    with pytest.raises(GridCheckError, match="input grid"):
+        verify_grid(tmp_path)

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks against other AdaRound implementations (run in their own venvs)."""

@@ -1,0 +1,229 @@
+r"""Our half of the side-by-side benchmark: the same grid as the AIMET runner, with our driver.
+
+For one checkpoint, calibrates once per (weight bits, per-channel, granularity) with
+:func:`~adaround_lightning.driver.adaround` (real Lightning Trainers) and evaluates FP32,
+round-to-nearest and AdaRound top-1 on the full Fashion-MNIST test split, weights only (``A32``)
+and with 8-bit activations (``A8``: input quantizers calibrated afterwards on the calibration
+images, min-max, AIMET's order; round-to-nearest gets its own calibration). One JSON line per
+(bits, per_channel, granularity, act_bits) is appended to ``--out``, in the schema of the AIMET
+runner (:mod:`adaround_lightning.benchmarks.aimet_adaround`), so
+:mod:`adaround_lightning.benchmarks.table` can put both in one table.
+
+Example:
+    python -m adaround_lightning.benchmarks.ours --arch resnet18 \
+        --checkpoint checkpoints/fashion_mnist/resnet18/model.pt --bits 4 3 2 \
+        --per-channel true false --granularity layer block --iters 500 --out ours.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from adaround_lightning.activations import calibrate_input_quantizers
+from adaround_lightning.benchmarks.aimet_adaround import (
+    ARCHS,
+    FLOAT_ACTS,
+    build_model,
+    fashion_mnist_data,
+)
+from adaround_lightning.config import AdaroundConfig, QuantConfig
+from adaround_lightning.driver import adaround, quiet_lightning
+from adaround_lightning.evaluate import evaluate
+
+__all__ = ["main", "run_grid"]
+
+log = logging.getLogger(__name__)
+
+
+def _top1(model: torch.nn.Module, test: Any, batch_size: int) -> float:
+    return round(evaluate(model, test, 10, torch.device("cpu"), batch_size)["top1"], 2)
+
+
+def run_grid(
+    model: torch.nn.Module,
+    calib: torch.Tensor,
+    test: Any,
+    bits_list: Sequence[int],
+    per_channel_list: Sequence[bool],
+    granularities: Sequence[str],
+    act_bits_list: Sequence[int],
+    adaround_config: dict[str, Any],
+    record: dict[str, Any],
+    out: Path | None = None,
+    eval_batch_size: int = 500,
+    accelerator: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Calibrate once per (bits, per_channel, granularity); evaluate at every ``act_bits``.
+
+    Args:
+        model: The float model (BatchNorm not folded; the driver folds it).
+        calib: Calibration images ``(N, 3, 32, 32)``.
+        test: Labelled test set.
+        bits_list: Weight bit widths.
+        per_channel_list: Per-channel settings.
+        granularities: ``layer`` and/or ``block``.
+        act_bits_list: Activation bits (32: float activations).
+        adaround_config: Fields of :class:`AdaroundConfig` (iters, batch_size, seed, ...).
+        record: Fields copied into every row.
+        out: JSON-lines file each row is appended to.
+        eval_batch_size: Evaluation batch size.
+        accelerator: Lightning accelerator of the fits.
+
+    Returns:
+        The rows.
+
+    Example:
+        >>> rows = run_grid(model, calib, test, [4], [True], ["layer"], [32, 8],
+        ...                 {"iters": 20}, {"arch": "resnet18"})  # doctest: +SKIP
+    """
+    fp32 = _top1(model, test, eval_batch_size)
+    rows: list[dict[str, Any]] = []
+    for per_channel in per_channel_list:
+        for bits in bits_list:
+            for granularity in granularities:
+                config = AdaroundConfig(
+                    **{**adaround_config, "granularity": granularity, "num_samples": len(calib)}
+                )
+                start = time.perf_counter()
+                with quiet_lightning():
+                    L.seed_everything(config.seed, verbose=False)
+                result = adaround(
+                    model,
+                    calib,
+                    QuantConfig(weight_bits=bits, per_channel=per_channel),
+                    config,
+                    {"accelerator": accelerator, "devices": 1},
+                    progress=False,
+                )
+                seconds = time.perf_counter() - start
+                names = list(result.quantizers)
+                for act_bits in act_bits_list:
+                    quantized, nearest = result.model, result.nearest_model()
+                    if act_bits != FLOAT_ACTS:
+                        quantized = copy.deepcopy(quantized)
+                        for network in (quantized, nearest):
+                            calibrate_input_quantizers(
+                                network, names, calib.to(network_device(network)), act_bits
+                            )
+                    row = {
+                        "tool": "adaround_lightning",
+                        **record,
+                        "granularity": granularity,
+                        "bits": bits,
+                        "per_channel": per_channel,
+                        "act_bits": act_bits,
+                        "iters": config.iters,
+                        "num_samples": len(calib),
+                        "batch_size": config.batch_size,
+                        "seed": config.seed,
+                        "fp32_top1": fp32,
+                        "nearest_top1": _top1(nearest, test, eval_batch_size),
+                        "adaround_top1": _top1(quantized, test, eval_batch_size),
+                        "adaround_seconds": round(seconds, 1),
+                    }
+                    log.info(
+                        "W%dA%d %s %s: fp32 %.2f nearest %.2f adaround %.2f (%.0f s)",
+                        bits,
+                        act_bits,
+                        "per-channel" if per_channel else "per-tensor",
+                        granularity,
+                        fp32,
+                        row["nearest_top1"],
+                        row["adaround_top1"],
+                        seconds,
+                    )
+                    rows.append(row)
+                    if out is not None:
+                        with out.open("a") as handle:
+                            handle.write(json.dumps(row) + "\n")
+    return rows
+
+
+def network_device(model: torch.nn.Module) -> torch.device:
+    """Device of the first parameter of ``model``."""
+    return next(model.parameters()).device
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=ARCHS, required=True)
+    parser.add_argument("--arch-kwargs", type=json.loads, default=None, help="JSON dict")
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--source", choices=("fashion_mnist", "embedded"), default="fashion_mnist")
+    parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--bits", type=int, nargs="+", default=[4])
+    parser.add_argument("--per-channel", type=_bool, nargs="+", default=[True])
+    parser.add_argument("--granularity", nargs="+", default=["layer"])
+    parser.add_argument("--act-bits", type=int, nargs="+", default=[FLOAT_ACTS, 8])
+    parser.add_argument("--iters", type=int, default=500)
+    parser.add_argument("--num-samples", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--calib-seed", type=int, default=0)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="other AdaroundConfig fields"
+    )
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("adaround_lightning.driver").setLevel(logging.WARNING)
+    model = build_model(args.arch, args.checkpoint, args.arch_kwargs)
+    calib, test = fashion_mnist_data(args.source, args.root, args.num_samples, args.calib_seed)
+    extra = dict(item.split("=", 1) for item in args.set)
+    config = {
+        "iters": args.iters,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        **{key: _value(value) for key, value in extra.items()},
+    }
+    record = {
+        "arch": args.arch,
+        "checkpoint": str(args.checkpoint),
+        "source": args.source,
+        "settings": extra,
+    }
+    run_grid(
+        model,
+        calib,
+        test,
+        args.bits,
+        args.per_channel,
+        args.granularity,
+        args.act_bits,
+        config,
+        record,
+        args.out,
+        accelerator=args.accelerator,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
