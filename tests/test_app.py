@@ -48,15 +48,33 @@ def _image_tree(root: Path, classes: int = 2, per_class: int = 3) -> Path:
 
 
 def test_recipes_are_listed() -> None:
-    assert {"quickstart", "mobilenetv2", "resnet18", "resnet50", "custom"} <= set(recipes())
+    assert set(RECIPES) <= set(recipes())
 
 
-@pytest.mark.parametrize("recipe", ["quickstart", "mobilenetv2", "resnet18", "resnet50", "custom"])
+RECIPES = [
+    "quickstart",
+    "mobilenetv2",
+    "resnet18",
+    "resnet50",
+    "custom",
+    "fmnist_resnet18",
+    "fmnist_mobilenetv2",
+]
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_composes_and_instantiates(recipe: str, tmp_path: Path) -> None:
     cfg = _compose([f"recipe={recipe}", f"data.root={_image_tree(tmp_path)}"])
     settings = run_config_from(cfg)
     assert settings.name == recipe
-    if recipe not in ("quickstart", "custom"):
+    if recipe.startswith("fmnist_"):
+        # Checkpoints made by train_fashion_mnist, evaluated on the full test split.
+        assert (
+            settings.model.checkpoint == f"checkpoints/fashion_mnist/{settings.model.name}/model.pt"
+        )
+        assert settings.data.source == "fashion_mnist" and settings.data.eval_size is None
+        settings.model.checkpoint = None  # not made in tests: the architecture only
+    elif recipe not in ("quickstart", "custom"):
         # The paper's settings, ImageNet layout, torchvision weights that exist.
         assert settings.quant.weight_bits == 4 and settings.adaround.iters == 10000
         assert settings.adaround.batch_size == 32 and settings.data.calibration.size == 1024

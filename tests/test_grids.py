@@ -47,3 +47,22 @@ def test_mse_search_picks_the_best_of_its_candidates(bits: int) -> None:
 def test_unknown_method_is_rejected() -> None:
     with pytest.raises(ValueError, match="scale_method"):
         QuantConfig(scale_method="percentile")
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_minmax_is_the_finest_grid_that_clips_nothing(bits: int, per_channel: bool) -> None:
+    g = torch.Generator().manual_seed(20 + bits)
+    w = torch.randn(7, 3, 3, 3, generator=g) + 0.3 * torch.randn(7, 1, 1, 1, generator=g)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    s = weight_scale(w, qmin, qmax, per_channel, "minmax").double()
+    flat = w.double().flatten(1) if per_channel else w.double().reshape(1, -1)
+    ratio = flat / s[:, None]
+    # Nothing outside [q_min, q_max] (float64 recomputation), and one end lands exactly on it:
+    # a smaller scale would clip.
+    assert ratio.min() >= qmin - 1e-5 and ratio.max() <= qmax + 1e-5  # float32 scale
+    at_edge = torch.isclose(
+        ratio.amax(1), torch.tensor(float(qmax), dtype=torch.float64)
+    ) | torch.isclose(ratio.amin(1), torch.tensor(float(qmin), dtype=torch.float64))
+    assert at_edge.all()
+    assert (s <= weight_scale(w, qmin, qmax, per_channel, "maxabs").double() + 1e-12).all()

@@ -1,0 +1,71 @@
+"""The benchmark table: cells land where their bits, grid, tool and granularity say."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from adaround_lightning.benchmarks.table import load_rows, markdown_tables
+
+
+def _row(tool: str, bits: int, pc: bool, act: int, granularity: str | None, value: float) -> dict:
+    row = {
+        "tool": tool,
+        "arch": "resnet18",
+        "bits": bits,
+        "per_channel": pc,
+        "act_bits": act,
+        "fp32_top1": 92.0,
+        "nearest_top1": value - 1,
+        "adaround_top1": value,
+    }
+    if granularity:
+        row["granularity"] = granularity
+    return row
+
+
+def test_every_cell_is_placed_by_its_settings(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    rows, expected = [], {}
+    for tool, granularity in (
+        ("adaround_lightning", "layer"),
+        ("adaround_lightning", "block"),
+        ("aimet", None),
+    ):
+        for bits in (4, 3, 2):
+            for pc in (False, True):
+                for act in (32, 8):
+                    value = round(rng.uniform(10, 90), 2)
+                    rows.append(_row(tool, bits, pc, act, granularity, value))
+                    expected[(tool, granularity, bits, pc, act)] = value
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = markdown_tables(load_rows([path]))
+    titles = {
+        ("adaround_lightning", "layer"): "AdaRound layer-wise (ours, default)",
+        ("adaround_lightning", "block"): "AdaRound block-wise (ours)",
+        ("aimet", None): "AIMET AdaRound",
+    }
+    for act in (32, 8):
+        section = text.split(f"### resnet18, A{act}")[1].split("###")[0]
+        lines = {
+            line.split(" | ")[0].strip("| "): line
+            for line in section.splitlines()
+            if line.startswith("|")
+        }
+        for (tool, granularity), title in titles.items():
+            cells = lines[title].strip("| ").split(" | ")[1:]
+            wanted = [
+                f"{expected[(tool, granularity, bits, pc, act)]:.2f}"
+                for bits in (4, 3, 2)
+                for pc in (False, True)
+            ]
+            assert cells == wanted
+
+
+def test_a_rerun_replaces_the_earlier_cell() -> None:
+    text = markdown_tables(
+        [_row("aimet", 4, True, 32, None, 50.0), _row("aimet", 4, True, 32, None, 60.0)]
+    )
+    assert "60.00" in text and "50.00" not in text
