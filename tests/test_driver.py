@@ -50,10 +50,11 @@ def _float64_mse(
 def test_every_layer_once_and_adaround_beats_nearest(
     tiny_cnn: nn.Module, images: torch.Tensor, fit_counter: collections.Counter
 ) -> None:
+    # maxabs: on the default (finer) minmax grid the 32-weight fc can end at nearest's rounding.
     result = adaround(
         tiny_cnn,
         images,
-        QuantConfig(weight_bits=3),
+        QuantConfig(weight_bits=3, scale_method="maxabs"),
         AdaroundConfig(iters=300, batch_size=16, lr=1e-2, seed=0),
         CPU,
     )
