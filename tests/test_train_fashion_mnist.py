@@ -1,0 +1,28 @@
+"""The benchmark training script writes a checkpoint the plain torchvision model loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+
+from adaround_lightning.train_fashion_mnist import main
+from adaround_lightning.train_quickstart import quickstart_transform_tensor
+from tests.data.test_idx import _write_split
+
+
+def test_one_epoch_writes_a_loadable_checkpoint_and_its_accuracy(tmp_path: Path) -> None:
+    _write_split(tmp_path, "train", 512, gz=True, seed=0)
+    test_images, test_labels = _write_split(tmp_path, "t10k", 64, gz=True, seed=1)
+    out = tmp_path / "out"
+    meta = main(["--arch", "resnet18", "--root", str(tmp_path), "--epochs", "1", "--out", str(out)])
+    model = torchvision.models.resnet18(num_classes=10)
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True))  # strict: every key
+    with torch.no_grad():
+        logits = model.eval()(quickstart_transform_tensor(torch.from_numpy(test_images)))
+    accuracy = float(np.mean(logits.argmax(1).numpy() == test_labels))
+    assert meta["test_accuracy_full"] == accuracy
+    assert json.loads((out / "meta.json").read_text())["arch"]["name"] == "resnet18"
