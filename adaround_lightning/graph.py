@@ -13,7 +13,8 @@ whether the model is an ``nn.Sequential`` or calls its modules from a hand-writt
 functions (``F.relu``) are invisible to hooks and are not included.
 
 Blocks: every outermost module whose type is listed in :data:`BLOCK_TYPES` (torchvision's
-MobileNetV2 ``InvertedResidual``, ResNet ``BasicBlock`` and ``Bottleneck``) is one block; every
+MobileNetV2/V3 and ShuffleNetV2 ``InvertedResidual``, ResNet ``BasicBlock`` and ``Bottleneck``,
+EfficientNet ``MBConv`` and ``FusedMBConv``, RegNet ``ResBottleneckBlock``) is one block; every
 quantizable layer outside such a module is a block of its own. Blocks are ordered by when their
 first layer runs.
 """
@@ -61,10 +62,25 @@ _PASS_THROUGH = (nn.Identity, nn.Dropout)
 
 
 def _block_types() -> tuple[type[nn.Module], ...]:
-    from torchvision.models.mobilenetv2 import InvertedResidual
-    from torchvision.models.resnet import BasicBlock, Bottleneck
+    import importlib
 
-    return (InvertedResidual, BasicBlock, Bottleneck)
+    # torchvision's residual blocks: (module, class) pairs; a missing one is skipped.
+    names = [
+        ("torchvision.models.mobilenetv2", "InvertedResidual"),
+        ("torchvision.models.mobilenetv3", "InvertedResidual"),
+        ("torchvision.models.resnet", "BasicBlock"),
+        ("torchvision.models.resnet", "Bottleneck"),
+        ("torchvision.models.efficientnet", "MBConv"),
+        ("torchvision.models.efficientnet", "FusedMBConv"),
+        ("torchvision.models.regnet", "ResBottleneckBlock"),
+        ("torchvision.models.shufflenetv2", "InvertedResidual"),
+    ]
+    types: list[type[nn.Module]] = []
+    for module_name, class_name in names:
+        block = getattr(importlib.import_module(module_name), class_name, None)
+        if isinstance(block, type) and issubclass(block, nn.Module) and block not in types:
+            types.append(block)
+    return tuple(types)
 
 
 #: Module types calibrated as one block.

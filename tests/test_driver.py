@@ -172,3 +172,35 @@ def test_block_granularity_fits_each_block_once_and_beats_nearest() -> None:
         )
     with torch.no_grad():
         assert (block_q(x_q) - target).pow(2).mean() < (nearest(x_q) - target).pow(2).mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "arch", ["mobilenet_v3_small", "efficientnet_b0", "shufflenet_v2_x0_5", "regnet_x_400mf"]
+)
+def test_other_torchvision_classifiers_calibrate_block_by_block(arch: str) -> None:
+    import torchvision
+
+    from adaround_lightning.graph import BLOCK_TYPES
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, arch)(num_classes=10).eval()
+    images = torch.randn(16, 3, 64, 64)
+    result = adaround(
+        model,
+        images,
+        QuantConfig(weight_bits=4),
+        AdaroundConfig(iters=2, batch_size=8, num_samples=16),
+        CPU,
+        progress=False,
+    )
+    layers = [
+        n for n, m in result.float_model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    assert [r.name for r in result.layers] == layers  # every layer, in execution order
+    assert any(isinstance(m, BLOCK_TYPES) for m in model.modules())
+    for name, fq in result.quantizers.items():
+        weight = result.model.get_submodule(name).weight
+        assert torch.equal(weight, fq.integer_weight().float() * fq.scale)
+    with torch.no_grad():
+        assert torch.isfinite(result.model(images)).all()
