@@ -33,8 +33,9 @@ class QuantConfig:
         layer_bits: Per-layer bit widths, pattern -> bits; the first matching pattern wins.
         first_layer_bits: Bits of the first quantizable layer in execution order (None: default).
         last_layer_bits: Bits of the last quantizable layer in execution order (None: default).
-        scale_method: How the grid's scale is chosen: ``minmax`` (default), ``maxabs``, ``half``,
-            ``full`` or ``mse`` (see :mod:`adaround_lightning.grids`).
+        scale_method: How the grid's scale is chosen: ``auto`` (default: ``full`` at 2 bits,
+            ``minmax`` above), ``minmax``, ``maxabs``, ``half``, ``full`` or ``mse`` (see
+            :mod:`adaround_lightning.grids`).
         act_bits: Bits of the activations feeding every quantized layer (2 to 8), None for
             float activations (see :mod:`adaround_lightning.activations`).
         act_observer: How activation ranges are calibrated: ``minmax`` or ``mse``.
@@ -46,7 +47,7 @@ class QuantConfig:
     layer_bits: dict[str, int] = field(default_factory=dict)
     first_layer_bits: int | None = None
     last_layer_bits: int | None = None
-    scale_method: str = "minmax"
+    scale_method: str = "auto"
     act_bits: int | None = None
     act_observer: str = "minmax"
 

@@ -4,6 +4,9 @@ With ``b`` bits the integers run from ``q_min = -2**(b-1)`` to ``q_max = 2**(b-1
 ``max|W|`` (per tensor or per output channel):
 
 * ``maxabs``: ``s = m / q_max``. No weight is clipped; the grid point ``q_min`` is never used.
+* ``auto`` (the default): ``full`` at 2 bits, ``minmax`` above. With 2 bits ``minmax`` leaves
+  the integers ``{-1, 0, 1}`` (``q_min`` only for the most negative weight): ternary weights;
+  ``full`` uses all four levels inside the range (AIMET's 2-bit grid). Measured in BENCHMARKS.md.
 * ``minmax``: ``s = max(max(W) / q_max, -min(W) / -q_min)``, the finest symmetric grid that clips
   nothing: when the weight of largest magnitude is negative it lands on ``q_min`` (AIMET's
   symmetric ``tf`` weight grid). Never coarser than ``maxabs``.
@@ -22,7 +25,7 @@ import torch
 
 __all__ = ["SCALE_METHODS", "weight_scale"]
 
-SCALE_METHODS = ("maxabs", "minmax", "half", "full", "mse")
+SCALE_METHODS = ("auto", "maxabs", "minmax", "half", "full", "mse")
 
 
 def _max_abs(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
@@ -45,6 +48,8 @@ def weight_scale(
         raise ValueError(
             f"quant.scale_method must be one of {', '.join(SCALE_METHODS)}, got {method!r}"
         )
+    if method == "auto":
+        method = "full" if quant_max - quant_min + 1 <= 4 else "minmax"
     m = _max_abs(weight, per_channel).clamp_min(1e-12)
     if method == "minmax":
         w = weight.detach().float()

@@ -66,3 +66,16 @@ def test_minmax_is_the_finest_grid_that_clips_nothing(bits: int, per_channel: bo
     ) | torch.isclose(ratio.amin(1), torch.tensor(float(qmin), dtype=torch.float64))
     assert at_edge.all()
     assert (s <= weight_scale(w, qmin, qmax, per_channel, "maxabs").double() + 1e-12).all()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_auto_uses_all_four_levels_at_two_bits_and_minmax_above(bits: int) -> None:
+    g = torch.Generator().manual_seed(30 + bits)
+    w = torch.randn(5, 16, generator=g)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    auto = weight_scale(w, qmin, qmax, True, "auto")
+    if bits == 2:
+        # s = max|W| / 2: the levels -2s, -s, 0, s all lie inside [-max|W|, max|W|].
+        assert torch.allclose(auto.double(), w.abs().amax(1).double() / 2)
+    else:
+        assert torch.equal(auto, weight_scale(w, qmin, qmax, True, "minmax"))

@@ -62,6 +62,7 @@ def run_grid(
     out: Path | None = None,
     eval_batch_size: int = 500,
     accelerator: str = "cpu",
+    scale_method: str = "auto",
 ) -> list[dict[str, Any]]:
     """Calibrate once per (bits, per_channel, granularity); evaluate at every ``act_bits``.
 
@@ -78,6 +79,7 @@ def run_grid(
         out: JSON-lines file each row is appended to.
         eval_batch_size: Evaluation batch size.
         accelerator: Lightning accelerator of the fits.
+        scale_method: ``quant.scale_method`` of the weight grid.
 
     Returns:
         The rows.
@@ -102,7 +104,9 @@ def run_grid(
                 result = adaround(
                     model,
                     calib,
-                    QuantConfig(weight_bits=bits, per_channel=per_channel),
+                    QuantConfig(
+                        weight_bits=bits, per_channel=per_channel, scale_method=scale_method
+                    ),
                     config,
                     {"accelerator": accelerator, "devices": 1},
                     progress=False,
@@ -124,6 +128,7 @@ def run_grid(
                         "tool": "adaround_lightning",
                         **record,
                         "granularity": granularity,
+                        "scale_method": scale_method,
                         "bits": bits,
                         "per_channel": per_channel,
                         "act_bits": act_bits,
@@ -195,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="other AdaroundConfig fields"
     )
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--scale-method", default="auto", help="quant.scale_method")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -226,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record,
         args.out,
         accelerator=args.accelerator,
+        scale_method=args.scale_method,
     )
     return 0
 
