@@ -43,8 +43,8 @@ def test_every_cell_is_placed_by_its_settings(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = markdown_tables(load_rows([path]))
     titles = {
-        ("adaround_lightning", "layer"): "AdaRound layer-wise (ours, default)",
-        ("adaround_lightning", "block"): "AdaRound block-wise (ours)",
+        ("adaround_lightning", "layer"): "AdaRound layer-wise (ours)",
+        ("adaround_lightning", "block"): "AdaRound block-wise (ours, default)",
         ("aimet", None): "AIMET AdaRound",
     }
     for act in (32, 8):
