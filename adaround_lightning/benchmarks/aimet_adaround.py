@@ -63,6 +63,7 @@ from adaround_lightning.data.sources import (
     evaluation_dataset,
 )
 from adaround_lightning.data.transforms import PreprocessConfig
+from adaround_lightning.train_quickstart import QUICKSTART_ARCH
 
 __all__ = [
     "ARCHS",
@@ -73,6 +74,7 @@ __all__ = [
     "fashion_mnist_data",
     "fold_batch_norms",
     "main",
+    "parse_bool",
     "quantsim_top1",
     "quiet_aimet",
     "run_adaround",
@@ -98,19 +100,7 @@ FASHION_MNIST_PREPROCESS = {
 }
 INPUT_SHAPE = (1, 3, 32, 32)
 #: ``--arch-kwargs`` of the quickstart checkpoint (``adaround_lightning/assets/quickstart``).
-QUICKSTART_KWARGS: dict[str, Any] = {
-    "num_classes": 10,
-    "width_mult": 0.5,
-    "dropout": 0.1,
-    "inverted_residual_setting": [
-        [1, 16, 1, 1],
-        [6, 24, 2, 2],
-        [6, 32, 2, 2],
-        [6, 64, 2, 1],
-        [6, 96, 1, 2],
-        [6, 160, 1, 1],
-    ],
-}
+QUICKSTART_KWARGS: dict[str, Any] = dict(QUICKSTART_ARCH["kwargs"])
 
 
 @dataclass
@@ -546,7 +536,13 @@ def run_grid(
     return rows
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``) of a command-line flag.
+
+    Example:
+        >>> parse_bool("False")
+        False
+    """
     lowered = text.strip().lower()
     if lowered in ("true", "1", "yes", "y"):
         return True
@@ -566,7 +562,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", choices=("fashion_mnist", "embedded"), default="fashion_mnist")
     parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--bits", type=int, nargs="+", default=[4])
-    parser.add_argument("--per-channel", type=_bool, nargs="+", default=[True])
+    parser.add_argument("--per-channel", type=parse_bool, nargs="+", default=[True])
     parser.add_argument("--act-bits", type=int, nargs="+", default=[FLOAT_ACTS, 8])
     parser.add_argument("--iters", type=int, default=500)
     parser.add_argument("--num-samples", type=int, default=512)

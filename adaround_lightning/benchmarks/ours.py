@@ -35,6 +35,7 @@ from adaround_lightning.benchmarks.aimet_adaround import (
     FLOAT_ACTS,
     build_model,
     fashion_mnist_data,
+    parse_bool,
 )
 from adaround_lightning.config import AdaroundConfig, QuantConfig
 from adaround_lightning.driver import adaround, quiet_lightning
@@ -164,14 +165,6 @@ def network_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def _value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -188,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", choices=("fashion_mnist", "embedded"), default="fashion_mnist")
     parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
     parser.add_argument("--bits", type=int, nargs="+", default=[4])
-    parser.add_argument("--per-channel", type=_bool, nargs="+", default=[True])
+    parser.add_argument("--per-channel", type=parse_bool, nargs="+", default=[True])
     parser.add_argument("--granularity", nargs="+", default=["layer"])
     parser.add_argument("--act-bits", type=int, nargs="+", default=[FLOAT_ACTS, 8])
     parser.add_argument("--iters", type=int, default=500)
