@@ -8,6 +8,11 @@ Per architecture and activation setting (A32, A8), one table: rows FP32, round-t
 AdaRound layer-wise, AdaRound block-wise, AIMET's round-to-nearest and AIMET's AdaRound; columns
 W4/W3/W2 x per-tensor/per-channel. Missing cells are shown as ``-``. When a file holds the same
 cell twice, the last line wins (re-runs append).
+
+The main tables hold our default grid (``auto``, resolved per bit width) and seed 0. Runs with
+other seeds are summarised in a seeds table (per seed and the mean, both tools), runs on other
+grids in a table of their own, so nothing measured is dropped. Rows written before the runner
+recorded ``scale_method`` were on ``minmax``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_rows", "main", "markdown_tables"]
+__all__ = ["effective_grid", "load_rows", "main", "markdown_tables"]
+
+#: Our default ``quant.scale_method``; the main tables show it.
+DEFAULT_GRID = "auto"
+#: Runner rows without ``scale_method`` predate the field and ran on this grid.
+LEGACY_GRID = "minmax"
 
 _BITS = (4, 3, 2)
 _ROWS = (
@@ -47,6 +57,29 @@ def load_rows(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def effective_grid(row: dict[str, Any]) -> str:
+    """The weight grid a row ran on, ``auto`` resolved (``full`` at 2 bits, ``minmax`` above).
+
+    AIMET rows return ``"aimet"``.
+
+    Example:
+        >>> effective_grid({"tool": "adaround_lightning", "bits": 2, "scale_method": "auto"})
+        'full'
+    """
+    if row["tool"] == "aimet":
+        return "aimet"
+    method = row.get("scale_method") or LEGACY_GRID
+    if method == "auto":
+        method = "full" if row["bits"] <= 2 else "minmax"
+    return method
+
+
+def _is_default_grid(row: dict[str, Any]) -> bool:
+    return row["tool"] == "aimet" or effective_grid(row) == effective_grid(
+        {**row, "scale_method": DEFAULT_GRID}
+    )
+
+
 def _key(row: dict[str, Any]) -> tuple:
     granularity = row.get("granularity") if row["tool"] != "aimet" else None
     return (
@@ -59,6 +92,64 @@ def _key(row: dict[str, Any]) -> tuple:
     )
 
 
+def _label(row: dict[str, Any]) -> str:
+    if row["tool"] == "aimet":
+        return "AIMET AdaRound"
+    return f"ours {row.get('granularity', 'layer')}-wise"
+
+
+def _cell(row: dict[str, Any]) -> str:
+    return (
+        f"W{row['bits']}A{row['act_bits']} {'per-channel' if row['per_channel'] else 'per-tensor'}"
+    )
+
+
+def _seed_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Cells run with more than one seed: top-1 per seed and the mean, per tool."""
+    runs: dict[tuple, dict[int, float]] = {}
+    for row in rows:
+        if _is_default_grid(row):
+            key = (row["arch"], _cell(row), _label(row))
+            runs.setdefault(key, {})[int(row.get("seed", 0))] = row["adaround_top1"]
+    cells = {key[:2] for key, seeds in runs.items() if len(seeds) > 1}
+    if not cells:
+        return []
+    seeds = sorted({s for key, per in runs.items() if key[:2] in cells for s in per})
+    lines = [
+        "### Seeds",
+        "",
+        "| model | cell | tool | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+        "|" + "---|" * (4 + len(seeds)),
+    ]
+    for key in sorted(k for k in runs if k[:2] in cells):
+        per = runs[key]
+        values = [f"{per[s]:.2f}" if s in per else "-" for s in seeds]
+        mean = sum(per.values()) / len(per)
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(values) + f" | {mean:.2f} |"
+        )
+    return [*lines, ""]
+
+
+def _other_grid_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Our runs on a grid other than the default, one line each."""
+    other = [row for row in rows if not _is_default_grid(row)]
+    if not other:
+        return []
+    lines = [
+        "### Other grids",
+        "",
+        "| model | cell | tool | grid | seed | round-to-nearest | AdaRound |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in other:
+        lines.append(
+            f"| {row['arch']} | {_cell(row)} | {_label(row)} | {effective_grid(row)} | "
+            f"{row.get('seed', 0)} | {row['nearest_top1']:.2f} | {row['adaround_top1']:.2f} |"
+        )
+    return [*lines, ""]
+
+
 def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
     """The tables, one per (architecture, activation bits).
 
@@ -68,7 +159,7 @@ def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
         >>> "| AIMET AdaRound | - | 91.00 |" in markdown_tables([row])
         True
     """
-    cells = {_key(row): row for row in rows}
+    cells = {_key(row): row for row in rows if _is_default_grid(row) and row.get("seed", 0) == 0}
     lines: list[str] = []
     for arch in sorted({row["arch"] for row in rows}):
         for act_bits in sorted(
@@ -98,6 +189,7 @@ def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
                 if any(v != "-" for v in values):
                     lines.append(f"| {title} | " + " | ".join(values) + " |")
             lines.append("")
+    lines += _seed_table(rows) + _other_grid_table(rows)
     return "\n".join(lines)
 
 

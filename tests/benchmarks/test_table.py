@@ -22,6 +22,7 @@ def _row(tool: str, bits: int, pc: bool, act: int, granularity: str | None, valu
     }
     if granularity:
         row["granularity"] = granularity
+        row["scale_method"] = "auto"
     return row
 
 
@@ -69,3 +70,40 @@ def test_a_rerun_replaces_the_earlier_cell() -> None:
         [_row("aimet", 4, True, 32, None, 50.0), _row("aimet", 4, True, 32, None, 60.0)]
     )
     assert "60.00" in text and "50.00" not in text
+
+
+def test_other_seeds_and_grids_leave_the_main_table_and_are_listed() -> None:
+    rng = random.Random(1)
+    seed0, seed1, aimet0, aimet1 = (round(rng.uniform(10, 90), 2) for _ in range(4))
+    minmax_w2 = round(rng.uniform(10, 90), 2)
+    rows = [
+        {**_row("adaround_lightning", 4, True, 32, "block", seed0), "seed": 0},
+        {**_row("adaround_lightning", 4, True, 32, "block", seed1), "seed": 1},
+        {**_row("aimet", 4, True, 32, None, aimet0), "seed": 0},
+        {**_row("aimet", 4, True, 32, None, aimet1), "seed": 1},
+        # No scale_method: a row from before the field, on minmax; not the default at 2 bits.
+        {
+            k: v
+            for k, v in _row("adaround_lightning", 2, True, 32, "block", minmax_w2).items()
+            if k != "scale_method"
+        },
+    ]
+    text = markdown_tables(rows)
+    main, rest = text.split("### Seeds")
+    assert f"{seed0:.2f}" in main and f"{aimet0:.2f}" in main
+    assert f"{seed1:.2f}" not in main and f"{minmax_w2:.2f}" not in main
+    seeds, other = rest.split("### Other grids")
+    ours = next(line for line in seeds.splitlines() if "ours block-wise" in line)
+    assert ours.split(" | ")[-1].strip(" |") == f"{(seed0 + seed1) / 2:.2f}"
+    theirs = next(line for line in seeds.splitlines() if "AIMET" in line)
+    assert theirs.split(" | ")[-1].strip(" |") == f"{(aimet0 + aimet1) / 2:.2f}"
+    assert f"| minmax | 0 | {minmax_w2 - 1:.2f} | {minmax_w2:.2f} |" in other
+
+
+def test_auto_resolves_per_bit_width() -> None:
+    from adaround_lightning.benchmarks.table import effective_grid
+
+    row = {"tool": "adaround_lightning", "scale_method": "auto"}
+    assert effective_grid({**row, "bits": 2}) == "full"
+    assert effective_grid({**row, "bits": 3}) == "minmax"
+    assert effective_grid({"tool": "adaround_lightning", "bits": 4}) == "minmax"
