@@ -237,6 +237,7 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
             "act_observer": settings.quant.act_observer,
             "act_in_loop": settings.adaround.act_in_loop,
             "granularity": settings.adaround.granularity,
+            "bias_correction": settings.adaround.bias_correction,
         },
         "input_shape": list(images.shape[1:]),
         "calibration_images": int(images.shape[0]),

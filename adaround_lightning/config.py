@@ -125,6 +125,10 @@ class AdaroundConfig:
             the number of layers fitted together, the same steps per layer as layer-wise.
         drop_prob: QDrop: during an in-loop reconstruction, each input element keeps its float
             value with this probability (0: always quantized, as in BRECQ).
+        bias_correction: After each layer is rounded, shift its bias by the mean per-channel
+            output error of the quantized network on the calibration data
+            (:mod:`adaround_lightning.bias_correction`); later layers are fitted on the
+            corrected network.
     """
 
     iters: int = 10000
@@ -143,6 +147,7 @@ class AdaroundConfig:
     act_in_loop: bool = False
     drop_prob: float = 0.5
     block_iters: int | None = None
+    bias_correction: bool = False
 
     def __post_init__(self) -> None:
         if self.block_iters is not None and (

@@ -37,10 +37,11 @@ from adaround_lightning.activations import (
     attach_input_quantizers,
     observe_inputs,
 )
+from adaround_lightning.bias_correction import channel_dim, mean_output_error, shift_bias
 from adaround_lightning.bn_fold import fold_batch_norms
 from adaround_lightning.checkpoint import load_progress, save_layer_progress
 from adaround_lightning.config import AdaroundConfig, QuantConfig
-from adaround_lightning.datamodule import CalibrationCache
+from adaround_lightning.datamodule import CalibrationCache, capture_output
 from adaround_lightning.distributed import (
     ProcessContext,
     all_reduce_sum,
@@ -418,6 +419,8 @@ def adaround(
             with torch.no_grad():
                 q_layer = q_model.get_submodule(info.name)
                 q_layer.weight.copy_(quantizer.hard_weight().to(q_layer.weight.dtype))
+                if entry.get("bias") is not None:  # bias_correction
+                    q_layer.bias.copy_(entry["bias"].to(q_layer.bias))
             quantizers[info.name] = quantizer
             if entry.get("act_state") is not None:
                 act_quantizer = ActivationQuantizer(entry["act_state"]["bits"]).to(device)
@@ -504,6 +507,23 @@ def adaround(
         except ValueError as error:
             raise UserError(f"layer {info.name!r}: {error}") from None
 
+    def correct_layer_bias(info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
+        """Bias correction of a rounded layer: the float block vs the quantized block."""
+        assert cache.fp_block_inputs is not None and cache.q_block_inputs is not None
+        q_layer = q_model.get_submodule(info.name)
+        if getattr(q_layer, "bias", None) is None:
+            return
+        chunk = config.forward_batch_size
+        fp_output = capture_output(
+            fp_block, fp_model.get_submodule(info.name), cache.fp_block_inputs, chunk
+        )
+        q_output = capture_output(q_block, q_layer, cache.q_block_inputs, chunk)
+        delta = mean_output_error(fp_output, q_output, channel_dim(q_layer))
+        # Each process holds a shard of the calibration set: the mean over all of them.
+        count = torch.tensor(fp_output.numel() / delta.numel(), dtype=delta.dtype, device=device)
+        delta = all_reduce_sum(delta * count, context) / all_reduce_sum(count, context)
+        shift_bias(q_layer, delta)
+
     def finish_layer(
         info: LayerInfo,
         quantizer: AdaroundFakeQuantizer,
@@ -559,6 +579,9 @@ def adaround(
                 "bits": bits,
                 "per_channel": quant.per_channel,
                 "report": report.to_dict(),
+                "bias": q_layer.bias.detach().cpu()
+                if config.bias_correction and q_layer.bias is not None
+                else None,
                 "act_state": None
                 if act_quantizer is None
                 else {
@@ -628,6 +651,8 @@ def adaround(
                 curve = module.loss_curve(_CURVE_POINTS)
                 seconds = (time.perf_counter() - block_start) / len(todo)
                 for info in todo:
+                    if config.bias_correction:
+                        correct_layer_bias(info, fp_block, q_block)
                     cache_layer(info, fp_block, q_block)
                     quantizer, bits = new[info.name]
                     finish_layer(info, quantizer, bits, seconds, curve, bar)
@@ -659,6 +684,8 @@ def adaround(
                         act_quantizer.drop_prob = 0.0
                         act_quantizers[info.name] = act_quantizer
                         attach_input_quantizers(q_model, {info.name: act_quantizer})
+                    if config.bias_correction:
+                        correct_layer_bias(info, fp_block, q_block)
                     seconds = time.perf_counter() - layer_start
                     finish_layer(
                         info, quantizer, bits, seconds, module.loss_curve(_CURVE_POINTS), bar

@@ -11,8 +11,8 @@ cell twice, the last line wins (re-runs append).
 
 The main tables hold our default grid (``auto``, resolved per bit width) and seed 0. Runs with
 other seeds are summarised in a seeds table (per seed and the mean, both tools), runs on other
-grids in a table of their own, so nothing measured is dropped. Rows written before the runner
-recorded ``scale_method`` were on ``minmax``.
+grids or with ``--set`` overrides in a table of their own, so nothing measured is dropped.
+Rows written before the runner recorded ``scale_method`` were on ``minmax``.
 """
 
 from __future__ import annotations
@@ -75,9 +75,12 @@ def effective_grid(row: dict[str, Any]) -> str:
 
 
 def _is_default_grid(row: dict[str, Any]) -> bool:
-    return row["tool"] == "aimet" or effective_grid(row) == effective_grid(
-        {**row, "scale_method": DEFAULT_GRID}
-    )
+    """Our default grid and no ``--set`` overrides (AIMET rows always)."""
+    if row["tool"] == "aimet":
+        return True
+    if row.get("settings"):
+        return False
+    return effective_grid(row) == effective_grid({**row, "scale_method": DEFAULT_GRID})
 
 
 def _key(row: dict[str, Any]) -> tuple:
@@ -132,19 +135,20 @@ def _seed_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _other_grid_table(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Our runs on a grid other than the default, one line each."""
+    """Our runs on a grid other than the default or with other settings, one line each."""
     other = [row for row in rows if not _is_default_grid(row)]
     if not other:
         return []
     lines = [
-        "### Other grids",
+        "### Other grids and settings",
         "",
-        "| model | cell | tool | grid | seed | round-to-nearest | AdaRound |",
-        "|---|---|---|---|---|---|---|",
+        "| model | cell | tool | grid | settings | seed | round-to-nearest | AdaRound |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in other:
         lines.append(
             f"| {row['arch']} | {_cell(row)} | {_label(row)} | {effective_grid(row)} | "
+            f"{' '.join(f'{k}={v}' for k, v in (row.get('settings') or {}).items()) or '-'} | "
             f"{row.get('seed', 0)} | {row['nearest_top1']:.2f} | {row['adaround_top1']:.2f} |"
         )
     return [*lines, ""]

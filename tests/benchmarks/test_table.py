@@ -75,8 +75,9 @@ def test_a_rerun_replaces_the_earlier_cell() -> None:
 def test_other_seeds_and_grids_leave_the_main_table_and_are_listed() -> None:
     rng = random.Random(1)
     seed0, seed1, aimet0, aimet1 = (round(rng.uniform(10, 90), 2) for _ in range(4))
-    minmax_w2 = round(rng.uniform(10, 90), 2)
+    minmax_w2, tuned = round(rng.uniform(10, 90), 2), round(rng.uniform(10, 90), 2)
     rows = [
+        {**_row("adaround_lightning", 3, True, 32, "block", tuned), "settings": {"lr": 0.01}},
         {**_row("adaround_lightning", 4, True, 32, "block", seed0), "seed": 0},
         {**_row("adaround_lightning", 4, True, 32, "block", seed1), "seed": 1},
         {**_row("aimet", 4, True, 32, None, aimet0), "seed": 0},
@@ -92,12 +93,14 @@ def test_other_seeds_and_grids_leave_the_main_table_and_are_listed() -> None:
     main, rest = text.split("### Seeds")
     assert f"{seed0:.2f}" in main and f"{aimet0:.2f}" in main
     assert f"{seed1:.2f}" not in main and f"{minmax_w2:.2f}" not in main
-    seeds, other = rest.split("### Other grids")
+    assert f"{tuned:.2f}" not in main
+    seeds, other = rest.split("### Other grids and settings")
     ours = next(line for line in seeds.splitlines() if "ours block-wise" in line)
     assert ours.split(" | ")[-1].strip(" |") == f"{(seed0 + seed1) / 2:.2f}"
     theirs = next(line for line in seeds.splitlines() if "AIMET" in line)
     assert theirs.split(" | ")[-1].strip(" |") == f"{(aimet0 + aimet1) / 2:.2f}"
-    assert f"| minmax | 0 | {minmax_w2 - 1:.2f} | {minmax_w2:.2f} |" in other
+    assert f"| minmax | - | 0 | {minmax_w2 - 1:.2f} | {minmax_w2:.2f} |" in other
+    assert f"| minmax | lr=0.01 | 0 | {tuned - 1:.2f} | {tuned:.2f} |" in other
 
 
 def test_auto_resolves_per_bit_width() -> None:
