@@ -79,14 +79,8 @@ def test_driver_leaves_every_layer_unbiased_and_resume_restores_it(
     quant = QuantConfig(weight_bits=2, scale_method="maxabs")
     config = AdaroundConfig(iters=40, batch_size=16, seed=0, granularity=granularity)
     plain = adaround(tiny_cnn, images, quant, config, CPU)
-    corrected = adaround(
-        tiny_cnn,
-        images,
-        quant,
-        AdaroundConfig(**{**config.__dict__, "bias_correction": True}),
-        CPU,
-        checkpoint=tmp_path,
-    )
+    corrected_config = AdaroundConfig(**{**config.__dict__, "bias_correction": True})
+    corrected = adaround(tiny_cnn, images, quant, corrected_config, CPU, checkpoint=tmp_path)
     before, after = _mean_errors(plain, images), _mean_errors(corrected, images)
     assert after and after.keys() == before.keys()
     # Later corrections do not move earlier layers' inputs: every layer ends centred.
@@ -98,13 +92,7 @@ def test_driver_leaves_every_layer_unbiased_and_resume_restores_it(
         assert torch.equal(
             layer.weight.detach(), quantizer.integer_weight().float() * quantizer.scale
         )
-    resumed = adaround(
-        tiny_cnn,
-        images,
-        quant,
-        AdaroundConfig(**{**config.__dict__, "bias_correction": True}),
-        CPU,
-        checkpoint=tmp_path,
-    )
+    # Every layer is in the checkpoint: the second run restores them all, biases included.
+    resumed = adaround(tiny_cnn, images, quant, corrected_config, CPU, checkpoint=tmp_path)
     for name, value in corrected.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
