@@ -18,11 +18,14 @@ Rows written before the runner recorded ``scale_method`` were on ``minmax``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from adaround_lightning.config import AdaroundConfig
 
 __all__ = ["effective_grid", "load_rows", "main", "markdown_tables"]
 
@@ -32,14 +35,38 @@ DEFAULT_GRID = "auto"
 LEGACY_GRID = "minmax"
 
 _BITS = (4, 3, 2)
+_PLAIN: tuple = ()
+_BIAS_CORRECTED: tuple = (("bias_correction", True),)
+_DEFAULT = " default" if AdaroundConfig().bias_correction else ""
 _ROWS = (
-    ("FP32", "adaround_lightning", "layer", "fp32_top1"),
-    ("round-to-nearest", "adaround_lightning", "layer", "nearest_top1"),
-    ("AdaRound layer-wise (ours)", "adaround_lightning", "layer", "adaround_top1"),
-    ("AdaRound block-wise (ours, default)", "adaround_lightning", "block", "adaround_top1"),
-    ("AIMET round-to-nearest", "aimet", None, "nearest_top1"),
-    ("AIMET AdaRound", "aimet", None, "adaround_top1"),
+    ("FP32", "adaround_lightning", "layer", _PLAIN, "fp32_top1"),
+    ("round-to-nearest", "adaround_lightning", "layer", _PLAIN, "nearest_top1"),
+    (
+        "AdaRound layer-wise (ours, as published)",
+        "adaround_lightning",
+        "layer",
+        _PLAIN,
+        "adaround_top1",
+    ),
+    (
+        f"AdaRound block-wise (ours{'' if _DEFAULT else ', default'})",
+        "adaround_lightning",
+        "block",
+        _PLAIN,
+        "adaround_top1",
+    ),
+    (
+        f"AdaRound block-wise + bias correction (ours{',' + _DEFAULT if _DEFAULT else ''})",
+        "adaround_lightning",
+        "block",
+        _BIAS_CORRECTED,
+        "adaround_top1",
+    ),
+    ("AIMET round-to-nearest", "aimet", None, _PLAIN, "nearest_top1"),
+    ("AIMET AdaRound", "aimet", None, _PLAIN, "adaround_top1"),
 )
+#: ``--set`` overrides that have a row of their own in the main tables.
+_MAIN_SETTINGS = {_PLAIN, _BIAS_CORRECTED}
 
 
 def load_rows(paths: Iterable[Path]) -> list[dict[str, Any]]:
@@ -74,11 +101,21 @@ def effective_grid(row: dict[str, Any]) -> str:
     return method
 
 
+def _settings(row: dict[str, Any]) -> tuple:
+    """The row's ``--set`` overrides, values parsed as JSON (``"true"`` -> True), sorted."""
+    items = []
+    for key, value in (row.get("settings") or {}).items():
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value) if isinstance(value, str) else value
+        items.append((key, value))
+    return tuple(sorted(items))
+
+
 def _is_default_grid(row: dict[str, Any]) -> bool:
-    """Our default grid and no ``--set`` overrides (AIMET rows always)."""
+    """Our default grid and settings with a main-table row (AIMET rows always)."""
     if row["tool"] == "aimet":
         return True
-    if row.get("settings"):
+    if _settings(row) not in _MAIN_SETTINGS:
         return False
     return effective_grid(row) == effective_grid({**row, "scale_method": DEFAULT_GRID})
 
@@ -89,6 +126,7 @@ def _key(row: dict[str, Any]) -> tuple:
         row["tool"],
         row["arch"],
         granularity,
+        _settings(row),
         row["bits"],
         bool(row["per_channel"]),
         row["act_bits"],
@@ -98,7 +136,8 @@ def _key(row: dict[str, Any]) -> tuple:
 def _label(row: dict[str, Any]) -> str:
     if row["tool"] == "aimet":
         return "AIMET AdaRound"
-    return f"ours {row.get('granularity', 'layer')}-wise"
+    extra = "".join(f" {k}={v}" for k, v in _settings(row))
+    return f"ours {row.get('granularity', 'layer')}-wise{extra}"
 
 
 def _cell(row: dict[str, Any]) -> str:
@@ -178,16 +217,19 @@ def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
             ]
             lines.append("| " + " | ".join(header) + " |")
             lines.append("|" + "---|" * len(header))
-            for title, tool, granularity, field in _ROWS:
+            for title, tool, granularity, settings, field in _ROWS:
                 values = []
                 for bits in _BITS:
                     for pc in (False, True):
-                        row = cells.get((tool, arch, granularity, bits, pc, act_bits))
-                        if row is None and field in ("fp32_top1", "nearest_top1"):
-                            # Ours without a layer-wise run: the block run's float/nearest.
-                            row = cells.get((tool, arch, "block", bits, pc, act_bits))
+                        cell = (bits, pc, act_bits)
+                        row = cells.get((tool, arch, granularity, settings, *cell))
+                        for other in (
+                            _MAIN_SETTINGS if field in ("fp32_top1", "nearest_top1") else ()
+                        ):
+                            # Ours without a layer-wise run: a block run's float/nearest.
+                            row = row or cells.get((tool, arch, "block", other, *cell))
                         if row is None and field == "fp32_top1":
-                            row = cells.get(("aimet", arch, None, bits, pc, act_bits))
+                            row = cells.get(("aimet", arch, None, _PLAIN, *cell))
                         value = None if row is None else row.get(field)
                         values.append("-" if value is None else f"{value:.2f}")
                 if any(v != "-" for v in values):

@@ -44,7 +44,7 @@ def test_every_cell_is_placed_by_its_settings(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     text = markdown_tables(load_rows([path]))
     titles = {
-        ("adaround_lightning", "layer"): "AdaRound layer-wise (ours)",
+        ("adaround_lightning", "layer"): "AdaRound layer-wise (ours, as published)",
         ("adaround_lightning", "block"): "AdaRound block-wise (ours, default)",
         ("aimet", None): "AIMET AdaRound",
     }
