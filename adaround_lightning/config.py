@@ -128,7 +128,8 @@ class AdaroundConfig:
         bias_correction: After each layer is rounded, shift its bias by the mean per-channel
             output error of the quantized network on the calibration data
             (:mod:`adaround_lightning.bias_correction`); later layers are fitted on the
-            corrected network.
+            corrected network. On by default (more accuracy at every measured W4/W3 cell of
+            BENCHMARKS.md); False is AdaRound as published.
     """
 
     iters: int = 10000
@@ -147,7 +148,7 @@ class AdaroundConfig:
     act_in_loop: bool = False
     drop_prob: float = 0.5
     block_iters: int | None = None
-    bias_correction: bool = False
+    bias_correction: bool = True
 
     def __post_init__(self) -> None:
         if self.block_iters is not None and (

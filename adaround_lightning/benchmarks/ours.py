@@ -130,6 +130,7 @@ def run_grid(
                         **record,
                         "granularity": granularity,
                         "scale_method": scale_method,
+                        "bias_correction": config.bias_correction,
                         "bits": bits,
                         "per_channel": per_channel,
                         "act_bits": act_bits,

@@ -102,13 +102,20 @@ def effective_grid(row: dict[str, Any]) -> str:
 
 
 def _settings(row: dict[str, Any]) -> tuple:
-    """The row's ``--set`` overrides, values parsed as JSON (``"true"`` -> True), sorted."""
-    items = []
+    """The row's ``--set`` overrides, values parsed as JSON (``"true"`` -> True), sorted.
+
+    ``bias_correction`` is taken from the row's recorded value (rows from before the option
+    ran without it) and listed only when on, so plain AdaRound rows have no settings.
+    """
+    items = {}
     for key, value in (row.get("settings") or {}).items():
         with contextlib.suppress(json.JSONDecodeError):
             value = json.loads(value) if isinstance(value, str) else value
-        items.append((key, value))
-    return tuple(sorted(items))
+        items[key] = value
+    items.setdefault("bias_correction", bool(row.get("bias_correction", False)))
+    if not items["bias_correction"]:
+        del items["bias_correction"]
+    return tuple(sorted(items.items()))
 
 
 def _is_default_grid(row: dict[str, Any]) -> bool:

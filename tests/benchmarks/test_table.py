@@ -45,7 +45,7 @@ def test_every_cell_is_placed_by_its_settings(tmp_path: Path) -> None:
     text = markdown_tables(load_rows([path]))
     titles = {
         ("adaround_lightning", "layer"): "AdaRound layer-wise (ours, as published)",
-        ("adaround_lightning", "block"): "AdaRound block-wise (ours, default)",
+        ("adaround_lightning", "block"): "AdaRound block-wise (ours",
         ("aimet", None): "AIMET AdaRound",
     }
     for act in (32, 8):
@@ -56,7 +56,8 @@ def test_every_cell_is_placed_by_its_settings(tmp_path: Path) -> None:
             if line.startswith("|")
         }
         for (tool, granularity), title in titles.items():
-            cells = lines[title].strip("| ").split(" | ")[1:]
+            line = next(v for k, v in lines.items() if k.startswith(title))
+            cells = line.strip("| ").split(" | ")[1:]
             wanted = [
                 f"{expected[(tool, granularity, bits, pc, act)]:.2f}"
                 for bits in (4, 3, 2)
@@ -110,3 +111,25 @@ def test_auto_resolves_per_bit_width() -> None:
     assert effective_grid({**row, "bits": 2}) == "full"
     assert effective_grid({**row, "bits": 3}) == "minmax"
     assert effective_grid({"tool": "adaround_lightning", "bits": 4}) == "minmax"
+
+
+def test_bias_correction_rows_by_recorded_or_explicit_setting() -> None:
+    explicit_off = {
+        **_row("adaround_lightning", 4, True, 32, "layer", 70.0),
+        "settings": {"bias_correction": "false"},
+    }
+    recorded_on = {
+        **_row("adaround_lightning", 4, True, 32, "block", 80.0),
+        "bias_correction": True,
+    }
+    explicit_on = {
+        **_row("adaround_lightning", 3, True, 32, "block", 60.0),
+        "settings": {"bias_correction": "true"},
+    }
+    text = markdown_tables([explicit_off, recorded_on, explicit_on])
+    lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
+    assert lines["AdaRound layer-wise (ours, as published)"].split(" | ")[2] == "70.00"
+    corrected = next(v for k, v in lines.items() if k.startswith("AdaRound block-wise + bias"))
+    assert corrected.split(" | ")[2:4] == ["80.00", "-"]
+    assert corrected.split(" | ")[4] == "60.00"
+    assert "Other grids" not in text
