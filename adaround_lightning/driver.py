@@ -513,16 +513,22 @@ def adaround(
         q_layer = q_model.get_submodule(info.name)
         if getattr(q_layer, "bias", None) is None:
             return
-        chunk = config.forward_batch_size
-        fp_output = capture_output(
-            fp_block, fp_model.get_submodule(info.name), cache.fp_block_inputs, chunk
-        )
-        q_output = capture_output(q_block, q_layer, cache.q_block_inputs, chunk)
-        delta = mean_output_error(fp_output, q_output, channel_dim(q_layer))
-        # Each process holds a shard of the calibration set: the mean over all of them.
-        count = torch.tensor(fp_output.numel() / delta.numel(), dtype=delta.dtype, device=device)
-        delta = all_reduce_sum(delta * count, context) / all_reduce_sum(count, context)
-        shift_bias(q_layer, delta)
+        fp_layer, chunk = fp_model.get_submodule(info.name), config.forward_batch_size
+        # Chunk by chunk: the layer's whole output (N, C, H, W) twice would double the cache's
+        # peak memory. Sums in float64 over the chunks, then over processes (one shard each).
+        error_sum = torch.zeros(q_layer.bias.shape, dtype=torch.float64, device=device)
+        count = torch.zeros((), dtype=torch.float64, device=device)
+        for start in range(0, cache.fp_block_inputs.shape[0], chunk):
+            fp_output = capture_output(
+                fp_block, fp_layer, cache.fp_block_inputs[start : start + chunk], chunk
+            )
+            q_output = capture_output(
+                q_block, q_layer, cache.q_block_inputs[start : start + chunk], chunk
+            )
+            per_channel = fp_output.numel() / error_sum.numel()
+            error_sum += mean_output_error(fp_output, q_output, channel_dim(q_layer)) * per_channel
+            count += per_channel
+        shift_bias(q_layer, all_reduce_sum(error_sum, context) / all_reduce_sum(count, context))
 
     def finish_layer(
         info: LayerInfo,

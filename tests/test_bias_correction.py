@@ -78,7 +78,12 @@ def test_driver_leaves_every_layer_unbiased_and_resume_restores_it(
 ) -> None:
     quant = QuantConfig(weight_bits=2, scale_method="maxabs")
     config = AdaroundConfig(
-        iters=40, batch_size=16, seed=0, granularity=granularity, bias_correction=False
+        iters=40,
+        batch_size=16,
+        seed=0,
+        granularity=granularity,
+        bias_correction=False,
+        forward_batch_size=24,  # the mean is accumulated over uneven chunks (24, 24, 16)
     )
     plain = adaround(tiny_cnn, images, quant, config, CPU)
     corrected_config = AdaroundConfig(**{**config.__dict__, "bias_correction": True})
