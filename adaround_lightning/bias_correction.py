@@ -11,11 +11,6 @@ quantized layer in the quantized network, pre-activation). ``delta`` is the cons
 that minimises ``E ||y_fp - (y_q + delta)||^2``, so the layer's output error can only go down on
 the calibration data. Layers without a bias are left as they are (adding one would change the
 architecture of the exported network).
-
-After a block fit (``adaround.granularity=block``) the layers' roundings were chosen together for
-the block output, and a later layer may compensate an earlier layer's offset; the driver then
-keeps each correction, layer by layer, only where it lowers the block output error on the
-calibration data (the fit's own objective).
 """
 
 from __future__ import annotations

@@ -507,31 +507,12 @@ def adaround(
         except ValueError as error:
             raise UserError(f"layer {info.name!r}: {error}") from None
 
-    def block_output_error(
-        q_block: nn.Module, targets: torch.Tensor, loss: AdaptiveRoundingLoss
-    ) -> torch.Tensor:
-        """The block fit's reconstruction loss of the hard-rounded block on all cached inputs."""
-        assert cache.q_block_inputs is not None
-        chunk = config.forward_batch_size
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        count = torch.zeros((), dtype=torch.float64, device=device)
-        with torch.no_grad():
-            for start in range(0, targets.shape[0], chunk):
-                output = q_block(cache.q_block_inputs[start : start + chunk])
-                error = loss.reconstruction_loss(output, targets[start : start + chunk])
-                total += error.double() * output.shape[0]
-                count += output.shape[0]
-        return all_reduce_sum(total, context) / all_reduce_sum(count, context)
-
-    def correct_layer_bias(info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> bool:
-        """Bias correction of a rounded layer: the float block vs the quantized block.
-
-        Returns whether the layer has a bias (and was corrected).
-        """
+    def correct_layer_bias(info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
+        """Bias correction of a rounded layer: the float block vs the quantized block."""
         assert cache.fp_block_inputs is not None and cache.q_block_inputs is not None
         q_layer = q_model.get_submodule(info.name)
         if getattr(q_layer, "bias", None) is None:
-            return False
+            return
         fp_layer, chunk = fp_model.get_submodule(info.name), config.forward_batch_size
         # Chunk by chunk: the layer's whole output (N, C, H, W) twice would double the cache's
         # peak memory. Sums in float64 over the chunks, then over processes (one shard each).
@@ -548,7 +529,6 @@ def adaround(
             error_sum += mean_output_error(fp_output, q_output, channel_dim(q_layer)) * per_channel
             count += per_channel
         shift_bias(q_layer, all_reduce_sum(error_sum, context) / all_reduce_sum(count, context))
-        return True
 
     def finish_layer(
         info: LayerInfo,
@@ -676,25 +656,9 @@ def adaround(
                     act_quantizers[name].drop_prob = 0.0
                 curve = module.loss_curve(_CURVE_POINTS)
                 seconds = (time.perf_counter() - block_start) / len(todo)
-                block_targets, error = cache.targets, None
                 for info in todo:
                     if config.bias_correction:
-                        # The block was fitted jointly: a layer's mean error may be compensated
-                        # by the layers after it. Keep a correction only where it lowers the
-                        # fit's own objective, the block output error on the calibration set.
-                        assert block_targets is not None
-                        q_layer = q_model.get_submodule(info.name)
-                        if error is None:
-                            error = block_output_error(q_block, block_targets, module.loss)
-                        bias = q_layer.bias.detach().clone() if q_layer.bias is not None else None
-                        if correct_layer_bias(info, fp_block, q_block):
-                            corrected = block_output_error(q_block, block_targets, module.loss)
-                            if corrected <= error:
-                                error = corrected
-                            else:
-                                with torch.no_grad():
-                                    q_layer.bias.copy_(bias)
-                                log.debug("%s: bias correction kept out (block error)", info.name)
+                        correct_layer_bias(info, fp_block, q_block)
                     cache_layer(info, fp_block, q_block)
                     quantizer, bits = new[info.name]
                     finish_layer(info, quantizer, bits, seconds, curve, bar)

@@ -131,8 +131,6 @@ def run_grid(
                         "granularity": granularity,
                         "scale_method": scale_method,
                         "bias_correction": config.bias_correction,
-                        # Block fits keep a layer's correction only where the block error drops.
-                        "bias_correction_check": config.bias_correction and granularity == "block",
                         "bits": bits,
                         "per_channel": per_channel,
                         "act_bits": act_bits,

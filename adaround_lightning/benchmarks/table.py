@@ -9,11 +9,9 @@ AdaRound layer-wise, AdaRound block-wise, AIMET's round-to-nearest and AIMET's A
 W4/W3/W2 x per-tensor/per-channel. Missing cells are shown as ``-``. When a file holds the same
 cell twice, the last line wins (re-runs append).
 
-The main tables hold our default grid (``auto``, resolved per bit width) and seed 0. Block-wise
-rows with bias correction count as the default only when they record ``bias_correction_check``
-(each layer's correction kept only where the block error drops); older ones are listed apart.
-Runs with other seeds are summarised in a seeds table (per seed and the mean, both tools), runs on
-other grids or with ``--set`` overrides in a table of their own, so nothing measured is dropped.
+The main tables hold our default grid (``auto``, resolved per bit width) and seed 0. Runs with
+other seeds are summarised in a seeds table (per seed and the mean, both tools), runs on other
+grids or with ``--set`` overrides in a table of their own, so nothing measured is dropped.
 Rows written before the runner recorded ``scale_method`` were on ``minmax``.
 """
 
@@ -38,9 +36,7 @@ LEGACY_GRID = "minmax"
 
 _BITS = (4, 3, 2)
 _PLAIN: tuple = ()
-#: Block-wise bias correction as it is now: each layer's correction kept only where it lowers
-#: the block output error (``bias_correction_check``). Earlier block rows kept every correction.
-_BIAS_CORRECTED: tuple = (("bias_correction", True), ("bias_correction_check", True))
+_BIAS_CORRECTED: tuple = (("bias_correction", True),)
 _DEFAULT = " default" if AdaroundConfig().bias_correction else ""
 _ROWS = (
     ("FP32", "adaround_lightning", "layer", _PLAIN, "fp32_top1"),
@@ -119,9 +115,6 @@ def _settings(row: dict[str, Any]) -> tuple:
     items.setdefault("bias_correction", bool(row.get("bias_correction", False)))
     if not items["bias_correction"]:
         del items["bias_correction"]
-    elif row.get("granularity") == "block":
-        # Rows from before the check was recorded kept every layer's correction.
-        items["bias_correction_check"] = bool(row.get("bias_correction_check", False))
     return tuple(sorted(items.items()))
 
 
@@ -151,8 +144,6 @@ def _label(row: dict[str, Any]) -> str:
     if row["tool"] == "aimet":
         return "AIMET AdaRound"
     extra = "".join(f" {k}={v}" for k, v in _settings(row))
-    if _settings(row) == _BIAS_CORRECTED:
-        extra = " + bias correction"
     return f"ours {row.get('granularity', 'layer')}-wise{extra}"
 
 
@@ -203,7 +194,7 @@ def _other_grid_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     for row in other:
         lines.append(
             f"| {row['arch']} | {_cell(row)} | {_label(row)} | {effective_grid(row)} | "
-            f"{' '.join(f'{k}={v}' for k, v in _settings(row)) or '-'} | "
+            f"{' '.join(f'{k}={v}' for k, v in (row.get('settings') or {}).items()) or '-'} | "
             f"{row.get('seed', 0)} | {row['nearest_top1']:.2f} | {row['adaround_top1']:.2f} |"
         )
     return [*lines, ""]

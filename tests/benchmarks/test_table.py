@@ -121,12 +121,10 @@ def test_bias_correction_rows_by_recorded_or_explicit_setting() -> None:
     recorded_on = {
         **_row("adaround_lightning", 4, True, 32, "block", 80.0),
         "bias_correction": True,
-        "bias_correction_check": True,
     }
     explicit_on = {
         **_row("adaround_lightning", 3, True, 32, "block", 60.0),
         "settings": {"bias_correction": "true"},
-        "bias_correction_check": True,
     }
     text = markdown_tables([explicit_off, recorded_on, explicit_on])
     lines = {line.split(" | ")[0].strip("| "): line for line in text.splitlines()}
@@ -135,15 +133,3 @@ def test_bias_correction_rows_by_recorded_or_explicit_setting() -> None:
     assert corrected.split(" | ")[2:4] == ["80.00", "-"]
     assert corrected.split(" | ")[4] == "60.00"
     assert "Other grids" not in text
-
-
-def test_block_bias_correction_without_the_check_is_listed_apart() -> None:
-    unchecked = {
-        **_row("adaround_lightning", 4, True, 32, "block", 81.0),
-        "settings": {"bias_correction": "true"},
-    }
-    checked = {**unchecked, "adaround_top1": 82.0, "bias_correction_check": True}
-    main, other = markdown_tables([unchecked, checked]).split("### Other grids and settings")
-    corrected = next(line for line in main.splitlines() if "block-wise + bias" in line)
-    assert corrected.split(" | ")[2] == "82.00" and "81.00" not in main
-    assert "| bias_correction=True bias_correction_check=False | 0 | 80.00 | 81.00 |" in other
