@@ -9,18 +9,36 @@ Example:
     >>> quantized = result.model
 """
 
-from adaround_lightning.config import AdaroundConfig, QuantConfig
-from adaround_lightning.driver import AdaroundResult, LayerReport, adaround
-from adaround_lightning.loss import AdaptiveRoundingLoss
-from adaround_lightning.quantizer import AdaroundFakeQuantizer
+from typing import Any
+
+from adaround_lightning.calibration.api import adaround
+from adaround_lightning.calibration.config import AdaroundConfig, Granularity
+from adaround_lightning.calibration.records import AdaroundResult, LayerReport
+from adaround_lightning.quant.config import QuantConfig
+from adaround_lightning.quant.grids import ScaleMethod
+from adaround_lightning.quant.loss import AdaptiveRoundingLoss, Reconstruction
+from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
 __all__ = [
     "AdaptiveRoundingLoss",
     "AdaroundConfig",
     "AdaroundFakeQuantizer",
     "AdaroundResult",
+    "Granularity",
     "LayerReport",
     "QuantConfig",
+    "Reconstruction",
+    "ScaleMethod",
     "adaround",
+    "load_quantized",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # load_quantized needs the app's model builder (and omegaconf): imported on first use.
+    if name == "load_quantized":
+        from adaround_lightning.app.loading import load_quantized
+
+        return load_quantized
+    raise AttributeError(f"module 'adaround_lightning' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m adaround_lightning``."""
 
-from adaround_lightning.cli import main
+from adaround_lightning.app.cli import main
 
 main()

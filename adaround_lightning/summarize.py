@@ -1,33 +1,8 @@
-"""``python -m adaround_lightning.summarize SWEEP_DIR``: rebuild a sweep's summary files."""
+"""``python -m adaround_lightning.summarize SWEEP_DIR``: a sweep's summary (see :mod:`.app`)."""
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from adaround_lightning.sweep import write_summary
-
-__all__ = ["main"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Write summary.csv/.md/.png in the sweep dir; return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m adaround_lightning.summarize", description=__doc__
-    )
-    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (job folders 0, 1, ...)")
-    args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        sys.stderr.write(f"error: {args.sweep_dir} is not a folder: pass a multirun sweep dir\n")
-        return 2
-    rows = write_summary(args.sweep_dir)
-    if not rows:
-        sys.stderr.write(f"error: {args.sweep_dir} holds no job folders\n")
-        return 2
-    sys.stdout.write((args.sweep_dir / "summary.md").read_text())
-    return 0
-
+from adaround_lightning.app.summarize import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,43 +1,8 @@
-"""``python -m adaround_lightning.verify RUN_DIR``: the grid check on a finished run's files.
+"""``python -m adaround_lightning.verify RUN_DIR``: the grid check (see :mod:`.app.verify`)."""
 
-Exits 0 and prints a one-line summary when every exported integer equals
-``clamp(floor(W/s) + 1[V >= 0], q_min, q_max)`` and all files agree; exits 1 with the first
-disagreement otherwise, 2 on a bad argument.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from adaround_lightning.export import STATE_FILE, WEIGHTS_FILE, GridCheckError, verify_grid
-
-__all__ = ["main"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the grid check; return the exit status."""
-    parser = argparse.ArgumentParser(
-        prog="python -m adaround_lightning.verify", description=__doc__
-    )
-    parser.add_argument("run_dir", type=Path, help="a run directory with the exported files")
-    args = parser.parse_args(argv)
-    for name in (WEIGHTS_FILE, STATE_FILE):
-        if not (args.run_dir / name).is_file():
-            sys.stderr.write(f"error: {args.run_dir / name} is missing: pass a finished run dir\n")
-            return 2
-    try:
-        report = verify_grid(args.run_dir)
-    except GridCheckError as error:
-        sys.stderr.write(f"grid check FAILED: {error}\n")
-        return 1
-    sys.stdout.write(
-        f"grid check passed: {report['weights']} integers in {report['layers']} layers equal "
-        "clamp(floor(W/s) + 1[V>=0]) and agree across files\n"
-    )
-    return 0
-
+from adaround_lightning.app.verify import main
 
 if __name__ == "__main__":
     sys.exit(main())

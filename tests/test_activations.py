@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from adaround_lightning import AdaroundConfig, QuantConfig, adaround
-from adaround_lightning.activations import (
+from adaround_lightning.quant.activations import (
     ActivationQuantizer,
     attach_input_quantizers,
     calibrate_input_quantizers,

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from adaround_lightning.bn_fold import fold_batch_norms
+from adaround_lightning.graph.bn_fold import fold_batch_norms
 from tests.conftest import randomize_batchnorm
 
 

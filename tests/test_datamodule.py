@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adaround_lightning.datamodule import CalibrationCache, RandomBatches, capture_input
+from adaround_lightning.calibration.cache import CalibrationCache, RandomBatches
+from adaround_lightning.graph.capture import capture_input
 
 
 def test_layer_inputs_come_from_the_quantized_network() -> None:

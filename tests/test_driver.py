@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from adaround_lightning import AdaroundConfig, QuantConfig, adaround
-from adaround_lightning.datamodule import capture_input, capture_output
-from adaround_lightning.module import LayerReconstruction
+from adaround_lightning.calibration.reconstruction import LayerReconstruction
+from adaround_lightning.graph.capture import capture_input, capture_output
 
 CPU = {"accelerator": "cpu", "devices": 1}
 
@@ -127,7 +127,7 @@ def test_dataset_input_and_determinism(tiny_cnn: nn.Module, images: torch.Tensor
 def test_block_granularity_fits_each_block_once_and_beats_nearest() -> None:
     from torchvision.models.resnet import BasicBlock
 
-    from adaround_lightning.module import BlockReconstruction
+    from adaround_lightning.calibration.reconstruction import BlockReconstruction
 
     torch.manual_seed(0)
     net = nn.Sequential(
@@ -181,7 +181,7 @@ def test_block_granularity_fits_each_block_once_and_beats_nearest() -> None:
 def test_other_torchvision_classifiers_calibrate_block_by_block(arch: str) -> None:
     import torchvision
 
-    from adaround_lightning.graph import BLOCK_TYPES
+    from adaround_lightning.graph.trace import BLOCK_TYPES
 
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(num_classes=10).eval()

@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 from adaround_lightning import AdaroundConfig, QuantConfig, adaround
-from adaround_lightning.app import export_run
 from adaround_lightning.export import (
+    ExportConfig,
     GridCheckError,
     aimet_encodings,
+    export_run,
     load_quantized_weights,
     onnx_logits,
     verify_grid,
 )
-from adaround_lightning.settings import ExportConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

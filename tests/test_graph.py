@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torch import nn
 
-from adaround_lightning.graph import trace_network
+from adaround_lightning.graph.trace import trace_network
 
 
 def test_tiny_cnn_layers_and_activations(tiny_cnn: nn.Module, images: torch.Tensor) -> None:

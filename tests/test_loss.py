@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from adaround_lightning.loss import AdaptiveRoundingLoss
+from adaround_lightning.quant.loss import AdaptiveRoundingLoss
 
 
 def _paper_beta(t: int, max_iter: int, warm: float, start: float = 20, end: float = 2) -> float:

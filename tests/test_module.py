@@ -8,10 +8,10 @@ import lightning as L
 import torch
 from torch import nn
 
-from adaround_lightning.datamodule import RandomBatches
-from adaround_lightning.loss import AdaptiveRoundingLoss
-from adaround_lightning.module import LayerReconstruction
-from adaround_lightning.quantizer import AdaroundFakeQuantizer
+from adaround_lightning.calibration.cache import RandomBatches
+from adaround_lightning.calibration.reconstruction import LayerReconstruction
+from adaround_lightning.quant.loss import AdaptiveRoundingLoss
+from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
 
 class RecordingModule(LayerReconstruction):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from adaround_lightning.quantizer import (
+from adaround_lightning.quant.quantizer import (
     GAMMA,
     ZETA,
     AdaroundFakeQuantizer,

@@ -10,7 +10,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from adaround_lightning.cli import CONFIG_DIR
+from adaround_lightning.app.cli import CONFIG_DIR
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Default cells that describe rather than state a value (set by the recipe, required, ...).

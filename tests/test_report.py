@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from adaround_lightning import AdaroundConfig, adaround
-from adaround_lightning.progress import CalibrationProgress
-from adaround_lightning.report import write_report
+from adaround_lightning.app.report import write_report
+from adaround_lightning.calibration.progress import CalibrationProgress
 
 
 def _results(model: nn.Module, images: torch.Tensor) -> dict:
@@ -58,7 +58,7 @@ def test_progress_is_silent_when_disabled(capsys) -> None:  # type: ignore[no-un
 
 
 def test_logs_go_to_one_csv(tiny_cnn: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
-    from adaround_lightning.app import run_loggers
+    from adaround_lightning.app.run import run_loggers
 
     result = adaround(
         tiny_cnn,

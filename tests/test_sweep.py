@@ -7,8 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from adaround_lightning.app.sweep import collect_jobs
 from adaround_lightning.summarize import main as summarize_main
-from adaround_lightning.sweep import collect_jobs
 from tests.helpers.cli import run_cli
 
 FAST = [

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torchvision
 
-from adaround_lightning.train_fashion_mnist import main
-from adaround_lightning.train_quickstart import quickstart_transform_tensor
+from adaround_lightning.benchmarks.train_fashion_mnist import main
+from adaround_lightning.benchmarks.train_quickstart import quickstart_transform_tensor
 from tests.data.test_idx import _write_split
 
 

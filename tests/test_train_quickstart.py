@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from adaround_lightning.train_quickstart import (
+from adaround_lightning.benchmarks.train_quickstart import (
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     quickstart_transform_tensor,

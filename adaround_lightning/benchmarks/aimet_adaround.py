@@ -56,6 +56,7 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from adaround_lightning.benchmarks.train_quickstart import QUICKSTART_ARCH
 from adaround_lightning.data.sources import (
     CalibrationConfig,
     DataConfig,
@@ -63,7 +64,6 @@ from adaround_lightning.data.sources import (
     evaluation_dataset,
 )
 from adaround_lightning.data.transforms import PreprocessConfig
-from adaround_lightning.train_quickstart import QUICKSTART_ARCH
 
 __all__ = [
     "ARCHS",

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from adaround_lightning.config import AdaroundConfig
+from adaround_lightning.calibration.config import AdaroundConfig
 
 __all__ = ["effective_grid", "load_rows", "main", "markdown_tables"]
 

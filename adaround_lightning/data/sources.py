@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from adaround_lightning.core.errors import UserError
+from adaround_lightning.data.assets import ASSETS_DIR
 from adaround_lightning.data.idx import load_fashion_mnist
 from adaround_lightning.data.transforms import PreprocessConfig, build_transform
-from adaround_lightning.errors import UserError
-from adaround_lightning.models import ASSETS_DIR
 
 __all__ = [
     "EMBEDDED_SAMPLE",
@@ -133,7 +133,7 @@ def _load_embedded() -> dict[str, np.ndarray]:
     if not EMBEDDED_SAMPLE.is_file():
         raise UserError(
             f"the embedded sample {EMBEDDED_SAMPLE} is missing: reinstall the package or run "
-            "python -m adaround_lightning.train_quickstart"
+            "python -m adaround_lightning.benchmarks.train_quickstart"
         )
     with np.load(EMBEDDED_SAMPLE) as sample:
         return {key: sample[key] for key in sample.files}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torchvision.transforms.v2 as T
 
-from adaround_lightning.errors import UserError
+from adaround_lightning.core.errors import UserError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PreprocessConfig", "build_transform"]
 

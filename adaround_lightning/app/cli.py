@@ -1,0 +1,133 @@
+"""``python -m adaround_lightning [overrides]``: the Hydra application.
+
+A thin ``@hydra.main`` wrapper over :func:`adaround_lightning.app.run.run`. Mistakes a user can fix
+(:class:`~adaround_lightning.core.errors.UserError`) print one line and exit with status 2; set
+``HYDRA_FULL_ERROR=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig
+
+from adaround_lightning.app.run import output_dir_of, run, summary_table
+from adaround_lightning.app.settings import run_config_from
+from adaround_lightning.core.atomic import atomic_write_text
+from adaround_lightning.core.errors import UserError
+
+__all__ = ["CONFIG_DIR", "main", "recipes"]
+
+log = logging.getLogger("adaround_lightning")
+
+
+def _config_dir() -> Path:
+    # Installed wheel: the config tree is packaged inside adaround_lightning/conf.
+    # Clone (editable or PYTHONPATH): it is the repository's top-level conf/.
+    package = Path(__file__).resolve().parents[1]
+    packaged = package / "conf"
+    return packaged if packaged.is_dir() else package.parent / "conf"
+
+
+#: The directory Hydra composes from (``config.yaml`` and the config groups).
+CONFIG_DIR = _config_dir()
+
+
+def recipes() -> list[str]:
+    """Names of the available recipes (``recipe=NAME``)."""
+    return sorted(p.stem for p in (CONFIG_DIR / "recipe").glob("*.yaml"))
+
+
+def _check_recipe(argv: list[str]) -> None:
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        simple = value and "," not in value and "(" not in value
+        if key.lstrip("+~") == "recipe" and simple and value not in recipes():
+            _fail(f"unknown recipe {value!r}: use recipe=NAME, NAME one of {', '.join(recipes())}")
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
+
+
+def _record_failure(cfg: DictConfig, message: str) -> None:
+    """Write ``results.json`` with ``finished: false``: a failed job never looks done."""
+    if rank_zero_only.rank != 0:  # under DDP only rank 0 writes
+        return
+    try:
+        out_dir = output_dir_of(run_config_from(cfg))
+    except UserError:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+    atomic_write_text(
+        out_dir / "results.json",
+        json.dumps({"finished": False, "error": message, "overrides": _task_overrides()}, indent=2),
+    )
+
+
+def _task_overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        results = run(cfg)
+    except UserError as error:
+        _record_failure(cfg, str(error))
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if multirun:  # the other jobs still run; the summary lists this one as failed
+            log.error("job failed: %s", error)
+            return
+        _fail(str(error))
+        return
+    except Exception as error:
+        _record_failure(cfg, f"{type(error).__name__}: {error}")
+        if multirun:
+            log.exception("job failed")
+            return
+        raise
+    if not results:  # a DDP rank other than 0: rank 0 reports
+        return
+    out_dir = output_dir_of(run_config_from(cfg))
+    sys.stdout.write(
+        f"\n{summary_table(results)}\n\n"
+        f"{len(results['layers'])} layers, calibration {results['calibration_seconds']:.1f}s, "
+        f"total {results['seconds']:.1f}s\noutputs in {out_dir}\n"
+    )
+
+
+def _resume_into_same_dir(argv: list[str]) -> list[str]:
+    """With ``resume=PATH``, let Hydra write into PATH too (one run, one dir)."""
+    resume = [a.partition("=")[2] for a in argv if a.startswith("resume=")]
+    if (
+        resume
+        and resume[0] not in ("", "null")
+        and not any(a.startswith("hydra.run.dir=") for a in argv)
+    ):
+        return [*argv, f"hydra.run.dir={resume[0]}"]
+    return argv
+
+
+def main() -> None:
+    """Console entry point."""
+    _check_recipe(sys.argv[1:])
+    sys.argv = [sys.argv[0], *_resume_into_same_dir(sys.argv[1:])]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

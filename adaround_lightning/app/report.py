@@ -1,0 +1,191 @@
+"""The calibration report: ``report.html`` with PNG plots, readable offline (no external assets).
+
+Contents: the headline accuracy table (FP32, round-to-nearest, AdaRound, ONNX), a per-layer table
+(name, shape, bits, reconstruction MSE nearest vs AdaRound, fraction of weights flipped, seconds),
+a bar plot of per-layer error (``layer_error.png``) and the loss curves of a few layers
+(``loss_curves.png``).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+__all__ = ["REPORT_FILE", "write_report"]
+
+REPORT_FILE = "report.html"
+_ERROR_PNG = "layer_error.png"
+_CURVES_PNG = "loss_curves.png"
+
+_CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto;
+       max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border-bottom: 1px solid #ddd; padding: 3px 10px; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+.better { color: #1a7f37; } .worse { color: #b42318; }
+.meta { color: #555; font-size: 0.9em; } img { max-width: 100%; border: 1px solid #eee; }
+"""
+
+
+def _plots(layers: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written: list[str] = []
+    if not layers:
+        return written
+    names = [layer["name"] for layer in layers]
+    y = np.arange(len(layers))
+    fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(layers) + 1.2)), dpi=110)
+    ax.barh(
+        y - 0.2,
+        [layer["mse_nearest"] for layer in layers],
+        0.4,
+        label="round-to-nearest",
+        color="#d0826b",
+    )
+    ax.barh(
+        y + 0.2, [layer["mse_adaround"] for layer in layers], 0.4, label="AdaRound", color="#3a78b5"
+    )
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("output reconstruction MSE (calibration set)")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / _ERROR_PNG)
+    plt.close(fig)
+    written.append(_ERROR_PNG)
+
+    # A few layers: the first, the last, and the two others whose error AdaRound cut most.
+    def ratio(i: int) -> float:
+        return layers[i]["mse_adaround"] / max(layers[i]["mse_nearest"], 1e-30)
+
+    ends = {0, len(layers) - 1}
+    middle = sorted((i for i in range(len(layers)) if i not in ends), key=ratio)
+    chosen = sorted(ends | set(middle[:2]))
+    fig, axes = plt.subplots(
+        1, len(chosen), figsize=(3.2 * len(chosen), 2.8), dpi=110, squeeze=False
+    )
+    for ax, index in zip(axes[0], chosen, strict=True):
+        curve = np.asarray(layers[index].get("loss_curve") or [[0, 0, 0]], dtype=float)
+        ax.plot(curve[:, 0], curve[:, 1], color="#3a78b5", label="reconstruction")
+        ax.set_yscale("log")
+        ax.set_title(layers[index]["name"], fontsize=8)
+        ax.set_xlabel("step", fontsize=8)
+        twin = ax.twinx()
+        twin.plot(curve[:, 0], curve[:, 2], color="#d0826b", label="regularization")
+        twin.tick_params(labelsize=7)
+        ax.tick_params(labelsize=7)
+    fig.legend(
+        [plt.Line2D([], [], color="#3a78b5"), plt.Line2D([], [], color="#d0826b")],
+        ["reconstruction (left, log scale)", "regularization (right)"],
+        loc="lower center",
+        ncol=2,
+        fontsize=7,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(out_dir / _CURVES_PNG)
+    plt.close(fig)
+    written.append(_CURVES_PNG)
+    return written
+
+
+def _accuracy_rows(results: dict[str, Any]) -> str:
+    rows = []
+    for label, key in (
+        ("FP32", "fp32"),
+        ("round-to-nearest", "nearest"),
+        ("AdaRound", "adaround"),
+        ("AdaRound, ONNX (onnxruntime)", "onnx"),
+    ):
+        if key not in results:
+            continue
+        metrics = results[key]
+        cells = "".join(
+            f"<td>{metrics[m]:.2f}</td>" if m in metrics else "<td></td>" for m in ("top1", "top5")
+        )
+        rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    return "\n".join(rows)
+
+
+def _layer_rows(layers: list[dict[str, Any]]) -> str:
+    rows = []
+    for layer in layers:
+        better = layer["mse_adaround"] < layer["mse_nearest"]
+        rows.append(
+            "<tr>"
+            f"<td>{html.escape(layer['name'])}</td><td>{html.escape(layer['type'])}</td>"
+            f"<td>{'×'.join(str(d) for d in layer['weight_shape'])}</td><td>{layer['bits']}</td>"
+            f"<td>{layer['mse_nearest']:.4g}</td>"
+            f'<td class="{"better" if better else "worse"}">{layer["mse_adaround"]:.4g}</td>'
+            f"<td>{100 * layer['flipped_fraction']:.2f}</td><td>{layer['seconds']:.2f}</td>"
+            "</tr>"
+        )
+    return "\n".join(rows)
+
+
+def write_report(results: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``report.html`` and its PNGs into ``out_dir``; return the HTML path.
+
+    Example:
+        >>> write_report(json.loads(Path("results.json").read_text()), Path("."))  # doctest: +SKIP
+    """
+    from adaround_lightning.core.atomic import atomic_write_text
+
+    out_dir = Path(out_dir)
+    layers = list(results.get("layers", []))
+    images = _plots(layers, out_dir)
+    quant = results.get("quant", {})
+    meta = (
+        f"recipe <b>{html.escape(str(results.get('recipe', '')))}</b>, model "
+        f"<b>{html.escape(str(results.get('model', '')))}</b>, W{quant.get('weight_bits', '?')} "
+        f"{'per-channel' if quant.get('per_channel') else 'per-tensor'}, "
+        f"{results.get('calibration_images', '?')} calibration / {results.get('eval_images', '?')} "
+        f"evaluation images, calibration {results.get('calibration_seconds', 0):.1f} s"
+    )
+    grid = results.get("grid_check")
+    if grid:
+        status = "passed" if grid.get("passed") else "FAILED"
+        meta += f", grid check {status} ({grid['weights']} integers)"
+    onnx_diff = results.get("onnx", {}).get("max_abs_logit_diff")
+    if onnx_diff is not None:
+        meta += f", ONNX vs PyTorch max |Δlogit| {onnx_diff:.2g}"
+    skipped = results.get("skipped") or {}
+    skipped_html = (
+        "<p class='meta'>Left in float: "
+        + ", ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in skipped.items())
+        + "</p>"
+        if skipped
+        else ""
+    )
+    figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
+    document = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>AdaRound report</title>
+<style>{_CSS}</style></head><body>
+<h1>AdaRound calibration report</h1>
+<p class="meta">{meta}</p>
+<h2>Accuracy (%)</h2>
+<table><tr><th>model</th><th>top-1</th><th>top-5</th></tr>
+{_accuracy_rows(results)}
+</table>
+{skipped_html}
+<h2>Per-layer reconstruction error</h2>
+{figures}
+<table><tr><th>layer</th><th>type</th><th>weight shape</th><th>bits</th><th>MSE nearest</th>
+<th>MSE AdaRound</th><th>flipped %</th><th>seconds</th></tr>
+{_layer_rows(layers)}
+</table>
+</body></html>
+"""
+    path = out_dir / REPORT_FILE
+    atomic_write_text(path, document)
+    return path

@@ -1,0 +1,139 @@
+"""The whole run's settings as typed, validated dataclasses, built from a Hydra config."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from adaround_lightning.app.models import ModelConfig
+from adaround_lightning.calibration.config import AdaroundConfig
+from adaround_lightning.core.errors import UserError
+from adaround_lightning.data.sources import CalibrationConfig, DataConfig
+from adaround_lightning.data.transforms import PreprocessConfig
+from adaround_lightning.export.run_dir import ExportConfig
+from adaround_lightning.quant.config import QuantConfig
+
+__all__ = ["ExportConfig", "RunConfig", "fingerprint", "run_config_from"]
+
+
+@dataclass
+class RunConfig:
+    """Everything one run needs.
+
+    Attributes:
+        name: The recipe's name.
+        model: Which network.
+        data: Calibration and evaluation data.
+        quant: Bits and layer selection.
+        adaround: Optimisation settings.
+        export: What is exported besides the quantized state_dict.
+        trainer: Keyword arguments of each Lightning ``Trainer`` (accelerator, devices, precision).
+        seed: Global seed (``lightning.seed_everything``).
+        output_dir: Where outputs go (None: Hydra's run dir, else the working directory).
+        resume: A run dir whose calibration continues after its last finished layer.
+    """
+
+    name: str
+    model: ModelConfig
+    data: DataConfig
+    quant: QuantConfig
+    adaround: AdaroundConfig
+    export: ExportConfig = field(default_factory=ExportConfig)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    output_dir: str | None = None
+    resume: str | None = None
+
+
+def _build(cls: type, section: str, values: Any) -> Any:
+    if not isinstance(values, dict):
+        raise UserError(f"{section} must be a mapping, got {values!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(
+            f"unknown setting {section}.{unknown[0]}; "
+            f"valid keys of {section}: {', '.join(sorted(known))}"
+        )
+    try:
+        return cls(**values)
+    except UserError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise UserError(str(error)) from None
+
+
+def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
+    """Hash of the settings that decide the calibration's result.
+
+    Output location, resume, export and evaluation-only settings are left out, so a resumed run
+    may change them.
+
+    Example:
+        >>> fingerprint({"quant": {"weight_bits": 4}}) == fingerprint({"quant": {"weight_bits": 4}})
+        True
+    """
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    assert isinstance(values, dict)
+    kept = {k: v for k, v in values.items() if k not in ("output_dir", "resume", "export", "hydra")}
+    if isinstance(kept.get("data"), dict):
+        kept["data"] = {
+            k: v
+            for k, v in kept["data"].items()
+            if k not in ("eval_size", "eval_split", "num_workers")
+        }
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_config_from(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """Resolve and validate a composed config.
+
+    Raises:
+        UserError: On a missing section, an unknown key or an invalid value.
+
+    Example:
+        >>> run_config_from({"name": "x", "model": {"name": "resnet18"}, "data": {},
+        ...                  "quant": {"weight_bits": 3}, "adaround": {}}).quant.weight_bits
+        3
+    """
+    if isinstance(cfg, DictConfig):
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise UserError(f"{missing[0]} is not set: pass {missing[0]}=VALUE on the command line")
+        try:
+            values = OmegaConf.to_container(cfg, resolve=True)
+        except OmegaConfBaseException as error:
+            raise UserError(f"the config does not resolve: {str(error).splitlines()[0]}") from None
+    else:
+        values = dict(cfg)
+    assert isinstance(values, dict)
+    for section in ("model", "data", "quant", "adaround"):
+        if section not in values:
+            raise UserError(
+                f"the config has no '{section}' section; pick a recipe with recipe=NAME"
+            )
+    data = dict(values["data"])
+    data["calibration"] = _build(CalibrationConfig, "data.calibration", data.get("calibration", {}))
+    data["preprocess"] = _build(PreprocessConfig, "data.preprocess", data.get("preprocess", {}))
+    adaround = dict(values["adaround"])
+    if "beta_range" in adaround:
+        adaround["beta_range"] = tuple(adaround["beta_range"])
+    return RunConfig(
+        name=str(values.get("name", "custom")),
+        model=_build(ModelConfig, "model", values["model"]),
+        data=_build(DataConfig, "data", data),
+        quant=_build(QuantConfig, "quant", values["quant"]),
+        adaround=_build(AdaroundConfig, "adaround", adaround),
+        export=_build(ExportConfig, "export", values.get("export") or {}),
+        trainer=dict(values.get("trainer") or {}),
+        seed=int(values.get("seed", 0)),
+        output_dir=values.get("output_dir"),
+        resume=values.get("resume"),
+    )

@@ -1,0 +1,140 @@
+"""The public verb: :func:`adaround` quantizes a network's weights, block by block.
+
+It builds the walk's read-only context (:func:`prepare_walk`: this process's calibration
+shard, the float and quantized networks, the plan, the restored checkpoint) and runs the
+orchestrator, :class:`~adaround_lightning.calibration.walk.CalibrationWalk`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import Logger
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from adaround_lightning.calibration.checkpoint import LayerCheckpoint, load_progress
+from adaround_lightning.calibration.config import AdaroundConfig
+from adaround_lightning.calibration.fit import FitSettings
+from adaround_lightning.calibration.inputs import calibration_tensor, shard_for_process
+from adaround_lightning.calibration.networks import float_and_quantized
+from adaround_lightning.calibration.plan import plan_calibration
+from adaround_lightning.calibration.records import AdaroundResult
+from adaround_lightning.calibration.trainer import process_context, trainer_kwargs_with_defaults
+from adaround_lightning.calibration.walk import CalibrationWalk, WalkContext
+from adaround_lightning.quant.config import QuantConfig
+
+__all__ = ["adaround", "prepare_walk"]
+
+CalibrationData = torch.Tensor | Dataset | DataLoader | Iterable[Any]
+
+
+def prepare_walk(
+    model: nn.Module,
+    calibration_data: CalibrationData,
+    quant: QuantConfig | None = None,
+    config: AdaroundConfig | None = None,
+    trainer: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_tag: str = "",
+    loggers: list[Logger] | None = None,
+) -> tuple[WalkContext, dict[str, LayerCheckpoint]]:
+    """The walk's context and the layers a checkpoint has already finished.
+
+    Arguments as for :func:`adaround`. Every process reads the checkpoint; only rank 0 writes
+    checkpoints and logs (the context of the others has neither).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+        >>> context, finished = prepare_walk(net, torch.randn(32, 4),
+        ...     config=AdaroundConfig(batch_size=16), trainer={"accelerator": "cpu"})
+        >>> context.plan.total_layers, context.batch_size, finished
+        (2, 16, {})
+    """
+    quant = quant or QuantConfig()
+    config = config or AdaroundConfig()
+    trainer_kwargs = trainer_kwargs_with_defaults(trainer)
+    process = process_context(trainer_kwargs)
+    images = calibration_tensor(calibration_data, config.num_samples)
+    inputs = shard_for_process(images, config.batch_size, process)
+    example = inputs.images[:2]
+    fp_model, q_model = float_and_quantized(model, example)
+    plan = plan_calibration(fp_model, example, quant)
+    finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
+    if not process.is_main:  # one process writes
+        checkpoint, loggers = None, None
+    context = WalkContext(
+        quant=quant,
+        config=config,
+        process=process,
+        plan=plan,
+        fp_model=fp_model,
+        q_model=q_model,
+        images=inputs.images,
+        batch_size=inputs.batch_size,
+        fit=FitSettings(config, trainer_kwargs, loggers, process.device),
+        checkpoint=checkpoint,
+        checkpoint_tag=checkpoint_tag,
+    )
+    return context, finished
+
+
+def adaround(
+    model: nn.Module,
+    calibration_data: CalibrationData,
+    quant: QuantConfig | None = None,
+    config: AdaroundConfig | None = None,
+    trainer: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_tag: str = "",
+    loggers: list[Logger] | None = None,
+    progress: bool | None = None,
+) -> AdaroundResult:
+    """Quantize ``model``'s Conv/Linear weights with AdaRound, block by block.
+
+    Args:
+        model: A trained network (left unchanged; the result holds copies).
+        calibration_data: Unlabelled inputs: a tensor ``(N, ...)``, a dataset, a DataLoader or an
+            iterable of batches; ``(input, label)`` items are accepted and labels ignored.
+        quant: Bits and layer selection (default: 4-bit per-channel everywhere).
+        config: AdaRound's optimisation settings (default: the paper's, 10k steps per layer).
+        trainer: Keyword arguments of the Lightning ``Trainer`` of each layer's fit, e.g.
+            ``{"accelerator": "gpu", "precision": "bf16-mixed"}``. Lightning picks the device.
+        checkpoint: A folder that receives a progress checkpoint after every finished layer.
+            If it holds one, those layers are restored and calibration continues after them.
+        checkpoint_tag: A fingerprint of the settings; a checkpoint with another tag is refused.
+        loggers: Lightning loggers shared by every layer's fit (metrics prefixed by layer name).
+        progress: Show rich progress bars; None shows them on an interactive terminal outside CI.
+
+    Returns:
+        The quantized network, the BN-folded float network, the quantizers and a per-layer report.
+
+    Example:
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18(num_classes=10).eval()
+        >>> images = torch.randn(64, 3, 32, 32)
+        >>> result = adaround(net, images, QuantConfig(weight_bits=4),
+        ...                   AdaroundConfig(iters=20, batch_size=16), {"accelerator": "cpu"})
+        >>> len(result.layers)
+        21
+    """
+    start_time = time.perf_counter()
+    context, finished = prepare_walk(
+        model, calibration_data, quant, config, trainer, checkpoint, checkpoint_tag, loggers
+    )
+    if not context.process.is_main:  # one process shows progress
+        progress = False
+    state = CalibrationWalk(context, progress).run(finished)
+    return AdaroundResult(
+        model=context.q_model,
+        float_model=context.fp_model,
+        quantizers=state.quantizers,
+        layers=state.reports,
+        skipped=dict(context.plan.skipped),
+        seconds=time.perf_counter() - start_time,
+        act_quantizers=state.act_quantizers,
+    )

@@ -1,0 +1,110 @@
+"""How each layer's (or block's) rounding is optimised: :class:`AdaroundConfig`.
+
+Example:
+    >>> AdaroundConfig(iters=100, granularity="layer").granularity == Granularity.LAYER
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adaround_lightning.core.choices import Choice
+from adaround_lightning.quant.loss import Reconstruction
+
+__all__ = ["AdaroundConfig", "Granularity"]
+
+
+class Granularity(Choice):
+    """What one fit reconstructs (``adaround.granularity``)."""
+
+    #: One fit per block: the block output error, all its layers' ``V`` together (BRECQ).
+    BLOCK = "block"
+    #: One fit per layer: its output error (AdaRound as published).
+    LAYER = "layer"
+
+
+@dataclass
+class AdaroundConfig:
+    """How each layer's rounding is optimised.
+
+    Attributes:
+        iters: Optimisation steps per layer (the paper uses 10k).
+        batch_size: Calibration samples per step.
+        num_samples: Calibration samples used (the first ``num_samples`` given).
+        lr: Adam learning rate for ``V``.
+        reg_param: lambda of eq. (25); None picks 0.01 for ``"paper"``, 0.001 for ``"mean"``.
+        beta_range: Start and end of the annealed ``beta`` of eq. (24).
+        warm_start: Fraction of ``iters`` without the rounding regularizer.
+        reconstruction: ``"paper"`` (sum over channels, mean over the rest) or ``"mean"``.
+        include_activation: Put the ReLU/ReLU6 that directly follows a layer in its target.
+        seed: Seed of the calibration batches.
+        forward_batch_size: Batch size of the forward passes that fill the caches.
+        granularity: ``block`` (default, BRECQ-style: one fit per block, the block output
+            error, all its layers' ``V`` together; layers outside blocks are still fitted one
+            by one) or ``layer`` (AdaRound as published: one fit per layer, its output error).
+            Block-wise kept more accuracy in BENCHMARKS.md at the same steps per layer.
+        steps_per_batch: Optimizer steps per Lightning training step (manual optimization when
+            > 1). Same batches, same steps, same result; Lightning's per-step overhead is paid
+            once per this many steps.
+        act_in_loop: With ``quant.act_bits``: calibrate each layer's input quantizer when its
+            block is reached and reconstruct with quantized activations, so every layer learns
+            its rounding on the inputs the fully quantized network gives it (QDrop's setting).
+            Off: weights first, activation ranges calibrated afterwards (AIMET's workflow).
+        block_iters: Steps of each block fit (``granularity=block``); None gives ``iters`` times
+            the number of layers fitted together, the same steps per layer as layer-wise.
+        drop_prob: QDrop: during an in-loop reconstruction, each input element keeps its float
+            value with this probability (0: always quantized, as in BRECQ).
+        bias_correction: After each layer is rounded, shift its bias by the mean per-channel
+            output error of the quantized network on the calibration data
+            (:mod:`adaround_lightning.graph.bias_correction`); later layers are fitted on the
+            corrected network. On by default (more accuracy at every measured W4/W3 cell of
+            BENCHMARKS.md); False is AdaRound as published.
+    """
+
+    iters: int = 10000
+    batch_size: int = 32
+    num_samples: int = 1024
+    lr: float = 1e-3
+    reg_param: float | None = None
+    beta_range: tuple[float, float] = (20.0, 2.0)
+    warm_start: float = 0.2
+    reconstruction: Reconstruction = Reconstruction.PAPER
+    include_activation: bool = True
+    seed: int = 0
+    forward_batch_size: int = 256
+    granularity: Granularity = Granularity.BLOCK
+    steps_per_batch: int = 8
+    act_in_loop: bool = False
+    drop_prob: float = 0.5
+    block_iters: int | None = None
+    bias_correction: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_iters is not None and (
+            isinstance(self.block_iters, bool)
+            or not isinstance(self.block_iters, int)
+            or self.block_iters < 1
+        ):
+            raise ValueError(
+                f"adaround.block_iters must be a positive integer or null, got {self.block_iters!r}"
+            )
+        if not 0.0 <= self.drop_prob < 1.0:
+            raise ValueError(f"adaround.drop_prob must be in [0, 1), got {self.drop_prob}")
+        self.granularity = Granularity.parse(self.granularity, "adaround.granularity")
+        for name in ("iters", "batch_size", "num_samples", "forward_batch_size", "steps_per_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"adaround.{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"adaround.lr must be > 0, got {self.lr}")
+        self.beta_range = tuple(float(b) for b in self.beta_range)  # type: ignore[assignment]
+        if len(self.beta_range) != 2 or min(self.beta_range) <= 0:
+            raise ValueError(
+                f"adaround.beta_range must be two positive numbers, got {self.beta_range}"
+            )
+        if not 0.0 <= self.warm_start < 1.0:
+            raise ValueError(f"adaround.warm_start must be in [0, 1), got {self.warm_start}")
+        self.reconstruction = Reconstruction.parse(self.reconstruction, "adaround.reconstruction")
+        if self.reg_param is not None and self.reg_param < 0:
+            raise ValueError(f"adaround.reg_param must be >= 0, got {self.reg_param}")

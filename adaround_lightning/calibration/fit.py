@@ -1,0 +1,157 @@
+"""The fit step: learn the rounding of one layer, or of one block jointly, in a fresh Trainer.
+
+Pure in the sense of AutoRound's ``quantize_block``: it reads the cached inputs and targets of
+the :class:`~adaround_lightning.calibration.cache.CalibrationCache`, trains the given quantizers'
+``V`` and, when the fit ends, writes the hard-rounded weights ``s * q`` into the given layer or
+block. It walks nothing, caches nothing and writes no files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import Logger
+from torch import nn
+
+from adaround_lightning.calibration.cache import CalibrationCache
+from adaround_lightning.calibration.config import AdaroundConfig
+from adaround_lightning.calibration.progress import CalibrationProgress
+from adaround_lightning.calibration.reconstruction import (
+    BlockReconstruction,
+    LayerReconstruction,
+    RoundingReconstruction,
+)
+from adaround_lightning.calibration.trainer import inner_trainer, quiet_lightning
+from adaround_lightning.quant.loss import AdaptiveRoundingLoss
+from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
+
+__all__ = ["CURVE_POINTS", "FitSettings", "fit_block", "fit_layer"]
+
+#: Points kept of each fit's loss curve in the report.
+CURVE_POINTS = 200
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What every fit of a calibration shares.
+
+    Attributes:
+        config: The optimisation settings (loss schedule, learning rate, steps per batch).
+        trainer_kwargs: Keyword arguments of each fit's Lightning ``Trainer``.
+        loggers: Lightning loggers shared by all fits (None: no logging).
+        device: Where the fitted module goes back after Lightning's teardown.
+    """
+
+    config: AdaroundConfig
+    trainer_kwargs: dict[str, Any]
+    loggers: list[Logger] | None
+    device: torch.device
+
+    def loss(self, steps: int) -> AdaptiveRoundingLoss:
+        """The AdaRound loss of a fit of ``steps`` steps (eq. 25 with the schedule of eq. 24)."""
+        config = self.config
+        return AdaptiveRoundingLoss(
+            max_iter=steps,
+            warm_start=config.warm_start,
+            beta_range=config.beta_range,
+            reg_param=config.reg_param,
+            reconstruction=config.reconstruction,
+        )
+
+
+def _run(
+    module: RoundingReconstruction,
+    cache: CalibrationCache,
+    steps: int,
+    settings: FitSettings,
+    bar: CalibrationProgress,
+) -> list[list[float]]:
+    # A fresh Trainer per fit: a reused one keeps global_step and the next fit does nothing.
+    bar.start_layer(module.name, steps)
+    cache.num_steps = steps
+    with quiet_lightning():
+        trainer = inner_trainer(settings.trainer_kwargs, steps, settings.loggers, [bar])
+        trainer.fit(module, datamodule=cache)
+    # Lightning's teardown may move the fitted module to the CPU: put it back.
+    module.to(settings.device).eval()
+    return module.loss_curve(CURVE_POINTS)
+
+
+def fit_layer(
+    layer: nn.Module,
+    quantizer: AdaroundFakeQuantizer,
+    activation: nn.Module | None,
+    input_quantizer: nn.Module | None,
+    cache: CalibrationCache,
+    settings: FitSettings,
+    name: str,
+    bar: CalibrationProgress,
+) -> list[list[float]]:
+    """Learn ``quantizer``'s ``V`` on the cached ``(x~, f_a(W x))`` of one layer (eq. 25).
+
+    Returns:
+        The loss curve, ``[step, reconstruction, regularization]`` rows.
+
+    Example:
+        >>> from adaround_lightning.quant.factory import quantizer_for_weight
+        >>> layer = nn.Linear(4, 3).requires_grad_(False)
+        >>> cache = CalibrationCache(torch.randn(16, 4), batch_size=8, num_steps=4)
+        >>> cache.cache_block(layer, layer, layer, layer)
+        >>> cache.cache_layer(layer, layer, layer, layer, activation=None, layer_index=0)
+        >>> fq = quantizer_for_weight(layer.weight, 4, True, "minmax")
+        >>> cpu = FitSettings(AdaroundConfig(iters=4, batch_size=8, steps_per_batch=1),
+        ...                   {"accelerator": "cpu", "devices": 1}, None, torch.device("cpu"))
+        >>> with CalibrationProgress(1, 0, False) as bar:
+        ...     curve = fit_layer(layer, fq, None, None, cache, cpu, "fc", bar)
+        >>> layer.weight.equal(fq.hard_weight())
+        True
+    """
+    config = settings.config
+    module = LayerReconstruction(
+        layer,
+        quantizer,
+        settings.loss(config.iters),
+        activation,
+        config.lr,
+        name=name,
+        steps_per_batch=config.steps_per_batch,
+        input_quantizer=input_quantizer,
+    )
+    return _run(module, cache, config.iters, settings, bar)
+
+
+def fit_block(
+    block: nn.Module,
+    quantizers: dict[str, AdaroundFakeQuantizer],
+    steps: int,
+    cache: CalibrationCache,
+    settings: FitSettings,
+    name: str,
+    bar: CalibrationProgress,
+) -> list[list[float]]:
+    """Learn every ``V`` of a block together on the cached ``(x~, B(x))`` (the block output).
+
+    Args:
+        block: The block of the quantized network.
+        quantizers: Per layer name relative to the block, its initialised quantizer.
+        steps: Optimisation steps of this fit.
+        cache: Holds the block's quantized-network input and float output.
+        settings: Shared fit settings.
+        name: The block's name (prefix of the logged metrics).
+        bar: Progress display.
+
+    Returns:
+        The loss curve, ``[step, reconstruction, regularization]`` rows.
+    """
+    config = settings.config
+    module = BlockReconstruction(
+        block,
+        quantizers,
+        settings.loss(steps),
+        config.lr,
+        name=name,
+        steps_per_batch=config.steps_per_batch,
+    )
+    return _run(module, cache, steps, settings, bar)

@@ -1,0 +1,83 @@
+"""The plan of a calibration: which layers, in which blocks and order, at how many bits.
+
+Made once from one traced forward pass of the BN-folded float network
+(:func:`~adaround_lightning.graph.trace.trace_network`), then read, never changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+from torch import nn
+
+from adaround_lightning.core.errors import UserError
+from adaround_lightning.graph.trace import NetworkTrace, trace_network
+from adaround_lightning.quant.config import QuantConfig
+
+__all__ = ["CalibrationPlan", "plan_calibration"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """What the walk will do.
+
+    Attributes:
+        trace: Layers and blocks in execution order.
+        skipped: Layers left in float, name -> reason (read-only).
+        bits: Bit width of every layer that is quantized (read-only).
+    """
+
+    trace: NetworkTrace
+    skipped: MappingProxyType[str, str]
+    bits: MappingProxyType[str, int]
+
+    @property
+    def total_layers(self) -> int:
+        """How many layers are quantized."""
+        return len(self.bits)
+
+
+def _skipped_layers(trace: NetworkTrace, quant: QuantConfig) -> dict[str, str]:
+    skipped: dict[str, str] = {}
+    for name in trace.unsupported:
+        skipped[name] = "unsupported layer type, left in float"
+    for name in trace.shared:
+        skipped[name] = "called more than once (shared weights), left in float"
+    if skipped:
+        log.warning("left in float: %s", ", ".join(f"{n} ({r})" for n, r in skipped.items()))
+    for info in trace.layers:
+        if quant.is_excluded(info.name):
+            skipped[info.name] = "excluded by quant.exclude"
+    return skipped
+
+
+def plan_calibration(
+    fp_model: nn.Module, example_input: torch.Tensor, quant: QuantConfig
+) -> CalibrationPlan:
+    """Trace ``fp_model`` once and decide the skip list and every layer's bits.
+
+    Raises:
+        UserError: If the model has no layer to quantize.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> plan = plan_calibration(net.eval(), torch.randn(2, 3, 8, 8), QuantConfig(4))
+        >>> dict(plan.bits)
+        {'0': 4, '3': 4}
+    """
+    trace = trace_network(fp_model, example_input)
+    if not trace.layers:
+        raise UserError("the model has no Conv1d/2d/3d or Linear layer to quantize")
+    skipped = _skipped_layers(trace, quant)
+    first, last = trace.layers[0].name, trace.layers[-1].name
+    bits = {
+        info.name: quant.bits_for(info.name, info.name == first, info.name == last)
+        for info in trace.layers
+        if info.name not in skipped
+    }
+    return CalibrationPlan(trace, MappingProxyType(skipped), MappingProxyType(bits))

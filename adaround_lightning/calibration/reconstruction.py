@@ -1,0 +1,279 @@
+"""The reconstruction LightningModules: learn the rounding ``V`` of one layer or of one block."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+
+from adaround_lightning.graph.functional import forward_with_weight, functional_activation
+from adaround_lightning.quant.loss import AdaptiveRoundingLoss
+from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer, rectified_sigmoid
+
+__all__ = ["BlockReconstruction", "LayerReconstruction", "RoundingReconstruction"]
+
+
+class RoundingReconstruction(L.LightningModule):
+    """Shared by the layer and block modules: trains the ``V`` of some quantizers.
+
+    Each step computes ``h(V)`` of every quantizer once, the soft output of the subclass, the
+    reconstruction term and ``sum_l lambda f_reg(V_l)`` at ``curr_iter = trainer.global_step``.
+    ``beta`` and the regularizer weight come from device tensors indexed by the step (fixed
+    shapes, no host sync); both terms are kept per step in ``history`` (shape ``(max_iter, 2)``)
+    and logged once per fit (their means), so logging costs nothing per step.
+    """
+
+    def __init__(
+        self,
+        quantizers: list[AdaroundFakeQuantizer],
+        frozen: nn.Module,
+        loss: AdaptiveRoundingLoss,
+        lr: float,
+        name: str,
+        steps_per_batch: int = 1,
+    ) -> None:
+        super().__init__()
+        # K > 1: each training step runs K optimizer steps on a (K, batch, ...) batch under
+        # manual optimization, so Lightning's per-step overhead is paid once per K steps.
+        # Every optimizer.step() advances global_step, so curr_iter stays the true step.
+        self.steps_per_batch = steps_per_batch
+        self.automatic_optimization = steps_per_batch == 1
+        if not all(q.initialized for q in quantizers):
+            raise ValueError("initialise each quantizer with one forward of its weight first")
+        self.loss = loss
+        self.lr = lr
+        self.name = name
+        for parameter in frozen.parameters():
+            parameter.requires_grad_(False)
+        for quantizer in quantizers:
+            quantizer.V.requires_grad_(True)
+            quantizer.use_soft_rounding = True
+        beta, reg_weight = loss.schedule()
+        self.register_buffer("beta", beta, persistent=False)
+        self.register_buffer("reg_weight", reg_weight, persistent=False)
+        self.register_buffer("history", torch.zeros(loss.max_iter, 2), persistent=False)
+
+    def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
+        """The quantizers whose ``V`` is trained."""
+        raise NotImplementedError
+
+    def network_part(self) -> nn.Module:
+        """The module of the quantized network that this fit optimises (a layer or a block)."""
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> RoundingReconstruction:
+        # Lightning switches to train mode for the fit; the network part must keep its eval
+        # behaviour (no dropout, frozen statistics): only V is being trained.
+        super().train(mode)
+        self.network_part().eval()
+        return self
+
+    def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The output with soft-quantized weights (``h``: one ``h(V)`` per quantizer)."""
+        raise NotImplementedError
+
+    def apply_hard_weights(self) -> None:
+        """Write ``s * q`` into the quantized network's modules."""
+        raise NotImplementedError
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam([q.V for q in self.rounding_quantizers()], lr=self.lr)
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor | None:
+        inputs, targets = batch
+        if self.automatic_optimization:
+            return self._loss(inputs, targets, self.trainer.global_step)
+        optimizer = self.optimizers()
+        for k in range(inputs.shape[0]):
+            curr_iter = self.trainer.global_step  # advanced by every optimizer.step()
+            if curr_iter >= self.loss.max_iter:
+                break
+            loss = self._loss(inputs[k], targets[k], curr_iter)
+            optimizer.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            optimizer.step()
+        return None
+
+    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor, curr_iter: int) -> torch.Tensor:
+        """Both terms at ``curr_iter`` (0 in the first step); returns their sum."""
+        if curr_iter >= self.loss.max_iter:
+            raise ValueError(
+                f"step {curr_iter} is past the loss schedule ({self.loss.max_iter} steps)"
+            )
+        h = [rectified_sigmoid(q.V) for q in self.rounding_quantizers()]
+        outputs = self.soft_output(inputs, h)
+        reconstruction = self.loss.reconstruction_loss(outputs, targets.to(outputs.dtype))
+        if curr_iter < self.loss.warm_start_end:
+            # Warm start: no regularizer. A Python-int comparison, so no host sync.
+            regularization = reconstruction.new_zeros(())
+        else:
+            beta = self.beta[curr_iter]
+            f_reg = sum(AdaptiveRoundingLoss.regularizer_of_h(h_V, beta) for h_V in h)
+            regularization = self.reg_weight[curr_iter] * f_reg
+        self.history[curr_iter, 0] = reconstruction.detach()
+        self.history[curr_iter, 1] = regularization.detach()
+        return reconstruction + regularization
+
+    def on_train_epoch_end(self) -> None:
+        # One log call per fit, not per step (self.log costs Python time on every call): the
+        # means over all steps, computed on the device from history; under DDP one all-reduce.
+        steps = max(1, min(self.trainer.global_step, self.loss.max_iter))
+        means = self.history[:steps].mean(0)
+        for index, term in enumerate(("reconstruction", "regularization")):
+            self.log(
+                f"{self.name}/{term}_mean",
+                means[index],
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+            )
+
+    def loss_curve(self, points: int = 200) -> list[list[float]]:
+        """``[step, reconstruction, regularization]`` rows, at most ``points`` (one host copy)."""
+        stride = max(1, self.history.shape[0] // points)
+        rows = self.history[::stride].cpu().tolist()
+        return [[float(i * stride), r[0], r[1]] for i, r in enumerate(rows)]
+
+    def on_train_end(self) -> None:
+        # The per-step curve goes to the loggers once, at the end: one copy, no per-step sync.
+        if self.loggers:
+            for step, reconstruction, regularization in self.loss_curve():
+                metrics = {
+                    f"{self.name}/reconstruction": reconstruction,
+                    f"{self.name}/regularization": regularization,
+                }
+                for logger in self.loggers:
+                    logger.log_metrics(metrics, step=int(step))
+            for logger in self.loggers:
+                logger.save()
+        for quantizer in self.rounding_quantizers():
+            quantizer.use_soft_rounding = False
+            quantizer.V.requires_grad_(False)
+        with torch.no_grad():
+            self.apply_hard_weights()
+
+
+class LayerReconstruction(RoundingReconstruction):
+    """Learns ``V`` of one layer's :class:`AdaroundFakeQuantizer` (paper eq. 25).
+
+    Only ``V`` is trained, with Adam. Each step computes ``f_a(W~ x~)`` with the soft-quantized
+    weight and both loss terms at ``curr_iter = trainer.global_step``. When fit ends, ``layer``
+    (the module of the quantized network) receives the hard-rounded weight ``s * q``.
+
+    Args:
+        layer: The Conv/Linear module of the quantized network (still holding its float weight).
+        quantizer: Its quantizer, already initialised from the weight (one forward).
+        loss: The AdaRound loss, whose ``max_iter`` equals the number of training steps.
+        activation: The activation that directly follows the layer, or None.
+        lr: Adam's learning rate.
+        name: Prefix of the logged metrics (the layer's name), so that one logger serves all
+            layers of a run.
+        steps_per_batch: Optimizer steps per Lightning training step (batches of shape
+            ``(K, batch, ...)``); 1 is plain automatic optimization.
+        input_quantizer: Fake-quantizes the cached inputs in every step (activation
+            quantization in the loop; its ``drop_prob`` gives QDrop), or None.
+
+    Example:
+        >>> layer = nn.Linear(4, 3)
+        >>> fq = AdaroundFakeQuantizer(quant_min=-8, quant_max=7)
+        >>> _ = fq(layer.weight)
+        >>> module = LayerReconstruction(layer, fq, AdaptiveRoundingLoss(max_iter=10), None, 1e-3)
+    """
+
+    def __init__(
+        self,
+        layer: nn.Module,
+        quantizer: AdaroundFakeQuantizer,
+        loss: AdaptiveRoundingLoss,
+        activation: nn.Module | None = None,
+        lr: float = 1e-3,
+        name: str = "layer",
+        steps_per_batch: int = 1,
+        input_quantizer: nn.Module | None = None,
+    ) -> None:
+        super().__init__([quantizer], layer, loss, lr, name, steps_per_batch)
+        self.layer = layer
+        self.quantizer = quantizer
+        self.activation = functional_activation(activation)
+        self.input_quantizer = input_quantizer
+
+    def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
+        return [self.quantizer]
+
+    def network_part(self) -> nn.Module:
+        return self.layer
+
+    def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``f_a(W~ x)`` with the soft-quantized weight ``W~`` of eq. (22)."""
+        h_V = rectified_sigmoid(self.quantizer.V) if h is None else h[0]
+        if self.input_quantizer is not None:
+            x = self.input_quantizer(x)
+        out = forward_with_weight(self.layer, x, self.quantizer.quantize_with(h_V))
+        return self.activation(out) if self.activation is not None else out
+
+    def apply_hard_weights(self) -> None:
+        self.layer.weight.copy_(self.quantizer.hard_weight().to(self.layer.weight.dtype))
+
+
+class BlockReconstruction(RoundingReconstruction):
+    """Learns the ``V`` of every layer of a block together (BRECQ-style block reconstruction).
+
+    The objective is the block-output error ``||B(x) - B~(x~)||^2`` (same conventions as the
+    layer loss) plus the sum of the layers' rounding regularizers; ``x~`` is the block's input
+    in the quantized network and the target ``B(x)`` the float block's output.
+
+    Args:
+        block: The block module of the quantized network (its layers still hold float weights).
+        quantizers: Per layer name *relative to the block*, its initialised quantizer.
+        loss: The AdaRound loss, whose ``max_iter`` equals the number of training steps.
+        lr: Adam's learning rate.
+        name: Prefix of the logged metrics (the block's name).
+        steps_per_batch: Optimizer steps per Lightning training step.
+
+    Example:
+        >>> block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> fqs = {"0": AdaroundFakeQuantizer(quant_min=-8, quant_max=7),
+        ...        "2": AdaroundFakeQuantizer(quant_min=-8, quant_max=7)}
+        >>> for name, fq in fqs.items():
+        ...     _ = fq(block.get_submodule(name).weight)
+        >>> module = BlockReconstruction(block, fqs, AdaptiveRoundingLoss(max_iter=10), 1e-3)
+    """
+
+    def __init__(
+        self,
+        block: nn.Module,
+        quantizers: dict[str, AdaroundFakeQuantizer],
+        loss: AdaptiveRoundingLoss,
+        lr: float = 1e-3,
+        name: str = "block",
+        steps_per_batch: int = 1,
+    ) -> None:
+        super().__init__(list(quantizers.values()), block, loss, lr, name, steps_per_batch)
+        self.block = block
+        self.layer_names = list(quantizers)
+        # ModuleDict keys cannot contain dots.
+        self.quantizers = nn.ModuleDict({n.replace(".", "/"): q for n, q in quantizers.items()})
+
+    def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
+        return [self.quantizers[n.replace(".", "/")] for n in self.layer_names]  # type: ignore[misc]
+
+    def network_part(self) -> nn.Module:
+        return self.block
+
+    def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``B~(x)``: the block with every quantized weight soft-quantized."""
+        quantizers = self.rounding_quantizers()
+        if h is None:
+            h = [rectified_sigmoid(q.V) for q in quantizers]
+        weights = {
+            f"{n}.weight": q.quantize_with(h_V)
+            for n, q, h_V in zip(self.layer_names, quantizers, h, strict=True)
+        }
+        return torch.func.functional_call(self.block, weights, (x,), strict=False)
+
+    def apply_hard_weights(self) -> None:
+        for name, quantizer in zip(self.layer_names, self.rounding_quantizers(), strict=True):
+            layer = self.block.get_submodule(name)
+            layer.weight.copy_(quantizer.hard_weight().to(layer.weight.dtype))

@@ -1,0 +1,99 @@
+"""Typed results of a calibration: per-layer reports and the quantized network.
+
+Example:
+    >>> report = LayerReport("fc", "Linear", [2, 3], 4, True, None, 0.2, 0.1, 0.25, 1.0, 100)
+    >>> LayerReport(**report.to_dict()) == report
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaround_lightning.quant.activations import ActivationQuantizer, attach_input_quantizers
+from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
+
+__all__ = ["AdaroundResult", "LayerReport"]
+
+
+@dataclass
+class LayerReport:
+    """What happened to one layer.
+
+    Attributes:
+        name: Module name.
+        type: Module class name.
+        weight_shape: Shape of the weight.
+        bits: Bit width.
+        per_channel: Per-channel scales or one per tensor.
+        activation: Name of the activation included in the target, if any.
+        mse_nearest: Output reconstruction MSE (mean over all elements, whole calibration set) with
+            round-to-nearest weights on the same grid.
+        mse_adaround: The same with AdaRound's hard-rounded weights.
+        flipped_fraction: Fraction of weights rounded differently from nearest.
+        seconds: Wall time of this layer: caching, fit and evaluation.
+        iters: Optimisation steps.
+        loss_curve: ``[step, reconstruction, regularization]`` rows, at most 200.
+    """
+
+    name: str
+    type: str
+    weight_shape: list[int]
+    bits: int
+    per_channel: bool
+    activation: str | None
+    mse_nearest: float
+    mse_adaround: float
+    flipped_fraction: float
+    seconds: float
+    iters: int
+    loss_curve: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+
+@dataclass
+class AdaroundResult:
+    """The quantized network and how it was obtained.
+
+    Attributes:
+        model: The BN-folded network whose quantized layers hold ``s * q`` (float tensors).
+        float_model: The BN-folded float network, on the same device.
+        quantizers: Per quantized layer name, its quantizer (scale, learned ``V``, grid).
+        layers: Per-layer reports in calibration order.
+        skipped: Layers left in float, name -> reason.
+        seconds: Wall time of the whole calibration, caching included.
+        act_quantizers: Per quantized layer name, the quantizer of its input (empty without
+            ``quant.act_bits``); they are attached to ``model``.
+    """
+
+    model: nn.Module
+    float_model: nn.Module
+    quantizers: dict[str, AdaroundFakeQuantizer]
+    layers: list[LayerReport]
+    skipped: dict[str, str]
+    seconds: float
+    act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
+
+    def nearest_model(self) -> nn.Module:
+        """A copy of the float network with round-to-nearest weights on the same grids.
+
+        With activation quantization, copies of the same input quantizers are attached.
+        """
+        nearest = copy.deepcopy(self.float_model)
+        with torch.no_grad():
+            for name, quantizer in self.quantizers.items():
+                layer = nearest.get_submodule(name)
+                weight = quantizer.nearest_integer_weight().float() * quantizer.scale
+                layer.weight.copy_(weight.to(layer.weight.dtype))
+        if self.act_quantizers:
+            copies = {n: copy.deepcopy(q) for n, q in self.act_quantizers.items()}
+            attach_input_quantizers(nearest, copies)
+        return nearest

@@ -1,0 +1,133 @@
+"""An int8 ONNX model: every quantized weight an int8 initializer behind a ``DequantizeLinear``.
+
+Per-axis ``DequantizeLinear`` where scales are per channel; with activation quantization each
+quantized layer's input passes a ``QuantizeLinear``/``DequantizeLinear`` pair (uint8, behind a
+``Clip`` to the b-bit range below 8 bits). Checked with onnxruntime by :func:`onnx_logits`.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from adaround_lightning.export.integers import GridCheckError, QuantizedLayer
+
+__all__ = ["export_onnx", "onnx_integers", "onnx_logits"]
+
+
+def _torchscript_export(
+    model: nn.Module, example_input: torch.Tensor, buffer: io.BytesIO, opset: int
+) -> None:
+    torch.onnx.export(
+        model,
+        (example_input.cpu(),),
+        buffer,
+        dynamo=False,
+        opset_version=opset,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        do_constant_folding=True,
+    )
+
+
+def export_onnx(
+    model: nn.Module,
+    layers: list[QuantizedLayer],
+    example_input: torch.Tensor,
+    path: Path,
+    opset: int = 17,
+) -> None:
+    """Export ``model`` to ONNX with each quantized weight as ``DequantizeLinear(int8 q)``.
+
+    The float weights of ``model`` must be exactly ``s * q``. The exported graph is located by
+    weight content, so whatever names the exporter gives initializers, every quantized weight is
+    replaced: an int8 initializer ``NAME.weight_quantized``, its scale and zero point, and a
+    ``DequantizeLinear`` (``axis = ch_axis`` when per channel) whose output feeds the consumers.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = model.eval().cpu()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated upstream but needs no onnxscript and keeps
+        # parameter tensors as initializers, which is what the int8 rewrite below relies on.
+        warnings.simplefilter("ignore")
+        _torchscript_export(model, example_input, buffer, opset)
+    graph_model = onnx.load_from_string(buffer.getvalue())
+    graph = graph_model.graph
+    by_content: dict[tuple[tuple[int, ...], bytes], QuantizedLayer] = {}
+    for layer in layers:
+        weight = layer.dequantized().numpy()
+        by_content[(weight.shape, weight.tobytes())] = layer
+    replaced: set[str] = set()
+    kept, nodes = [], []
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        layer = (
+            by_content.get((array.shape, array.tobytes())) if array.dtype == np.float32 else None
+        )
+        if layer is None or layer.name in replaced:
+            kept.append(init)
+            continue
+        replaced.add(layer.name)
+        base = f"{layer.name}.weight"
+        scale = layer.scale.numpy().astype(np.float32)
+        zero = np.zeros(scale.shape, dtype=np.int8)
+        kept += [
+            numpy_helper.from_array(layer.q.numpy(), f"{base}_quantized"),
+            numpy_helper.from_array(scale, f"{base}_scale"),
+            numpy_helper.from_array(zero, f"{base}_zero_point"),
+        ]
+        attributes = {"axis": layer.ch_axis} if layer.ch_axis is not None else {}
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                [init.name],
+                name=f"{base}_dequantize",
+                **attributes,
+            )
+        )
+    missing = sorted({layer.name for layer in layers} - replaced)
+    if missing:
+        raise GridCheckError(
+            f"ONNX export: no initializer equals s * q for {missing[:3]}; the model's weights "
+            "are not the quantized ones"
+        )
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + existing)
+    onnx.checker.check_model(graph_model)
+    onnx.save(graph_model, str(path))
+
+
+def onnx_logits(path: Path, inputs: torch.Tensor) -> np.ndarray:
+    """Run ``model.onnx`` with onnxruntime on the CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"input": inputs.cpu().numpy()})[0]
+
+
+def onnx_integers(path: Path) -> dict[str, np.ndarray]:
+    """Per layer name, the int8 weight initializer stored in ``model.onnx``."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    return {
+        init.name[: -len(".weight_quantized")]: numpy_helper.to_array(init)
+        for init in graph.initializer
+        if init.name.endswith(".weight_quantized")
+    }

@@ -1,0 +1,76 @@
+"""Capture one module's input or output while a network runs, stopping the pass right there."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["capture_input", "capture_output"]
+
+
+class _CapturedError(Exception):
+    """Raised by a hook to stop a forward pass once the wanted tensor is captured."""
+
+
+def _run_until(
+    model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int, *, output: bool
+) -> torch.Tensor:
+    """Run ``model`` over ``data`` in chunks; return ``module``'s first input (or its output)."""
+    pieces: list[torch.Tensor] = []
+
+    def pre_hook(_m: nn.Module, args: tuple) -> None:
+        pieces.append(args[0].detach())
+        raise _CapturedError
+
+    def post_hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        pieces.append(out.detach())
+        raise _CapturedError
+
+    handle = (
+        module.register_forward_hook(post_hook)
+        if output
+        else module.register_forward_pre_hook(pre_hook)
+    )
+    try:
+        with torch.no_grad():
+            for start in range(0, data.shape[0], chunk):
+                try:
+                    model(data[start : start + chunk])
+                except _CapturedError:
+                    pass
+                else:
+                    raise RuntimeError(
+                        "the forward pass never reached the module being cached; is it used in "
+                        "the model's forward?"
+                    )
+    finally:
+        handle.remove()
+    return torch.cat(pieces)
+
+
+def capture_input(
+    model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """First positional input of ``module`` while ``model`` runs on ``data``, shape ``(N, ...)``.
+
+    The forward pass stops as soon as ``module`` is reached, so later layers cost nothing.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> capture_input(net, net[2], torch.randn(5, 3)).shape
+        torch.Size([5, 4])
+    """
+    return _run_until(model, module, data, chunk, output=False)
+
+
+def capture_output(
+    model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int = 256
+) -> torch.Tensor:
+    """Output of ``module`` while ``model`` runs on ``data``, shape ``(N, ...)``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> capture_output(net, net[0], torch.randn(5, 3)).shape
+        torch.Size([5, 4])
+    """
+    return _run_until(model, module, data, chunk, output=True)

@@ -1,0 +1,83 @@
+"""Which layers are quantized and to how many bits: :class:`QuantConfig`, validated on construction.
+
+Example:
+    >>> quant = QuantConfig(weight_bits=3, per_channel=True, first_layer_bits=8)
+    >>> quant.bits_for("conv1", is_first=True, is_last=False)
+    8
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from adaround_lightning.quant.activations import ActObserver
+from adaround_lightning.quant.grids import ScaleMethod
+
+__all__ = ["QuantConfig"]
+
+
+def _check_bits(name: str, bits: Any) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"{name} must be an integer from 2 to 8, got {bits!r}")
+
+
+@dataclass
+class QuantConfig:
+    """Which layers are quantized, and to how many bits.
+
+    Attributes:
+        weight_bits: Bits of every quantized weight unless overridden below (2 to 8).
+        per_channel: One scale per output channel (True) or one per tensor (False).
+        exclude: Module names (``fnmatch`` patterns, e.g. ``"classifier.*"``) left in float.
+        layer_bits: Per-layer bit widths, pattern -> bits; the first matching pattern wins.
+        first_layer_bits: Bits of the first quantizable layer in execution order (None: default).
+        last_layer_bits: Bits of the last quantizable layer in execution order (None: default).
+        scale_method: How the grid's scale is chosen: ``auto`` (default: ``full`` at 2 bits,
+            ``minmax`` above), ``minmax``, ``maxabs``, ``half``, ``full`` or ``mse`` (see
+            :mod:`adaround_lightning.quant.grids`).
+        act_bits: Bits of the activations feeding every quantized layer (2 to 8), None for
+            float activations (see :mod:`adaround_lightning.quant.activations`).
+        act_observer: How activation ranges are calibrated: ``minmax`` or ``mse``.
+    """
+
+    weight_bits: int = 4
+    per_channel: bool = True
+    exclude: list[str] = field(default_factory=list)
+    layer_bits: dict[str, int] = field(default_factory=dict)
+    first_layer_bits: int | None = None
+    last_layer_bits: int | None = None
+    scale_method: ScaleMethod = ScaleMethod.AUTO
+    act_bits: int | None = None
+    act_observer: ActObserver = ActObserver.MINMAX
+
+    def __post_init__(self) -> None:
+        _check_bits("quant.weight_bits", self.weight_bits)
+        if self.act_bits is not None:
+            _check_bits("quant.act_bits", self.act_bits)
+        self.act_observer = ActObserver.parse(self.act_observer, "quant.act_observer")
+        self.scale_method = ScaleMethod.parse(self.scale_method, "quant.scale_method")
+        self.exclude = [str(p) for p in self.exclude]
+        self.layer_bits = {str(k): v for k, v in dict(self.layer_bits).items()}
+        for pattern, bits in self.layer_bits.items():
+            _check_bits(f"quant.layer_bits[{pattern!r}]", bits)
+        for name in ("first_layer_bits", "last_layer_bits"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_bits(f"quant.{name}", value)
+
+    def is_excluded(self, name: str) -> bool:
+        """Whether the layer called ``name`` stays in float."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)
+
+    def bits_for(self, name: str, is_first: bool, is_last: bool) -> int:
+        """Bit width of the layer ``name``: explicit patterns, then first/last, then the default."""
+        for pattern, bits in self.layer_bits.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return bits
+        if is_first and self.first_layer_bits is not None:
+            return self.first_layer_bits
+        if is_last and self.last_layer_bits is not None:
+            return self.last_layer_bits
+        return self.weight_bits
