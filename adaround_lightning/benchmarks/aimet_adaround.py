@@ -39,7 +39,6 @@ import copy
 import functools
 import json
 import logging
-import os
 import random
 import tempfile
 import time
@@ -52,29 +51,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from adaround_lightning.benchmarks.train_quickstart import QUICKSTART_ARCH
-from adaround_lightning.data.sources import (
-    CalibrationConfig,
-    DataConfig,
-    calibration_images,
-    evaluation_dataset,
+from adaround_lightning.benchmarks.common import (
+    ARCHS,
+    FLOAT_ACTS,
+    build_model,
+    fashion_mnist_data,
+    parse_bool,
 )
-from adaround_lightning.data.transforms import PreprocessConfig
 
 __all__ = [
-    "ARCHS",
-    "QUICKSTART_KWARGS",
     "AdaroundSettings",
     "aimet_config",
-    "build_model",
-    "fashion_mnist_data",
-    "fold_batch_norms",
+    "aimet_fold_batch_norms",
     "main",
-    "parse_bool",
     "quantsim_top1",
     "quiet_aimet",
     "run_adaround",
@@ -85,22 +77,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Architectures of ``--arch`` (torchvision builders).
-ARCHS = ("resnet18", "mobilenet_v2")
-#: ``--act-bits`` value meaning "activations in float" (weights-only quantization).
-FLOAT_ACTS = 32
-#: Fashion-MNIST preprocessing of our recipes: 28x28 -> zero pad 2 -> normalise -> grey to RGB.
-FASHION_MNIST_PREPROCESS = {
-    "resize": None,
-    "crop": None,
-    "pad": 2,
-    "mean": [0.2860],
-    "std": [0.3530],
-    "grayscale_to_rgb": True,
-}
+#: AIMET's example input shape for its graph tracing (BN folding, QuantSim).
 INPUT_SHAPE = (1, 3, 32, 32)
-#: ``--arch-kwargs`` of the quickstart checkpoint (``adaround_lightning/assets/quickstart``).
-QUICKSTART_KWARGS: dict[str, Any] = dict(QUICKSTART_ARCH["kwargs"])
 
 
 @dataclass
@@ -175,75 +153,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(
-    arch: str, checkpoint: str | os.PathLike[str], arch_kwargs: dict[str, Any] | None = None
-) -> nn.Module:
-    """``torchvision.models.<arch>(num_classes=10, **arch_kwargs)`` with a float32 state_dict.
+def aimet_fold_batch_norms(model: nn.Module) -> nn.Module:
+    """AIMET's own ``fold_all_batch_norms`` on a copy of ``model`` (32x32 RGB inputs).
 
-    Args:
-        arch: ``resnet18`` or ``mobilenet_v2``.
-        checkpoint: Path of a ``torch.save``-d state_dict.
-        arch_kwargs: Keyword arguments of the builder (``num_classes`` defaults to 10).
-
-    Returns:
-        The model in eval mode, on the CPU.
+    Part of AIMET's workflow under test, so AIMET folds with its own code; our runner folds
+    with :func:`adaround_lightning.graph.bn_fold.fold_batch_norms` inside ``adaround``.
 
     Example:
-        >>> model = build_model("mobilenet_v2", "adaround_lightning/assets/quickstart/model.pt",
-        ...                     QUICKSTART_KWARGS)  # doctest: +SKIP
-    """
-    if arch not in ARCHS:
-        raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    kwargs = {"num_classes": 10, **(arch_kwargs or {})}
-    model = getattr(torchvision.models, arch)(**kwargs)
-    state = torch.load(checkpoint, map_location="cpu")
-    model.load_state_dict(state)
-    return model.float().eval()
-
-
-def fold_batch_norms(model: nn.Module) -> nn.Module:
-    """AIMET's ``fold_all_batch_norms`` on a copy of ``model`` (32x32 RGB inputs).
-
-    Example:
-        >>> folded = fold_batch_norms(model)  # doctest: +SKIP
+        >>> folded = aimet_fold_batch_norms(model)  # doctest: +SKIP
     """
     aimet = _aimet()
     folded = copy.deepcopy(model).eval()
     pairs = aimet.fold_all_batch_norms(folded, input_shapes=INPUT_SHAPE)
     log.info("folded %d BatchNorm layers", len(pairs))
     return folded
-
-
-def fashion_mnist_data(
-    source: str, root: str | None, num_samples: int, calib_seed: int = 0
-) -> tuple[torch.Tensor, Dataset]:
-    """Calibration images and the labelled test set, loaded by our package's loaders.
-
-    Args:
-        source: ``fashion_mnist`` (idx files under ``root``) or ``embedded`` (shipped sample,
-            5000 test images).
-        root: Folder of the idx files (ignored by ``embedded``).
-        num_samples: Calibration images drawn from the train split.
-        calib_seed: Seed of the draw (our ``data.calibration.seed``).
-
-    Returns:
-        ``(calib, test)``: a ``(N, 3, 32, 32)`` float32 tensor and a dataset of
-        ``(image, label)``.
-
-    Example:
-        >>> calib, test = fashion_mnist_data("embedded", None, 64)  # doctest: +SKIP
-        >>> calib.shape, len(test)  # doctest: +SKIP
-        (torch.Size([64, 3, 32, 32]), 5000)
-    """
-    config = DataConfig(
-        source=source,
-        root=None if source == "embedded" else root,
-        calibration=CalibrationConfig(size=num_samples, seed=calib_seed, split="train"),
-        eval_split="test",
-        eval_size=None,
-        preprocess=PreprocessConfig(**FASHION_MNIST_PREPROCESS),  # type: ignore[arg-type]
-    )
-    return calibration_images(config), evaluation_dataset(config)
 
 
 def aimet_config(per_channel: bool) -> dict[str, Any]:
@@ -477,7 +400,7 @@ def run_grid(
         ...                 AdaroundSettings(iters=20), {"arch": "mobilenet_v2"})  # doctest: +SKIP
     """
     aimet = _aimet()
-    folded = fold_batch_norms(model)
+    folded = aimet_fold_batch_norms(model)
     fp32 = top1(folded, test, eval_batch_size)
     log.info("FP32 (BN folded) top-1: %.2f %%", fp32)
     rows: list[dict[str, Any]] = []
@@ -534,21 +457,6 @@ def run_grid(
                         with out.open("a") as handle:
                             handle.write(json.dumps(row) + "\n")
     return rows
-
-
-def parse_bool(text: str) -> bool:
-    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``) of a command-line flag.
-
-    Example:
-        >>> parse_bool("False")
-        False
-    """
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes", "y"):
-        return True
-    if lowered in ("false", "0", "no", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _parser() -> argparse.ArgumentParser:

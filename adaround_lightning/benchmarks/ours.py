@@ -30,7 +30,7 @@ import lightning as L
 import torch
 
 from adaround_lightning.app.evaluate import evaluate
-from adaround_lightning.benchmarks.aimet_adaround import (
+from adaround_lightning.benchmarks.common import (
     ARCHS,
     FLOAT_ACTS,
     build_model,

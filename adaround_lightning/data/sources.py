@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from adaround_lightning.core.choices import Choice
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.data.assets import ASSETS_DIR
 from adaround_lightning.data.idx import load_fashion_mnist
@@ -33,13 +34,25 @@ __all__ = [
     "SOURCES",
     "CalibrationConfig",
     "DataConfig",
+    "DataSource",
     "calibration_images",
     "evaluation_dataset",
 ]
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("embedded", "fashion_mnist", "imagefolder", "imagenet")
+
+class DataSource(Choice):
+    """Where the images come from (``data.source``)."""
+
+    EMBEDDED = "embedded"
+    FASHION_MNIST = "fashion_mnist"
+    IMAGEFOLDER = "imagefolder"
+    IMAGENET = "imagenet"
+
+
+#: The words of :class:`DataSource`.
+SOURCES = DataSource.words()
 #: The Fashion-MNIST sample shipped for the quickstart.
 EMBEDDED_SAMPLE = ASSETS_DIR / "quickstart" / "fashion_mnist_sample.npz"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -79,7 +92,7 @@ class DataConfig:
         num_workers: DataLoader workers for image folders.
     """
 
-    source: str = "embedded"
+    source: DataSource = DataSource.EMBEDDED
     root: str | None = None
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     eval_split: str = "val"
@@ -97,6 +110,7 @@ class DataConfig:
             raise UserError(
                 f"data.source={self.source!r} is unknown; use one of {', '.join(SOURCES)}"
             )
+        self.source = DataSource(self.source)
         if self.source != "embedded":
             if not self.root:
                 raise UserError(

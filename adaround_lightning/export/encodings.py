@@ -26,6 +26,7 @@ def aimet_encodings(
     encodings are keyed by layer name, then ``"input"``, then the input index ``"0"``.
 
     Example:
+        >>> import torch
         >>> layer = QuantizedLayer("fc", torch.zeros(2, 2, dtype=torch.int8),
         ...                        torch.tensor([0.5, 0.25]), 0, -8, 7)
         >>> aimet_encodings([layer])["param_encodings"]["fc.weight"][1]["max"]

@@ -10,6 +10,7 @@ the grid check needs: per layer ``V``, ``floor(W/s)``, the scale and the range.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,28 @@ def save_quantized_weights(
     if activations:
         metadata["activations"] = json.dumps(activations)
     save_file(tensors, str(path), metadata=metadata)
+    _sort_metadata(Path(path))
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the safetensors header with its metadata keys sorted, in place.
+
+    safetensors keeps the metadata in a Rust ``HashMap``, so its key order in the header changes
+    from one process to the next, and two runs with identical integers would write files with
+    different bytes. The header is compact JSON padded with spaces to its recorded length; the
+    same content in sorted order has the same length, so the tensor data does not move.
+    """
+    with path.open("r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        metadata = header.pop("__metadata__", None)
+        ordered = {"__metadata__": dict(sorted(metadata.items()))} if metadata else {}
+        ordered.update(header)  # tensor entries keep safetensors' (deterministic) order
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > length:  # never: the same keys and values in another order
+            raise RuntimeError(f"{path}: the sorted safetensors header does not fit")
+        handle.seek(8)
+        handle.write(text.ljust(length))
 
 
 def load_quantized_weights(path: Path) -> list[QuantizedLayer]:

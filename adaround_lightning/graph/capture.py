@@ -12,24 +12,30 @@ class _CapturedError(Exception):
     """Raised by a hook to stop a forward pass once the wanted tensor is captured."""
 
 
+class _Catcher:
+    """Hooks that keep one module's first input (or output) and stop the forward pass there."""
+
+    def __init__(self) -> None:
+        self.pieces: list[torch.Tensor] = []
+
+    def pre_hook(self, _module: nn.Module, args: tuple) -> None:
+        self.pieces.append(args[0].detach())
+        raise _CapturedError
+
+    def post_hook(self, _module: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+        self.pieces.append(out.detach())
+        raise _CapturedError
+
+
 def _run_until(
     model: nn.Module, module: nn.Module, data: torch.Tensor, chunk: int, *, output: bool
 ) -> torch.Tensor:
     """Run ``model`` over ``data`` in chunks; return ``module``'s first input (or its output)."""
-    pieces: list[torch.Tensor] = []
-
-    def pre_hook(_m: nn.Module, args: tuple) -> None:
-        pieces.append(args[0].detach())
-        raise _CapturedError
-
-    def post_hook(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-        pieces.append(out.detach())
-        raise _CapturedError
-
+    catcher = _Catcher()
     handle = (
-        module.register_forward_hook(post_hook)
+        module.register_forward_hook(catcher.post_hook)
         if output
-        else module.register_forward_pre_hook(pre_hook)
+        else module.register_forward_pre_hook(catcher.pre_hook)
     )
     try:
         with torch.no_grad():
@@ -45,7 +51,7 @@ def _run_until(
                     )
     finally:
         handle.remove()
-    return torch.cat(pieces)
+    return torch.cat(catcher.pieces)
 
 
 def capture_input(

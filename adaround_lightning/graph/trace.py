@@ -135,6 +135,115 @@ def _outer_block(name: str, block_names: set[str]) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One module call seen by the trace's hooks."""
+
+    name: str
+    module: nn.Module
+    first_input: torch.Tensor | None
+    input_version: int
+    output: object
+    output_version: int
+
+
+class _CallRecorder:
+    """Forward hooks that record every module call with its first input and its output."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.names = {module: name for name, module in model.named_modules()}
+        self.calls: list[_Call] = []
+        # Per module id: its first input and that tensor's version when the call started.
+        self.pending: dict[int, tuple[torch.Tensor | None, int]] = {}
+
+    # Tensor versions tell in-place updates apart: ResNet's ``out += identity`` returns the
+    # BatchNorm's output tensor object, but modified, so the ReLU after it is not conv2's own.
+    def pre_hook(self, module: nn.Module, args: tuple) -> None:
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        self.pending[id(module)] = (first, first._version if first is not None else -1)
+
+    def hook(self, module: nn.Module, args: tuple, output: object) -> None:
+        first, version = self.pending.pop(id(module), (None, -1))
+        out_version = output._version if isinstance(output, torch.Tensor) else -1
+        self.calls.append(_Call(self.names[module], module, first, version, output, out_version))
+
+
+def _record_calls(model: nn.Module, example_input: torch.Tensor) -> list[_Call]:
+    """Every leaf (and quantizable) module call of one forward pass, in execution order."""
+    recorder = _CallRecorder(model)
+    handles = []
+    for m in model.modules():
+        if not list(m.children()) or isinstance(m, QUANTIZABLE_TYPES):
+            handles.append(m.register_forward_pre_hook(recorder.pre_hook))
+            handles.append(m.register_forward_hook(recorder.hook))
+    try:
+        model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return recorder.calls
+
+
+def _follow(call: _Call, source: LayerInfo, produced_by: dict[int, tuple[LayerInfo, int]]) -> None:
+    """Attach a norm or activation that consumes ``source``'s output; pass identities through."""
+    module, output = call.module, call.output
+    if not isinstance(output, torch.Tensor):
+        return
+    if isinstance(module, _NORM_TYPES) and source.norm is None and source.activation is None:
+        source.norm = call.name
+        produced_by[id(output)] = (source, call.output_version)
+    elif isinstance(module, _PASS_THROUGH):
+        produced_by[id(output)] = (source, call.output_version)
+    elif isinstance(module, ACTIVATION_TYPES) and source.activation is None:
+        source.activation = call.name
+
+
+def _layers_from_calls(calls: list[_Call]) -> tuple[list[LayerInfo], list[str], list[str]]:
+    """The quantizable layers with what directly follows them, shared layers, unsupported ones.
+
+    Data flow is read from tensor identity: a module directly follows a layer when its input
+    *is* that layer's (possibly passed-through) output, at the same tensor version.
+    """
+    call_counts: dict[str, int] = {}
+    for call in calls:
+        call_counts[call.name] = call_counts.get(call.name, 0) + 1
+    layers: list[LayerInfo] = []
+    produced_by: dict[int, tuple[LayerInfo, int]] = {}
+    shared: list[str] = []
+    unsupported: list[str] = []
+    for call in calls:
+        if isinstance(call.module, QUANTIZABLE_TYPES):
+            if call_counts[call.name] > 1:
+                if call.name not in shared:
+                    shared.append(call.name)
+                continue
+            info = LayerInfo(name=call.name)
+            layers.append(info)
+            if isinstance(call.output, torch.Tensor):
+                produced_by[id(call.output)] = (info, call.output_version)
+        elif isinstance(call.module, UNSUPPORTED_TYPES):
+            if call.name not in unsupported:
+                unsupported.append(call.name)
+        elif call.first_input is not None and id(call.first_input) in produced_by:
+            source, produced_version = produced_by[id(call.first_input)]
+            if produced_version == call.input_version:
+                _follow(call, source, produced_by)
+    return layers, shared, unsupported
+
+
+def _group_blocks(layers: list[LayerInfo], block_names: set[str]) -> list[Block]:
+    """Blocks in the order their first layer runs; a layer outside any block is its own."""
+    blocks: list[Block] = []
+    block_index: dict[str, Block] = {}
+    for info in layers:
+        key = _outer_block(info.name, block_names) or info.name
+        if key not in block_index:
+            block_index[key] = Block(name=key)
+            blocks.append(block_index[key])
+        block_index[key].layers.append(info)
+    return blocks
+
+
 @torch.no_grad()
 def trace_network(
     model: nn.Module,
@@ -160,82 +269,7 @@ def trace_network(
         [('0', '1'), ('3', None)]
     """
     block_types = BLOCK_TYPES if block_types is None else block_types
-    names = {module: name for name, module in model.named_modules()}
     block_names = {name for name, m in model.named_modules() if isinstance(m, block_types)}
-
-    # (name, module, first input, its version when consumed, output, output version)
-    calls: list[tuple[str, nn.Module, torch.Tensor | None, int, object, int]] = []
-    pending: dict[int, tuple[torch.Tensor | None, int]] = {}
-
-    # Tensor versions tell in-place updates apart: ResNet's ``out += identity`` returns the
-    # BatchNorm's output tensor object, but modified, so the ReLU after it is not conv2's own.
-    def pre_hook(module: nn.Module, args: tuple) -> None:
-        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        pending[id(module)] = (first, first._version if first is not None else -1)
-
-    def hook(module: nn.Module, args: tuple, output: object) -> None:
-        first, version = pending.pop(id(module), (None, -1))
-        out_version = output._version if isinstance(output, torch.Tensor) else -1
-        calls.append((names[module], module, first, version, output, out_version))
-
-    handles = []
-    for m in model.modules():
-        if not list(m.children()) or isinstance(m, QUANTIZABLE_TYPES):
-            handles.append(m.register_forward_pre_hook(pre_hook))
-            handles.append(m.register_forward_hook(hook))
-    try:
-        model(example_input)
-    finally:
-        for handle in handles:
-            handle.remove()
-
-    call_counts: dict[str, int] = {}
-    for name, *_rest in calls:
-        call_counts[name] = call_counts.get(name, 0) + 1
-
-    layers: list[LayerInfo] = []
-    by_name: dict[str, LayerInfo] = {}
-    # Tensor identity -> (layer whose, possibly passed-through, output it is; tensor version).
-    produced_by: dict[int, tuple[LayerInfo, int]] = {}
-    shared: list[str] = []
-    unsupported: list[str] = []
-    for name, module, first, version, output, out_version in calls:
-        source = None
-        if first is not None and id(first) in produced_by:
-            candidate, produced_version = produced_by[id(first)]
-            source = candidate if produced_version == version else None
-        if isinstance(module, QUANTIZABLE_TYPES):
-            if call_counts[name] > 1:
-                if name not in shared:
-                    shared.append(name)
-                continue
-            info = LayerInfo(name=name)
-            layers.append(info)
-            by_name[name] = info
-            if isinstance(output, torch.Tensor):
-                produced_by[id(output)] = (info, out_version)
-        elif isinstance(module, UNSUPPORTED_TYPES):
-            if name not in unsupported:
-                unsupported.append(name)
-        elif source is not None and isinstance(output, torch.Tensor):
-            if (
-                isinstance(module, _NORM_TYPES)
-                and source.norm is None
-                and source.activation is None
-            ):
-                source.norm = name
-                produced_by[id(output)] = (source, out_version)
-            elif isinstance(module, _PASS_THROUGH):
-                produced_by[id(output)] = (source, out_version)
-            elif isinstance(module, ACTIVATION_TYPES) and source.activation is None:
-                source.activation = name
-
-    blocks: list[Block] = []
-    block_index: dict[str, Block] = {}
-    for info in layers:
-        key = _outer_block(info.name, block_names) or info.name
-        if key not in block_index:
-            block_index[key] = Block(name=key)
-            blocks.append(block_index[key])
-        block_index[key].layers.append(info)
+    layers, shared, unsupported = _layers_from_calls(_record_calls(model, example_input))
+    blocks = _group_blocks(layers, block_names)
     return NetworkTrace(layers=layers, blocks=blocks, unsupported=unsupported, shared=shared)

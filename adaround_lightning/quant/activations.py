@@ -84,7 +84,7 @@ class ActivationQuantizer(nn.Module):
     Example:
         >>> aq = ActivationQuantizer(4)
         >>> aq.set_range(-1.0, 2.0)
-        >>> aq(torch.tensor([-5.0, 0.0, 0.1, 5.0])).tolist()
+        >>> aq(torch.tensor([-5.0, 0.0, 0.15, 5.0])).tolist()
         [-1.0, 0.0, 0.20000000298023224, 2.0]
     """
 

@@ -204,3 +204,41 @@ def test_activation_grids_in_every_export(
     (tmp_path / "encodings.json").write_text(json.dumps(document))
     with pytest.raises(GridCheckError, match="input grid"):
         verify_grid(tmp_path)
+
+
+_SAVE_IN_A_NEW_PROCESS = """
+import sys, torch
+from pathlib import Path
+from adaround_lightning.export import quantized_layers, save_quantized_weights
+from adaround_lightning.quant.factory import quantizer_for_weight
+from adaround_lightning.quant.activations import ActivationQuantizer
+torch.manual_seed(0)
+fqs = {f"layer{i}": quantizer_for_weight(torch.randn(6, 5), 3, True, "minmax") for i in range(3)}
+aq = ActivationQuantizer(8)
+aq.set_range(-1.0, 3.0)
+save_quantized_weights(Path(sys.argv[1]), quantized_layers(fqs), {"layer1": aq})
+"""
+
+
+def test_safetensors_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
+    # safetensors keeps the metadata in a Rust HashMap, whose order changes per process.
+    import hashlib
+    import json as json_module
+    import os
+    import struct
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    digests = set()
+    for run in range(4):
+        path = tmp_path / f"w{run}.safetensors"
+        subprocess.run(
+            [sys.executable, "-c", _SAVE_IN_A_NEW_PROCESS, str(path)], check=True, env=env
+        )
+        raw = path.read_bytes()
+        digests.add(hashlib.sha256(raw).hexdigest())
+        (length,) = struct.unpack("<Q", raw[:8])
+        metadata = json_module.loads(raw[8 : 8 + length])["__metadata__"]
+        assert list(metadata) == sorted(metadata) == ["activations", "format", "layers"]
+    assert len(digests) == 1

@@ -1,4 +1,4 @@
-"""Empirical bias correction: float64 means, optimality, the corrected network of the driver."""
+"""Empirical bias correction: float64 means, optimality, the corrected network of the walk."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def _mean_errors(result: AdaroundResult, images: torch.Tensor) -> dict[str, floa
 
 
 @pytest.mark.parametrize("granularity", ["layer", "block"])
-def test_driver_leaves_every_layer_unbiased_and_resume_restores_it(
+def test_walk_leaves_every_layer_unbiased_and_resume_restores_it(
     tiny_cnn: nn.Module, images: torch.Tensor, tmp_path: Path, granularity: str
 ) -> None:
     quant = QuantConfig(weight_bits=2, scale_method="maxabs")

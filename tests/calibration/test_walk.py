@@ -1,4 +1,4 @@
-"""The block-by-block driver on tiny synthetic networks."""
+"""The block-by-block walk on tiny synthetic networks."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Activation quantization: the grid against its formula, observers, QDrop, hooks, the driver."""
+"""Activation quantization: the grid against its formula, observers, QDrop, hooks, the walk."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def test_bad_activation_settings_are_rejected() -> None:
 @pytest.mark.parametrize(
     ("in_loop", "granularity"), [(False, "layer"), (True, "layer"), (True, "block")]
 )
-def test_driver_attaches_a_calibrated_quantizer_to_every_layer(
+def test_walk_attaches_a_calibrated_quantizer_to_every_layer(
     tiny_cnn: nn.Module, images: torch.Tensor, in_loop: bool, granularity: str
 ) -> None:
     result = adaround(

@@ -1,0 +1,129 @@
+"""What both benchmark runners share: architectures, the model builder, data, flags.
+
+Nothing in the library imports the benchmarks leaf; both runners import this module, so the
+AIMET runner and ours see the same network and the same calibration and test images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from adaround_lightning.app.models import QUICKSTART_ARCH, ModelConfig
+from adaround_lightning.app.models import build_model as library_build_model
+from adaround_lightning.data.sources import (
+    CalibrationConfig,
+    DataConfig,
+    calibration_images,
+    evaluation_dataset,
+)
+from adaround_lightning.data.transforms import PreprocessConfig
+
+__all__ = [
+    "ARCHS",
+    "FASHION_MNIST_PREPROCESS",
+    "FLOAT_ACTS",
+    "QUICKSTART_KWARGS",
+    "build_model",
+    "fashion_mnist_data",
+    "parse_bool",
+]
+
+#: Architectures of ``--arch`` (torchvision builders).
+ARCHS = ("resnet18", "mobilenet_v2")
+#: ``--act-bits`` value meaning "activations in float" (weights-only quantization).
+FLOAT_ACTS = 32
+#: Fashion-MNIST preprocessing of our recipes: 28x28 -> zero pad 2 -> normalise -> grey to RGB.
+FASHION_MNIST_PREPROCESS = {
+    "resize": None,
+    "crop": None,
+    "pad": 2,
+    "mean": [0.2860],
+    "std": [0.3530],
+    "grayscale_to_rgb": True,
+}
+#: ``--arch-kwargs`` of the quickstart checkpoint (``adaround_lightning/assets/quickstart``).
+QUICKSTART_KWARGS: dict[str, Any] = dict(QUICKSTART_ARCH["kwargs"])
+
+
+def build_model(
+    arch: str, checkpoint: str | os.PathLike[str], arch_kwargs: dict[str, Any] | None = None
+) -> nn.Module:
+    """``torchvision.models.<arch>(num_classes=10, **arch_kwargs)`` with a float32 state_dict.
+
+    Built by the library's own model builder (:func:`adaround_lightning.app.models.build_model`),
+    so both runners calibrate the network the app would.
+
+    Args:
+        arch: ``resnet18`` or ``mobilenet_v2``.
+        checkpoint: Path of a ``torch.save``-d state_dict.
+        arch_kwargs: Keyword arguments of the builder (``num_classes`` defaults to 10).
+
+    Returns:
+        The model in eval mode, on the CPU.
+
+    Example:
+        >>> model = build_model("mobilenet_v2", "embedded://quickstart/model.pt", QUICKSTART_KWARGS)
+        >>> model.classifier[1].out_features
+        10
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    kwargs = {"num_classes": 10, **(arch_kwargs or {})}
+    num_classes = kwargs.pop("num_classes")
+    config = ModelConfig(
+        name=arch, num_classes=num_classes, kwargs=kwargs, checkpoint=str(checkpoint)
+    )
+    return library_build_model(config).float().eval()
+
+
+def fashion_mnist_data(
+    source: str, root: str | None, num_samples: int, calib_seed: int = 0
+) -> tuple[torch.Tensor, Dataset]:
+    """Calibration images and the labelled test set, loaded by our package's loaders.
+
+    Args:
+        source: ``fashion_mnist`` (idx files under ``root``) or ``embedded`` (shipped sample,
+            5000 test images).
+        root: Folder of the idx files (ignored by ``embedded``).
+        num_samples: Calibration images drawn from the train split.
+        calib_seed: Seed of the draw (our ``data.calibration.seed``).
+
+    Returns:
+        ``(calib, test)``: a ``(N, 3, 32, 32)`` float32 tensor and a dataset of
+        ``(image, label)``.
+
+    Example:
+        >>> calib, test = fashion_mnist_data("embedded", None, 64)  # doctest: +SKIP
+        >>> calib.shape, len(test)  # doctest: +SKIP
+        (torch.Size([64, 3, 32, 32]), 5000)
+    """
+    config = DataConfig(
+        source=source,
+        root=None if source == "embedded" else root,
+        calibration=CalibrationConfig(size=num_samples, seed=calib_seed, split="train"),
+        eval_split="test",
+        eval_size=None,
+        preprocess=PreprocessConfig(**FASHION_MNIST_PREPROCESS),  # type: ignore[arg-type]
+    )
+    return calibration_images(config), evaluation_dataset(config)
+
+
+def parse_bool(text: str) -> bool:
+    """``true``/``false`` (also ``1``/``0``, ``yes``/``no``) of a command-line flag.
+
+    Example:
+        >>> parse_bool("False")
+        False
+    """
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes", "y"):
+        return True
+    if lowered in ("false", "0", "no", "n"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
