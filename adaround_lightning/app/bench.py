@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adaround_lightning.app.bench_memory import run_memory_benchmark
 from adaround_lightning.app.models import ModelConfig, build_model, quickstart_model_config
 from adaround_lightning.calibration.cache import RandomBatches
 from adaround_lightning.calibration.reconstruction import LayerReconstruction
@@ -118,8 +119,7 @@ def time_layer(
     return lightning_ms, eager_ms
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark and print its table; return the exit status."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m adaround_lightning.bench",
         description=__doc__,
@@ -141,7 +141,24 @@ def main(argv: list[str] | None = None) -> int:
         default=8,
         help="optimizer steps per Lightning training step (adaround.steps_per_batch)",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="run the whole walk and report its memory, passes and seconds instead",
+    )
+    parser.add_argument("--walk-iters", type=int, default=2, help="steps per layer of --memory")
+    parser.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE", help="adaround settings of --memory"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print its table; return the exit status."""
+    args = _parser().parse_args(argv)
+    if args.memory:
+        run_memory_benchmark(args)
+        return 0
 
     if args.model == "quickstart":
         config = quickstart_model_config()

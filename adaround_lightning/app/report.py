@@ -133,6 +133,23 @@ def _layer_rows(layers: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _cache_line(cache: dict[str, Any] | None) -> str:
+    """Where the activation cache lived: peak bytes per tier, passes, caching time."""
+    if not cache:
+        return ""
+    tiers = ", ".join(
+        f"{html.escape(tier)} {nbytes / 2**20:.1f} MiB"
+        for tier, nbytes in cache.get("peak_bytes", {}).items()
+    )
+    return (
+        f"<p class='meta'>Activation cache ({html.escape(str(cache.get('device')))}, "
+        f"{html.escape(str(cache.get('dtype')))}): peak {tiers or 'none'}; "
+        f"{cache.get('full_network_passes')} full-network passes, "
+        f"{cache.get('streamed_block_passes')} streamed block passes, "
+        f"{cache.get('restarts')} restarts; caching {cache.get('seconds', 0):.1f} s</p>"
+    )
+
+
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """Write ``report.html`` and its PNGs into ``out_dir``; return the HTML path.
 
@@ -168,6 +185,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         else ""
     )
     figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
+    cache_html = _cache_line(results.get("cache"))
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>AdaRound report</title>
 <style>{_CSS}</style></head><body>
@@ -178,6 +196,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
 {_accuracy_rows(results)}
 </table>
 {skipped_html}
+{cache_html}
 <h2>Per-layer reconstruction error</h2>
 {figures}
 <table><tr><th>layer</th><th>type</th><th>weight shape</th><th>bits</th><th>MSE nearest</th>

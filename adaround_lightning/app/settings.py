@@ -69,11 +69,27 @@ def _build(cls: type, section: str, values: Any) -> Any:
         raise UserError(str(error)) from None
 
 
+#: adaround settings that never change the integers (where the cache lives, how it is filled),
+#: and those that do only away from a default that runs before them did not have.
+_PLACEMENT_KEYS = ("cache_device", "stream")
+_LATER_DEFAULTS = {"cache_budget_gb": None, "cache_dtype": "float32"}
+
+
+def _result_settings(adaround: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in adaround.items()
+        if key not in _PLACEMENT_KEYS
+        and not (key in _LATER_DEFAULTS and value == _LATER_DEFAULTS[key])
+    }
+
+
 def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
     """Hash of the settings that decide the calibration's result.
 
     Output location, resume, export and evaluation-only settings are left out, so a resumed run
-    may change them.
+    may change them; so are the cache's placement and streaming, which never change the
+    integers (a run dir from before those settings existed resumes).
 
     Example:
         >>> fingerprint({"quant": {"weight_bits": 4}}) == fingerprint({"quant": {"weight_bits": 4}})
@@ -88,6 +104,8 @@ def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
             for k, v in kept["data"].items()
             if k not in ("eval_size", "eval_split", "num_workers")
         }
+    if isinstance(kept.get("adaround"), dict):
+        kept["adaround"] = _result_settings(kept["adaround"])
     text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

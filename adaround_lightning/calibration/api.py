@@ -7,6 +7,7 @@ orchestrator, :class:`~adaround_lightning.calibration.walk.CalibrationWalk`.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,13 +25,44 @@ from adaround_lightning.calibration.inputs import calibration_tensor, shard_for_
 from adaround_lightning.calibration.networks import float_and_quantized
 from adaround_lightning.calibration.plan import plan_calibration
 from adaround_lightning.calibration.records import AdaroundResult
+from adaround_lightning.calibration.storage import CacheAllocator
+from adaround_lightning.calibration.stream import plan_stream
 from adaround_lightning.calibration.trainer import process_context, trainer_kwargs_with_defaults
 from adaround_lightning.calibration.walk import CalibrationWalk, WalkContext
 from adaround_lightning.quant.config import QuantConfig
 
 __all__ = ["adaround", "prepare_walk"]
 
+log = logging.getLogger(__name__)
+
+#: The disk tier's folder, beside the checkpoints (in the app: inside the run dir).
+CACHE_DIR = "cache"
+
 CalibrationData = torch.Tensor | Dataset | DataLoader | Iterable[Any]
+
+
+#: Share of ``adaround.cache_budget_gb`` that one forward chunk's activations may take, and how
+#: many of a network's largest activations a forward holds at once (input, output, a residual).
+FORWARD_SHARE = 0.25
+LIVE_ACTIVATIONS = 4
+
+
+def _forward_chunk(config: AdaroundConfig, activation_bytes_per_sample: int) -> int:
+    """``adaround.forward_batch_size``, lowered under a cache budget so a chunk fits its share."""
+    if config.cache_budget_gb is None or activation_bytes_per_sample == 0:
+        return config.forward_batch_size
+    share = config.cache_budget_gb * 2**30 * FORWARD_SHARE
+    fits = int(share // (activation_bytes_per_sample * LIVE_ACTIVATIONS))
+    chunk = max(1, min(config.forward_batch_size, fits))
+    if chunk < config.forward_batch_size:
+        log.info(
+            "forward passes in chunks of %d samples (adaround.forward_batch_size=%d) to stay "
+            "within adaround.cache_budget_gb=%g",
+            chunk,
+            config.forward_batch_size,
+            config.cache_budget_gb,
+        )
+    return chunk
 
 
 def prepare_walk(
@@ -64,6 +96,17 @@ def prepare_walk(
     example = inputs.images[:2]
     fp_model, q_model = float_and_quantized(model, example)
     plan = plan_calibration(fp_model, example, quant)
+    stream = None
+    if config.stream:
+        stream = plan_stream(fp_model, [block.name for block in plan.trace.blocks], example)
+    cache_folder = checkpoint.parent / CACHE_DIR if checkpoint else None
+    allocator = CacheAllocator(
+        process.device,
+        config.cache_device,
+        None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30),
+        config.cache_dtype,
+        cache_folder,
+    )
     finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
     if not process.is_main:  # one process writes
         checkpoint, loggers = None, None
@@ -79,6 +122,9 @@ def prepare_walk(
         fit=FitSettings(config, trainer_kwargs, loggers, process.device),
         checkpoint=checkpoint,
         checkpoint_tag=checkpoint_tag,
+        allocator=allocator,
+        stream=stream,
+        forward_batch_size=_forward_chunk(config, plan.trace.activation_bytes_per_sample),
     )
     return context, finished
 
@@ -128,7 +174,8 @@ def adaround(
     )
     if not context.process.is_main:  # one process shows progress
         progress = False
-    state = CalibrationWalk(context, progress).run(finished)
+    walk = CalibrationWalk(context, progress)
+    state = walk.run(finished)
     return AdaroundResult(
         model=context.q_model,
         float_model=context.fp_model,
@@ -137,4 +184,5 @@ def adaround(
         skipped=dict(context.plan.skipped),
         seconds=time.perf_counter() - start_time,
         act_quantizers=state.act_quantizers,
+        cache=walk.cache_report(),
     )

@@ -12,23 +12,36 @@ and, for the layer being calibrated inside the block,
 * ``targets``: the float layer's output on the float input (with the directly following
   activation, if any), ``f_a(W x)``, shape ``(N, ...)``.
 
-Both networks see the calibration set once per block (plus one partial block pass per layer), never
-once per layer. Batches are drawn by indexing the cached tensors where they live, with indices
-drawn on that device, so a GPU cache never round-trips through host memory during training.
+Block inputs come from the previous block's (:mod:`~adaround_lightning.calibration.stream`)
+wherever the walk is a chain, so each network sees the calibration set about once; elsewhere from
+the images, a full-network pass that :attr:`CalibrationCache.passes` counts. Every buffer is a
+:class:`~adaround_lightning.calibration.storage.CachedTensor`, preallocated and filled chunk by
+chunk in whichever tier the :class:`~adaround_lightning.calibration.storage.CacheAllocator`
+picks; a single-layer block's layer input is its block input (one buffer, not two). Batches are
+drawn where the cache lives, with indices drawn on the compute device.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import lightning as L
 import torch
 from torch import nn
 
+from adaround_lightning.calibration.storage import (
+    CacheAllocator,
+    CacheDevice,
+    CachedTensor,
+    MemoryTensor,
+)
+from adaround_lightning.calibration.stream import StreamPlan
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.graph.capture import capture_input, capture_output
 
-__all__ = ["CalibrationCache", "RandomBatches"]
+__all__ = ["CachePasses", "CalibrationCache", "RandomBatches"]
 
 
 class RandomBatches:
@@ -53,8 +66,8 @@ class RandomBatches:
 
     def __init__(
         self,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
+        inputs: torch.Tensor | CachedTensor,
+        targets: torch.Tensor | CachedTensor,
         batch_size: int,
         num_steps: int,
         seed: int,
@@ -92,17 +105,42 @@ class RandomBatches:
             yield self.inputs[idx], self.targets[idx]
 
 
+@dataclass
+class CachePasses:
+    """How often the calibration set went through the networks.
+
+    Attributes:
+        full: Passes from the calibration images (one per network per restart).
+        streamed: Block forwards that carried a cached block input to the next block.
+        restarts: Blocks whose input had to come from the images although a block before
+            them was cached (their input is not the previous block's output alone).
+        seconds: Time spent filling buffers.
+    """
+
+    full: int = 0
+    streamed: int = 0
+    restarts: int = 0
+    seconds: float = 0.0
+
+
+#: Produces rows ``start .. stop`` of a buffer being filled.
+_Rows = Callable[[int, int], torch.Tensor]
+
+
 class CalibrationCache(L.LightningDataModule):
     """Caches the calibration activations of the block and layer being calibrated.
 
     Args:
         calibration_images: The calibration set, shape ``(N, C, H, W)`` (or any model input),
-            already on the device where the cache should live.
+            already on the compute device.
         batch_size: Samples per training step.
         num_steps: Training steps per layer (the dataloader's length).
         seed: Base seed of the random batches; layer ``k`` uses ``seed + k``.
         forward_batch_size: Chunk size of the forward passes that fill the cache.
         steps_per_batch: Optimizer steps per training step (batches grouped by that many).
+        allocator: Where buffers go (default: float32 on the compute device).
+        stream: Which block inputs follow from the previous block's (None: none, every block's
+            input comes from the images).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
@@ -121,6 +159,8 @@ class CalibrationCache(L.LightningDataModule):
         seed: int = 0,
         forward_batch_size: int = 256,
         steps_per_batch: int = 1,
+        allocator: CacheAllocator | None = None,
+        stream: StreamPlan | None = None,
     ) -> None:
         super().__init__()
         self.steps_per_batch = steps_per_batch
@@ -131,24 +171,87 @@ class CalibrationCache(L.LightningDataModule):
         self.num_steps = num_steps
         self.seed = seed
         self.forward_batch_size = forward_batch_size
-        self.fp_block_inputs: torch.Tensor | None = None
-        self.q_block_inputs: torch.Tensor | None = None
-        self.inputs: torch.Tensor | None = None
-        self.targets: torch.Tensor | None = None
+        self.allocator = allocator or CacheAllocator(
+            calibration_images.device, CacheDevice.ACCELERATOR
+        )
+        self.stream = stream
+        self.passes = CachePasses()
+        self.block: str | None = None  # whose inputs fp/q_block_inputs are
+        self.fp_block_inputs: CachedTensor | None = None
+        self.q_block_inputs: CachedTensor | None = None
+        self.inputs: CachedTensor | None = None
+        self.targets: CachedTensor | None = None
         self.layer_index = 0
+
+    # ------------------------------------------------------------------ filling
+    def _fill(self, rows: _Rows) -> CachedTensor:
+        """A new buffer of ``N`` rows, filled chunk by chunk (preallocated, no ``torch.cat``)."""
+        count, chunk = self.calibration_images.shape[0], self.forward_batch_size
+        started = time.perf_counter()
+        buffer: CachedTensor | None = None
+        for start in range(0, count, chunk):
+            values = rows(start, min(start + chunk, count))
+            if not torch.isfinite(values).all():
+                raise UserError("non-finite activations in the calibration data")
+            if buffer is None:
+                buffer = self.allocator.allocate((count, *values.shape[1:]))
+            buffer.write(start, values)
+        assert buffer is not None
+        self.passes.seconds += time.perf_counter() - started
+        return buffer
+
+    def _from_images(self, model: nn.Module, block: nn.Module) -> CachedTensor:
+        images, chunk = self.calibration_images, self.forward_batch_size
+        first = capture_input(model, block, images[:1], 1)
+        if first.data_ptr() == images.data_ptr():  # the block's input is the model input itself
+            return MemoryTensor.wrap(images)
+        self.passes.full += 1
+        return self._fill(lambda s, e: capture_input(model, block, images[s:e], chunk))
+
+    def _streamed(self, model: nn.Module, inputs: CachedTensor) -> CachedTensor:
+        assert self.stream is not None and self.block is not None
+        stream, block, model_input = self.stream, self.block, self.calibration_images[:1]
+        return self._fill(lambda s, e: stream.next_inputs(model, block, inputs[s:e], model_input))
+
+    def can_stream_to(self, name: str) -> bool:
+        """Whether block ``name``'s input follows from the cached block's (the previous one)."""
+        if self.stream is None or self.block is None or name not in self.stream.order:
+            return False
+        adjacent = self.stream.order.index(name) == self.stream.order.index(self.block) + 1
+        return adjacent and self.stream.chained.get(name, False)
+
+    def _free(self, *buffers: CachedTensor | None) -> None:
+        for buffer in buffers:
+            self.allocator.free(buffer)
 
     @torch.no_grad()
     def cache_block(
-        self, fp_model: nn.Module, q_model: nn.Module, fp_block: nn.Module, q_block: nn.Module
+        self,
+        fp_model: nn.Module,
+        q_model: nn.Module,
+        fp_block: nn.Module,
+        q_block: nn.Module,
+        name: str | None = None,
     ) -> None:
-        """Cache the block's input in the float and in the quantized network (one pass each)."""
-        self.inputs = self.targets = None
-        self.fp_block_inputs = capture_input(
-            fp_model, fp_block, self.calibration_images, self.forward_batch_size
-        )
-        self.q_block_inputs = capture_input(
-            q_model, q_block, self.calibration_images, self.forward_batch_size
-        )
+        """Cache the block's input in the float and in the quantized network.
+
+        From the previous cached block's input when the stream plan says that block ``name``
+        follows from it alone, otherwise from the images (one full pass per network).
+        """
+        self.release_layer()
+        chained = name is not None and self.can_stream_to(name)
+        if not chained and self.block is not None:
+            self.passes.restarts += 1
+        old = (self.fp_block_inputs, self.q_block_inputs)
+        if chained:
+            assert old[0] is not None and old[1] is not None
+            fp_inputs, q_inputs = self._streamed(fp_model, old[0]), self._streamed(q_model, old[1])
+            self.passes.streamed += 2
+        else:
+            fp_inputs = self._from_images(fp_model, fp_block)
+            q_inputs = self._from_images(q_model, q_block)
+        self._free(*old)
+        self.fp_block_inputs, self.q_block_inputs, self.block = fp_inputs, q_inputs, name
 
     @torch.no_grad()
     def cache_layer(
@@ -159,22 +262,35 @@ class CalibrationCache(L.LightningDataModule):
         q_layer: nn.Module,
         activation: nn.Module | None,
         layer_index: int,
+        on_float_output: Callable[[int, torch.Tensor], None] | None = None,
     ) -> None:
         """Cache a layer's quantized-network input and float target from the cached block inputs.
 
         Runs the block (not the whole network) up to the layer: the quantized block from
         ``q_block_inputs``, so layers of this block calibrated earlier are already rounded, and
-        the float block from ``fp_block_inputs``.
+        the float block from ``fp_block_inputs``. A single-layer block's layer input is its
+        block input (the same buffer). ``on_float_output(start, chunk)`` sees every chunk of
+        the float layer's output before the activation (bias correction shares the pass).
         """
         if self.fp_block_inputs is None or self.q_block_inputs is None:
             raise RuntimeError("call cache_block before cache_layer")
-        self.inputs = capture_input(q_block, q_layer, self.q_block_inputs, self.forward_batch_size)
-        targets = capture_output(fp_block, fp_layer, self.fp_block_inputs, self.forward_batch_size)
-        if activation is not None:
-            targets = activation(targets)
-        if not torch.isfinite(targets).all() or not torch.isfinite(self.inputs).all():
-            raise UserError("non-finite activations in the calibration data")
-        self.targets = targets
+        self.release_layer()
+        chunk = self.forward_batch_size
+        fp_inputs, q_inputs = self.fp_block_inputs, self.q_block_inputs
+        if q_layer is q_block:
+            self.inputs = q_inputs
+        else:
+            self.inputs = self._fill(
+                lambda s, e: capture_input(q_block, q_layer, q_inputs[s:e], chunk)
+            )
+
+        def target_rows(start: int, stop: int) -> torch.Tensor:
+            output = capture_output(fp_block, fp_layer, fp_inputs[start:stop], chunk)
+            if on_float_output is not None:
+                on_float_output(start, output)
+            return activation(output) if activation is not None else output
+
+        self.targets = self._fill(target_rows)
         self.layer_index = layer_index
 
     @torch.no_grad()
@@ -186,21 +302,25 @@ class CalibrationCache(L.LightningDataModule):
         """
         if self.fp_block_inputs is None or self.q_block_inputs is None:
             raise RuntimeError("call cache_block before cache_block_output")
-        chunk = self.forward_batch_size
-        targets = torch.cat(
-            [
-                fp_block(self.fp_block_inputs[start : start + chunk])
-                for start in range(0, self.fp_block_inputs.shape[0], chunk)
-            ]
-        )
-        if not torch.isfinite(targets).all():
-            raise UserError("non-finite activations in the calibration data")
-        self.inputs, self.targets = self.q_block_inputs, targets
+        self.release_layer()
+        fp_inputs = self.fp_block_inputs
+        self.targets = self._fill(lambda s, e: fp_block(fp_inputs[s:e]))
+        self.inputs = self.q_block_inputs
         self.layer_index = layer_index
 
+    def release_layer(self) -> None:
+        """Drop the layer's (or block output's) buffers; the block inputs stay."""
+        if self.inputs is not self.q_block_inputs:
+            self._free(self.inputs)
+        self._free(self.targets)
+        self.inputs = self.targets = None
+
     def release(self) -> None:
-        """Drop every cached tensor (the calibration images stay)."""
-        self.fp_block_inputs = self.q_block_inputs = self.inputs = self.targets = None
+        """Drop every cached buffer (the calibration images stay)."""
+        self.release_layer()
+        self._free(self.fp_block_inputs, self.q_block_inputs)
+        self.fp_block_inputs = self.q_block_inputs = None
+        self.block = None
 
     def train_dataloader(self) -> RandomBatches:
         """Random batches of the current layer's ``(inputs, targets)``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from adaround_lightning.calibration.storage import CacheDevice, CacheDtype
 from adaround_lightning.core.choices import Choice
 from adaround_lightning.quant.loss import Reconstruction
 
@@ -60,6 +61,17 @@ class AdaroundConfig:
             (:mod:`adaround_lightning.graph.bias_correction`); later layers are fitted on the
             corrected network. On by default (more accuracy at every measured W4/W3 cell of
             BENCHMARKS.md); False is AdaRound as published.
+        cache_device: Where cached activations live: ``auto`` (the accelerator while they fit,
+            then host memory, then disk), ``accelerator``, ``cpu`` or ``disk``
+            (:mod:`adaround_lightning.calibration.storage`).
+        cache_budget_gb: Cap on the cache's bytes in memory (accelerator and host together);
+            None: half of the free device memory and half of the available RAM. With a budget,
+            the forward passes that fill the cache also run in chunks sized to it.
+        cache_dtype: Storage dtype of the cache: ``float32``, ``bfloat16`` or ``float16``;
+            compute stays float32.
+        stream: Each block's input from the previous block's cached input wherever the network
+            is a chain of blocks (:mod:`adaround_lightning.calibration.stream`); False: from
+            the images for every block (a full pass per block; the same integers, slower).
     """
 
     iters: int = 10000
@@ -79,6 +91,10 @@ class AdaroundConfig:
     drop_prob: float = 0.5
     block_iters: int | None = None
     bias_correction: bool = True
+    cache_device: CacheDevice = CacheDevice.AUTO
+    cache_budget_gb: float | None = None
+    cache_dtype: CacheDtype = CacheDtype.FLOAT32
+    stream: bool = True
 
     def __post_init__(self) -> None:
         if self.block_iters is not None and (
@@ -106,5 +122,11 @@ class AdaroundConfig:
         if not 0.0 <= self.warm_start < 1.0:
             raise ValueError(f"adaround.warm_start must be in [0, 1), got {self.warm_start}")
         self.reconstruction = Reconstruction.parse(self.reconstruction, "adaround.reconstruction")
+        self.cache_device = CacheDevice.parse(self.cache_device, "adaround.cache_device")
+        self.cache_dtype = CacheDtype.parse(self.cache_dtype, "adaround.cache_dtype")
+        if self.cache_budget_gb is not None and not float(self.cache_budget_gb) > 0:
+            raise ValueError(
+                f"adaround.cache_budget_gb must be > 0 or null, got {self.cache_budget_gb}"
+            )
         if self.reg_param is not None and self.reg_param < 0:
             raise ValueError(f"adaround.reg_param must be >= 0, got {self.reg_param}")

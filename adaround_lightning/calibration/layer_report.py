@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from adaround_lightning.calibration.records import LayerReport
+from adaround_lightning.calibration.storage import CachedTensor
 from adaround_lightning.core.distributed import ProcessContext, all_reduce_sum
 from adaround_lightning.graph.functional import forward_with_weight
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
@@ -18,8 +19,8 @@ def output_mse(
     layer: nn.Module,
     weight: torch.Tensor,
     activation: nn.Module | None,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
+    inputs: torch.Tensor | CachedTensor,
+    targets: torch.Tensor | CachedTensor,
     chunk: int,
     context: ProcessContext,
     input_quantizer: nn.Module | None = None,

@@ -18,7 +18,7 @@ from torch import nn
 from adaround_lightning.quant.activations import ActivationQuantizer, attach_input_quantizers
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
-__all__ = ["AdaroundResult", "LayerReport"]
+__all__ = ["AdaroundResult", "CacheReport", "LayerReport"]
 
 
 @dataclass
@@ -60,6 +60,41 @@ class LayerReport:
 
 
 @dataclass
+class CacheReport:
+    """Where the activation cache lived and how often the data went through the networks.
+
+    Attributes:
+        device: The ``adaround.cache_device`` setting.
+        dtype: The storage dtype.
+        budget_bytes: The memory budget (None: the default shares).
+        peak_bytes: Per tier (``accelerator``, ``cpu``, ``disk``), the most bytes held at once.
+        buffers: Per tier, how many buffers were placed there.
+        full_network_passes: Passes of the calibration set from the images through a network
+            (the float and the quantized network count one each; the activation ranges after
+            the walk count one).
+        streamed_block_passes: Block forwards that carried a cached input to the next block.
+        restarts: Blocks whose input came from the images although the block before was cached.
+        forward_batch_size: Chunk of the forward passes that filled the cache.
+        seconds: Time spent filling the cache.
+    """
+
+    device: str
+    dtype: str
+    budget_bytes: int | None
+    peak_bytes: dict[str, int]
+    buffers: dict[str, int]
+    full_network_passes: int
+    streamed_block_passes: int
+    restarts: int
+    forward_batch_size: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+
+@dataclass
 class AdaroundResult:
     """The quantized network and how it was obtained.
 
@@ -72,6 +107,7 @@ class AdaroundResult:
         seconds: Wall time of the whole calibration, caching included.
         act_quantizers: Per quantized layer name, the quantizer of its input (empty without
             ``quant.act_bits``); they are attached to ``model``.
+        cache: Where the activation cache lived and how many passes the walk made.
     """
 
     model: nn.Module
@@ -81,6 +117,7 @@ class AdaroundResult:
     skipped: dict[str, str]
     seconds: float
     act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
+    cache: CacheReport | None = None
 
     def nearest_model(self) -> nn.Module:
         """A copy of the float network with round-to-nearest weights on the same grids.

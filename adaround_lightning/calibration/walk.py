@@ -39,11 +39,14 @@ from adaround_lightning.calibration.fit import FitSettings, fit_block, fit_layer
 from adaround_lightning.calibration.layer_report import layer_report, output_mse
 from adaround_lightning.calibration.plan import CalibrationPlan
 from adaround_lightning.calibration.progress import CalibrationProgress
-from adaround_lightning.calibration.records import LayerReport
+from adaround_lightning.calibration.records import CacheReport, LayerReport
+from adaround_lightning.calibration.storage import CacheAllocator
+from adaround_lightning.calibration.stream import StreamPlan
 from adaround_lightning.core.distributed import ProcessContext, check_same_on_all_ranks
 from adaround_lightning.core.errors import UserError
-from adaround_lightning.graph.bias_correction import correct_bias_in_block
-from adaround_lightning.graph.functional import functional_activation
+from adaround_lightning.graph.bias_correction import BiasCorrection
+from adaround_lightning.graph.capture import capture_output
+from adaround_lightning.graph.functional import forward_with_weight, functional_activation
 from adaround_lightning.graph.trace import Block, LayerInfo
 from adaround_lightning.quant.activations import (
     ActivationQuantizer,
@@ -75,6 +78,9 @@ class WalkContext:
         fit: What every fit shares.
         checkpoint: Folder of the progress checkpoints (None: none written, e.g. DDP rank > 0).
         checkpoint_tag: Fingerprint of the settings, stored with each checkpoint.
+        allocator: Where cached activations live (None: float32 on the compute device).
+        stream: Which block inputs follow from the previous block's (None: all from the images).
+        forward_batch_size: Chunk of the forward passes that fill the cache.
     """
 
     quant: QuantConfig
@@ -88,6 +94,9 @@ class WalkContext:
     fit: FitSettings
     checkpoint: Path | None = None
     checkpoint_tag: str = ""
+    allocator: CacheAllocator | None = None
+    stream: StreamPlan | None = None
+    forward_batch_size: int = 256
 
     @property
     def act_in_loop(self) -> bool:
@@ -152,8 +161,10 @@ class CalibrationWalk:
             batch_size=context.batch_size,
             num_steps=config.iters,
             seed=config.seed + 1_000_003 * context.process.rank,
-            forward_batch_size=config.forward_batch_size,
+            forward_batch_size=context.forward_batch_size,
             steps_per_batch=config.steps_per_batch,
+            allocator=context.allocator,
+            stream=context.stream,
         )
         self.state = WalkState()
         self.progress = progress
@@ -166,12 +177,33 @@ class CalibrationWalk:
         context = self.context
         done = len(self.state.quantizers)
         self.bar = CalibrationProgress(context.plan.total_layers, done, self.progress)
-        with self.bar:
-            for block in context.plan.trace.blocks:
-                self.calibrate_block(block)
+        try:
+            with self.bar:
+                for block in context.plan.trace.blocks:
+                    self.calibrate_block(block)
+        finally:
+            self.cache.release()
+            self.cache.allocator.close()
         if context.quant.act_bits is not None and not context.act_in_loop:
             self.calibrate_inputs()
         return self.state
+
+    def cache_report(self) -> CacheReport:
+        """Where the cache lived, its peak bytes per tier, and the passes the walk made."""
+        cache, config = self.cache, self.context.config
+        usage, passes = cache.allocator.usage, cache.passes
+        return CacheReport(
+            device=str(config.cache_device),
+            dtype=str(config.cache_dtype),
+            budget_bytes=cache.allocator.budget_bytes,
+            peak_bytes={tier: n for tier, n in usage.peak.items() if n > 0},
+            buffers=dict(usage.buffers),
+            full_network_passes=passes.full,
+            streamed_block_passes=passes.streamed,
+            restarts=passes.restarts,
+            forward_batch_size=cache.forward_batch_size,
+            seconds=round(passes.seconds, 3),
+        )
 
     def restore(self, finished: dict[str, LayerCheckpoint]) -> None:
         """Give the finished layers of a checkpoint ``s * q``, their bias and input grid back."""
@@ -197,43 +229,64 @@ class CalibrationWalk:
             log.info("resuming after %d finished layers", len(finished))
 
     def calibrate_block(self, block: Block) -> None:
-        """Cache the block's input, fit its unfinished layers, free the cache."""
-        context = self.context
+        """Cache the block's input, fit its unfinished layers, keep its input for the next."""
+        context, cache = self.context, self.cache
         done = set(context.plan.skipped) | set(self.state.quantizers)
         todo = [info for info in block.layers if info.name not in done]
-        if not todo:
+        if not todo and not cache.can_stream_to(block.name):
+            cache.release()  # nothing to fit, and no cached input to carry through it
             return
         fp_block = context.fp_model.get_submodule(block.name)
         q_block = context.q_model.get_submodule(block.name)
         self.cache_block(block, fp_block, q_block)
+        if not todo:  # finished or left in float: streamed through for the next block
+            return
         is_block_module = block.name not in {info.name for info in block.layers}
         if context.config.granularity == Granularity.BLOCK and is_block_module:
             self.fit_block_jointly(block, todo, fp_block, q_block)
         else:
             for info in todo:
                 self.fit_one_layer(info, fp_block, q_block)
-        self.cache.release()
+        cache.release_layer()  # the block inputs stay: the next block may follow from them
 
     # ------------------------------------------------------------------ caching
     def cache_block(self, block: Block, fp_block: nn.Module, q_block: nn.Module) -> None:
         """The block's input in both networks (one pass each, stopping at the block)."""
         context = self.context
         try:
-            self.cache.cache_block(context.fp_model, context.q_model, fp_block, q_block)
+            self.cache.cache_block(context.fp_model, context.q_model, fp_block, q_block, block.name)
         except torch.OutOfMemoryError:
             raise UserError(_oom_message(block.name, context.images)) from None
 
-    def cache_layer(self, info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
-        """A layer's quantized input ``x~`` and float target ``f_a(W x)``, from the block inputs."""
+    def cache_layer(
+        self,
+        info: LayerInfo,
+        fp_block: nn.Module,
+        q_block: nn.Module,
+        correction: BiasCorrection | None = None,
+    ) -> None:
+        """A layer's quantized input ``x~`` and float target ``f_a(W x)``, from the block inputs.
+
+        With ``correction``, the same pass feeds the bias correction: each chunk of the float
+        layer's output against the quantized layer's output on the cached ``x~``.
+        """
         context = self.context
+        q_layer = context.q_model.get_submodule(info.name)
+
+        def against_quantized(start: int, float_output: torch.Tensor) -> None:
+            assert correction is not None and self.cache.inputs is not None
+            x = self.cache.inputs[start : start + float_output.shape[0]]
+            correction.add(float_output, forward_with_weight(q_layer, x, q_layer.weight))
+
         try:
             self.cache.cache_layer(
                 fp_block,
                 q_block,
                 context.fp_model.get_submodule(info.name),
-                context.q_model.get_submodule(info.name),
+                q_layer,
                 context.activation_of(info),
                 len(self.state.reports),
+                against_quantized if correction is not None else None,
             )
         except torch.OutOfMemoryError:
             raise UserError(_oom_message(info.name, context.images)) from None
@@ -271,9 +324,11 @@ class CalibrationWalk:
             self.state.act_quantizers[name].drop_prob = 0.0
         seconds = (time.perf_counter() - start) / len(todo)
         for info in todo:
-            if config.bias_correction:
-                self.correct_bias(info, fp_block, q_block)
-            self.cache_layer(info, fp_block, q_block)  # the layer's report needs its x~, f_a(Wx)
+            # One pass per layer gives its report's x~ and f_a(W x) and its bias correction.
+            correction = self.bias_correction(info)
+            self.cache_layer(info, fp_block, q_block, correction)
+            if correction is not None:
+                correction.apply()
             self.finish_layer(info, new[info.name], seconds, curve)
 
     def fit_one_layer(self, info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
@@ -306,8 +361,9 @@ class CalibrationWalk:
             act_quantizer.drop_prob = 0.0
             self.state.act_quantizers[info.name] = act_quantizer
             attach_input_quantizers(context.q_model, {info.name: act_quantizer})
-        if context.config.bias_correction:
-            self.correct_bias(info, fp_block, q_block)
+        correction = self.bias_correction(info)
+        if correction is not None:
+            self.correct_layer_bias(info, fp_block, correction, act_quantizer)
         self.finish_layer(info, quantizer, time.perf_counter() - start, curve)
 
     def input_quantizers(
@@ -319,7 +375,7 @@ class CalibrationWalk:
         device = context.process.device
         new = {name: ActivationQuantizer(quant.act_bits).to(device) for name in names}
         relative = {name[len(prefix) :]: quantizer for name, quantizer in new.items()}
-        observe_inputs(network, relative, inputs, context.config.forward_batch_size)
+        observe_inputs(network, relative, inputs, context.forward_batch_size)
         try:
             for quantizer in new.values():
                 quantizer.calibrate(quant.act_observer, context.process)
@@ -330,6 +386,7 @@ class CalibrationWalk:
     def calibrate_inputs(self) -> None:
         """AIMET's order: weights first, then the activation grids of the quantized network."""
         context = self.context
+        self.cache.passes.full += 1
         names = [
             info.name for info in context.plan.trace.layers if info.name in self.state.quantizers
         ]
@@ -337,20 +394,46 @@ class CalibrationWalk:
         attach_input_quantizers(context.q_model, self.state.act_quantizers)
 
     # ------------------------------------------------------------------ finishing
-    def correct_bias(self, info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
-        """Bias correction of a rounded layer: the float block against the quantized block."""
-        assert self.cache.fp_block_inputs is not None and self.cache.q_block_inputs is not None
-        context = self.context
-        correct_bias_in_block(
-            fp_block,
-            q_block,
-            context.fp_model.get_submodule(info.name),
-            context.q_model.get_submodule(info.name),
-            self.cache.fp_block_inputs,
-            self.cache.q_block_inputs,
-            context.config.forward_batch_size,
-            context.process,
-        )
+    def bias_correction(self, info: LayerInfo) -> BiasCorrection | None:
+        """An empty correction of the layer, or None (off, or the layer has no bias)."""
+        q_layer = self.context.q_model.get_submodule(info.name)
+        if not self.context.config.bias_correction or getattr(q_layer, "bias", None) is None:
+            return None
+        return BiasCorrection(q_layer, self.context.process)
+
+    @torch.no_grad()
+    def correct_layer_bias(
+        self,
+        info: LayerInfo,
+        fp_block: nn.Module,
+        correction: BiasCorrection,
+        input_quantizer: nn.Module | None,
+    ) -> None:
+        """After a layer-wise fit: the float layer's output against the rounded layer's.
+
+        The quantized side comes from the cached ``x~`` (behind the layer's input quantizer,
+        now attached); the float side is the cached target where no activation was folded
+        into it, otherwise the float block is run up to the layer again.
+        """
+        context, cache = self.context, self.cache
+        assert cache.inputs is not None and cache.targets is not None
+        assert cache.fp_block_inputs is not None
+        q_layer = context.q_model.get_submodule(info.name)
+        fp_layer = context.fp_model.get_submodule(info.name)
+        activation = context.activation_of(info)
+        chunk = context.forward_batch_size
+        for start in range(0, len(cache.inputs), chunk):
+            stop = min(start + chunk, len(cache.inputs))
+            x = cache.inputs[start:stop]
+            if input_quantizer is not None:
+                x = input_quantizer(x)
+            if activation is None:
+                float_output = cache.targets[start:stop]
+            else:
+                block_inputs = cache.fp_block_inputs[start:stop]
+                float_output = capture_output(fp_block, fp_layer, block_inputs, chunk)
+            correction.add(float_output, forward_with_weight(q_layer, x, q_layer.weight))
+        correction.apply()
 
     def layer_mse(self, info: LayerInfo, quantizer: AdaroundFakeQuantizer) -> dict[str, float]:
         """Output MSE on the cached input and target, round-to-nearest and AdaRound."""
@@ -366,7 +449,7 @@ class CalibrationWalk:
             "adaround": q_layer.weight,
         }
         activation = context.activation_of(info)
-        chunk = context.config.forward_batch_size
+        chunk = context.forward_batch_size
         return {
             kind: output_mse(
                 q_layer,

@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from adaround_lightning.core.distributed import ProcessContext, all_reduce_sum
-from adaround_lightning.graph.capture import capture_output
 
-__all__ = ["channel_dim", "correct_bias_in_block", "mean_output_error", "shift_bias"]
+__all__ = ["BiasCorrection", "channel_dim", "mean_output_error", "shift_bias"]
 
 
 def channel_dim(layer: nn.Module) -> int:
@@ -87,41 +86,45 @@ def shift_bias(layer: nn.Module, delta: torch.Tensor) -> bool:
     return True
 
 
-@torch.no_grad()
-def correct_bias_in_block(
-    fp_block: nn.Module,
-    q_block: nn.Module,
-    fp_layer: nn.Module,
-    q_layer: nn.Module,
-    fp_block_inputs: torch.Tensor,
-    q_block_inputs: torch.Tensor,
-    chunk: int,
-    context: ProcessContext,
-) -> None:
-    """Bias correction of ``q_layer`` (a rounded layer of ``q_block``) against the float block.
+class BiasCorrection:
+    """Accumulates ``delta`` of one layer over chunks of its outputs, then shifts its bias.
 
-    Runs both blocks from their cached inputs up to the layer, chunk by chunk: the layer's whole
-    output ``(N, C, H, W)`` twice would double the cache's peak memory. Sums in float64 over the
-    chunks, then over the processes (one shard each). Layers without a bias are left alone.
+    Sums in float64 over the chunks, then over the processes (one shard each), so a large
+    calibration set neither loses the small offset nor needs the layer's whole output at once.
+
+    Args:
+        layer: The rounded Conv/Linear layer of the quantized network (with a bias).
+        context: This process and the others, for the sums.
 
     Example:
-        >>> fp, q = nn.Sequential(nn.Linear(3, 2)), nn.Sequential(nn.Linear(3, 2))
+        >>> fp, q = nn.Linear(3, 2), nn.Linear(3, 2)
         >>> x = torch.randn(8, 3)
-        >>> single = ProcessContext(torch.device("cpu"), 0, 1)
-        >>> correct_bias_in_block(fp, q, fp[0], q[0], x, x, 4, single)
+        >>> correction = BiasCorrection(q, ProcessContext(torch.device("cpu"), 0, 1))
+        >>> for chunk in x.split(4):
+        ...     correction.add(fp(chunk), q(chunk))
+        >>> correction.apply()
         >>> bool(torch.allclose(fp(x).mean(0), q(x).mean(0), atol=1e-5))
         True
     """
-    if getattr(q_layer, "bias", None) is None:
-        return
-    error_sum = torch.zeros(q_layer.bias.shape, dtype=torch.float64, device=q_block_inputs.device)
-    count = torch.zeros((), dtype=torch.float64, device=q_block_inputs.device)
-    for start in range(0, fp_block_inputs.shape[0], chunk):
-        fp_output = capture_output(
-            fp_block, fp_layer, fp_block_inputs[start : start + chunk], chunk
-        )
-        q_output = capture_output(q_block, q_layer, q_block_inputs[start : start + chunk], chunk)
-        per_channel = fp_output.numel() / error_sum.numel()
-        error_sum += mean_output_error(fp_output, q_output, channel_dim(q_layer)) * per_channel
-        count += per_channel
-    shift_bias(q_layer, all_reduce_sum(error_sum, context) / all_reduce_sum(count, context))
+
+    def __init__(self, layer: nn.Module, context: ProcessContext) -> None:
+        if getattr(layer, "bias", None) is None:
+            raise ValueError("bias correction needs a layer with a bias")
+        self.layer = layer
+        self.context = context
+        self.dim = channel_dim(layer)
+        device = layer.bias.device
+        self.error_sum = torch.zeros(layer.bias.shape, dtype=torch.float64, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def add(self, float_output: torch.Tensor, quantized_output: torch.Tensor) -> None:
+        """One chunk of the float and the quantized layer's (pre-activation) output."""
+        per_channel = float_output.numel() / self.error_sum.numel()
+        self.error_sum += mean_output_error(float_output, quantized_output, self.dim) * per_channel
+        self.count += per_channel
+
+    def apply(self) -> None:
+        """Shift the bias by the mean error over every chunk and process."""
+        total = all_reduce_sum(self.error_sum, self.context)
+        shift_bias(self.layer, total / all_reduce_sum(self.count, self.context))

@@ -51,7 +51,8 @@ def _run_until(
                     )
     finally:
         handle.remove()
-    return torch.cat(catcher.pieces)
+    pieces = catcher.pieces
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def capture_input(

@@ -123,6 +123,8 @@ class NetworkTrace:
     blocks: list[Block]
     unsupported: list[str]
     shared: list[str]
+    #: The largest output of any traced module, in bytes per sample.
+    activation_bytes_per_sample: int = 0
 
 
 def _outer_block(name: str, block_names: set[str]) -> str | None:
@@ -270,6 +272,16 @@ def trace_network(
     """
     block_types = BLOCK_TYPES if block_types is None else block_types
     block_names = {name for name, m in model.named_modules() if isinstance(m, block_types)}
-    layers, shared, unsupported = _layers_from_calls(_record_calls(model, example_input))
+    calls = _record_calls(model, example_input)
+    layers, shared, unsupported = _layers_from_calls(calls)
     blocks = _group_blocks(layers, block_names)
-    return NetworkTrace(layers=layers, blocks=blocks, unsupported=unsupported, shared=shared)
+    largest = max(
+        (
+            c.output.numel() * c.output.element_size()
+            for c in calls
+            if isinstance(c.output, torch.Tensor)
+        ),
+        default=0,
+    )
+    per_sample = largest // max(1, example_input.shape[0])
+    return NetworkTrace(layers, blocks, unsupported, shared, activation_bytes_per_sample=per_sample)
