@@ -127,6 +127,25 @@ class CachePasses:
 _Rows = Callable[[int, int], torch.Tensor]
 
 
+@dataclass(frozen=True)
+class _LayerTargets:
+    """Rows of a layer's target ``f_a(W x)``: the float block run up to the layer's output."""
+
+    fp_block: nn.Module
+    fp_layer: nn.Module
+    fp_inputs: CachedTensor
+    chunk: int
+    activation: nn.Module | None
+    on_float_output: Callable[[int, torch.Tensor], None] | None
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        rows = self.fp_inputs[start:stop]
+        output = capture_output(self.fp_block, self.fp_layer, rows, self.chunk)
+        if self.on_float_output is not None:
+            self.on_float_output(start, output)
+        return self.activation(output) if self.activation is not None else output
+
+
 class CalibrationCache(L.LightningDataModule):
     """Caches the calibration activations of the block and layer being calibrated.
 
@@ -284,13 +303,8 @@ class CalibrationCache(L.LightningDataModule):
                 lambda s, e: capture_input(q_block, q_layer, q_inputs[s:e], chunk)
             )
 
-        def target_rows(start: int, stop: int) -> torch.Tensor:
-            output = capture_output(fp_block, fp_layer, fp_inputs[start:stop], chunk)
-            if on_float_output is not None:
-                on_float_output(start, output)
-            return activation(output) if activation is not None else output
-
-        self.targets = self._fill(target_rows)
+        targets = _LayerTargets(fp_block, fp_layer, fp_inputs, chunk, activation, on_float_output)
+        self.targets = self._fill(targets)
         self.layer_index = layer_index
 
     @torch.no_grad()

@@ -136,6 +136,24 @@ def _oom_message(where: str, images: torch.Tensor) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _AgainstQuantized:
+    """Feeds a bias correction from the caching pass of a layer.
+
+    Each chunk of the float layer's output meets the rounded layer's output on the same rows of
+    the cached ``x~``.
+    """
+
+    correction: BiasCorrection
+    q_layer: nn.Module
+    cache: CalibrationCache
+
+    def __call__(self, start: int, float_output: torch.Tensor) -> None:
+        assert self.cache.inputs is not None
+        x = self.cache.inputs[start : start + float_output.shape[0]]
+        self.correction.add(float_output, forward_with_weight(self.q_layer, x, self.q_layer.weight))
+
+
 class CalibrationWalk:
     """Walks the blocks of :attr:`WalkContext.plan` in order and calibrates every layer.
 
@@ -272,12 +290,7 @@ class CalibrationWalk:
         """
         context = self.context
         q_layer = context.q_model.get_submodule(info.name)
-
-        def against_quantized(start: int, float_output: torch.Tensor) -> None:
-            assert correction is not None and self.cache.inputs is not None
-            x = self.cache.inputs[start : start + float_output.shape[0]]
-            correction.add(float_output, forward_with_weight(q_layer, x, q_layer.weight))
-
+        feed = None if correction is None else _AgainstQuantized(correction, q_layer, self.cache)
         try:
             self.cache.cache_layer(
                 fp_block,
@@ -286,7 +299,7 @@ class CalibrationWalk:
                 q_layer,
                 context.activation_of(info),
                 len(self.state.reports),
-                against_quantized if correction is not None else None,
+                feed,
             )
         except torch.OutOfMemoryError:
             raise UserError(_oom_message(info.name, context.images)) from None

@@ -129,3 +129,21 @@ def test_a_full_disk_is_an_error_before_anything_is_lost(
     )
     for name, quantizer in reference.quantizers.items():
         assert torch.equal(quantizer.integer_weight(), resumed.quantizers[name].integer_weight())
+
+
+@pytest.mark.gpu
+def test_auto_keeps_the_cache_on_the_gpu_when_it_fits(
+    tiny_cnn: nn.Module, images: torch.Tensor
+) -> None:
+    config = AdaroundConfig(iters=4, batch_size=16)
+    gpu = {"accelerator": "gpu", "devices": 1}
+    result = adaround(tiny_cnn, images, config=config, trainer=gpu, progress=False)
+    assert result.cache is not None and set(result.cache.peak_bytes) == {"accelerator"}
+    spilled = adaround(
+        tiny_cnn,
+        images,
+        config=AdaroundConfig(iters=4, batch_size=16, cache_budget_gb=40_000 / 2**30),
+        trainer=gpu,
+        progress=False,
+    )
+    assert spilled.cache is not None and spilled.cache.peak_bytes.get("disk", 0) > 0

@@ -31,8 +31,10 @@ class _SkipAcross(nn.Module):
         return self.fc(self.conv3(a + b).mean((2, 3)))
 
 
-def _run(model: nn.Module, images: torch.Tensor, stream: bool, **settings: object):
-    config = AdaroundConfig(iters=5, batch_size=16, steps_per_batch=1, stream=stream, **settings)
+def _run(model: nn.Module, images: torch.Tensor, stream: bool, iters: int = 5, **settings: object):
+    config = AdaroundConfig(
+        iters=iters, batch_size=16, steps_per_batch=1, stream=stream, **settings
+    )
     return adaround(model, images, QuantConfig(weight_bits=3), config, CPU, progress=False)
 
 
