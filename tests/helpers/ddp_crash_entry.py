@@ -18,7 +18,8 @@ _original = datamodule.CalibrationCache.cache_layer
 
 
 def _crashing(self: datamodule.CalibrationCache, *args: object, **kwargs: object) -> None:
-    if os.environ.get("LOCAL_RANK") == "1" and args[-1] == 3:
+    layer_index = kwargs.get("layer_index", args[5] if len(args) > 5 else None)
+    if os.environ.get("LOCAL_RANK") == "1" and layer_index == 3:
         raise RuntimeError("injected crash on rank 1")
     _original(self, *args, **kwargs)  # type: ignore[arg-type]
 
