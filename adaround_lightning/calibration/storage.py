@@ -179,23 +179,30 @@ class DiskTensor(CachedTensor):
         os.ftruncate(self.fd, self.nbytes)
 
     def write(self, start: int, values: torch.Tensor) -> None:
-        raw = values.detach().to("cpu", self.dtype).contiguous().view(torch.uint8).numpy()
-        os.pwrite(self.fd, raw.tobytes(), start * self.row_bytes)
+        stored = values.detach().to("cpu", self.dtype).contiguous()
+        # The tensor's own bytes, no copy: pwrite takes any buffer.
+        os.pwrite(self.fd, stored.view(torch.uint8).numpy().data, start * self.row_bytes)
 
-    def _rows(self, raw: bytearray, count: int) -> torch.Tensor:
-        values = torch.frombuffer(raw, dtype=self.dtype).reshape(count, *self.shape[1:])
-        return values.to(self.device, non_blocking=True).float()
+    def _read_into(self, rows: torch.Tensor, offset: int) -> None:
+        view = memoryview(rows.view(torch.uint8).numpy()).cast("B")
+        done = 0
+        while done < len(view):  # pread may return fewer bytes than asked
+            done += os.preadv(self.fd, [view[done:]], offset + done)
+
+    def _arrive(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.to(self.device, non_blocking=True).float()
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        count = stop - start
-        raw = bytearray(os.pread(self.fd, count * self.row_bytes, start * self.row_bytes))
-        return self._rows(raw, count)
+        rows = torch.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
+        self._read_into(rows, start * self.row_bytes)
+        return self._arrive(rows)
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
-        rows = index.reshape(-1).tolist()
-        size = self.row_bytes
-        raw = bytearray(b"".join(os.pread(self.fd, size, row * size) for row in rows))
-        return self._rows(raw, len(rows)).reshape(*index.shape, *self.shape[1:])
+        flat = index.reshape(-1).tolist()
+        rows = torch.empty((len(flat), *self.shape[1:]), dtype=self.dtype)
+        for position, row in enumerate(flat):
+            self._read_into(rows[position], row * self.row_bytes)
+        return self._arrive(rows).reshape(*index.shape, *self.shape[1:])
 
     def free(self) -> None:
         if self.fd >= 0:
