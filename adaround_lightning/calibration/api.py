@@ -176,6 +176,18 @@ def adaround(
         progress = False
     walk = CalibrationWalk(context, progress)
     state = walk.run(finished)
+    cache = walk.cache_report()
+    log.info(
+        "activation cache (%s, %s): peak %s; %d full-network passes, %d streamed block passes, "
+        "%d restarts; caching %.1f s",
+        cache.device,
+        cache.dtype,
+        ", ".join(f"{tier} {n / 2**30:.2f} GiB" for tier, n in cache.peak_bytes.items()) or "none",
+        cache.full_network_passes,
+        cache.streamed_block_passes,
+        cache.restarts,
+        cache.seconds,
+    )
     return AdaroundResult(
         model=context.q_model,
         float_model=context.fp_model,
@@ -184,5 +196,5 @@ def adaround(
         skipped=dict(context.plan.skipped),
         seconds=time.perf_counter() - start_time,
         act_quantizers=state.act_quantizers,
-        cache=walk.cache_report(),
+        cache=cache,
     )

@@ -197,7 +197,7 @@ class CalibrationWalk:
         self.bar = CalibrationProgress(context.plan.total_layers, done, self.progress)
         try:
             with self.bar:
-                for block in context.plan.trace.blocks:
+                for block in self.blocks_to_walk():
                     self.calibrate_block(block)
         finally:
             self.cache.release()
@@ -205,6 +205,13 @@ class CalibrationWalk:
         if context.quant.act_bits is not None and not context.act_in_loop:
             self.calibrate_inputs()
         return self.state
+
+    def blocks_to_walk(self) -> list[Block]:
+        """The blocks in order, up to the last one with a layer left to fit."""
+        blocks = self.context.plan.trace.blocks
+        done = set(self.context.plan.skipped) | set(self.state.quantizers)
+        todo = [k for k, b in enumerate(blocks) if any(i.name not in done for i in b.layers)]
+        return blocks[: todo[-1] + 1] if todo else []
 
     def cache_report(self) -> CacheReport:
         """Where the cache lived, its peak bytes per tier, and the passes the walk made."""
