@@ -37,7 +37,8 @@ class LayerReport:
         mse_adaround: The same with AdaRound's hard-rounded weights.
         flipped_fraction: Fraction of weights rounded differently from nearest.
         seconds: Wall time of this layer: caching, fit and evaluation.
-        iters: Optimisation steps.
+        iters: Optimisation steps of the fit that learned this layer's rounding (block-wise:
+            the block fit's, shared by its layers).
         loss_curve: ``[step, reconstruction, regularization]`` rows, at most 200.
     """
 

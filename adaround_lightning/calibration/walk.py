@@ -349,7 +349,7 @@ class CalibrationWalk:
             self.cache_layer(info, fp_block, q_block, correction)
             if correction is not None:
                 correction.apply()
-            self.finish_layer(info, new[info.name], seconds, curve)
+            self.finish_layer(info, new[info.name], seconds, curve, steps)
 
     def fit_one_layer(self, info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
         """One fit of one layer on its output error."""
@@ -384,7 +384,8 @@ class CalibrationWalk:
         correction = self.bias_correction(info)
         if correction is not None:
             self.correct_layer_bias(info, fp_block, correction, act_quantizer)
-        self.finish_layer(info, quantizer, time.perf_counter() - start, curve)
+        seconds = time.perf_counter() - start
+        self.finish_layer(info, quantizer, seconds, curve, context.config.iters)
 
     def input_quantizers(
         self, names: list[str], network: nn.Module, inputs: torch.Tensor, prefix: str = ""
@@ -490,16 +491,19 @@ class CalibrationWalk:
         quantizer: AdaroundFakeQuantizer,
         seconds: float,
         curve: list[list[float]],
+        steps: int,
     ) -> None:
-        """Report the layer, check the processes agree, checkpoint it, log it."""
+        """Report the layer, check the processes agree, checkpoint it, log it.
+
+        ``steps`` is the length of the fit the layer was in: ``iters`` layer-wise, the block
+        fit's steps (``iters`` times its layers, or ``block_iters``) block-wise.
+        """
         context = self.context
         q_layer = context.q_model.get_submodule(info.name)
         mse = self.layer_mse(info, quantizer)
         check_same_on_all_ranks(quantizer.integer_weight(), info.name, context.process)
         activation = info.activation if context.activation_of(info) is not None else None
-        report = layer_report(
-            info.name, q_layer, quantizer, mse, activation, seconds, context.config.iters, curve
-        )
+        report = layer_report(info.name, q_layer, quantizer, mse, activation, seconds, steps, curve)
         self.state.quantizers[info.name] = quantizer
         self.state.reports.append(report)
         if context.checkpoint is not None:

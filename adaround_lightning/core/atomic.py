@@ -1,7 +1,9 @@
 """Atomic file writes: a temporary name in the same folder, then a rename.
 
 A crash or SIGKILL at any moment leaves either the old file or the complete new one under the
-final name, never a partial file.
+final name, never a partial file. The file gets the mode an ordinary new file would (``0666``
+less the umask), not the ``0600`` of the temporary name, so others on a shared machine can read
+results when the umask lets them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,13 @@ from typing import Any
 import torch
 
 __all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text"]
+
+
+def _umask() -> int:
+    # The only portable way to read the umask is to set it; set it straight back.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
@@ -31,6 +40,7 @@ def atomic_write(path: Path, write: Callable[[str], Any]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -8,9 +8,17 @@ affine ``gamma_bn, beta_bn``, the folded layer is (per output channel ``c``)::
 
 and the BatchNorm becomes ``nn.Identity``. AdaRound then quantizes ``W'``, the weight that a
 deployed network actually multiplies with.
+
+Only where the BatchNorm is the layer output's sole consumer: for ``y = conv(x); bn(y) + y`` the
+folded ``y`` would also reach the addition. Tensor consumers outside modules are invisible to
+hooks, so each fold is checked on the example batch: if the network's output moves by more than
+float rounding, the fold is undone and the pair is logged and left as it is.
 """
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,6 +26,43 @@ from torch import nn
 from adaround_lightning.graph.trace import trace_network
 
 __all__ = ["fold_batch_norms", "set_submodule"]
+
+log = logging.getLogger(__name__)
+
+#: A fold may move the network's output by float rounding only: this much of its largest value.
+_FOLD_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class _Saved:
+    """A layer's weight and bias before a fold, to undo it."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    @classmethod
+    def of(cls, layer: nn.Module) -> _Saved:
+        bias = None if layer.bias is None else layer.bias.detach().clone()
+        return cls(layer.weight.detach().clone(), bias)
+
+    def restore(self, layer: nn.Module) -> None:
+        layer.weight.copy_(self.weight)
+        if self.bias is None:
+            layer.bias = None
+        else:
+            layer.bias.copy_(self.bias)
+
+
+def _output(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
+    out = model(example_input)
+    return out if isinstance(out, torch.Tensor) else torch.zeros(())
+
+
+def _unchanged(before: torch.Tensor, after: torch.Tensor) -> bool:
+    if before.shape != after.shape:
+        return False
+    scale = float(before.abs().max()) if before.numel() else 0.0
+    return bool((after - before).abs().max() <= _FOLD_TOLERANCE * scale + 1e-6)
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -75,13 +120,24 @@ def fold_batch_norms(model: nn.Module, example_input: torch.Tensor) -> list[tupl
     if model.training:
         raise ValueError("call model.eval() before folding BatchNorm: folding uses running stats")
     trace = trace_network(model, example_input)
+    reference = _output(model, example_input)
     folded = []
     for layer in trace.layers:
         if layer.norm is None:
             continue
         conv = model.get_submodule(layer.name)
         norm = model.get_submodule(layer.norm)
+        saved = _Saved.of(conv)
         _fold_into(conv, norm)
         set_submodule(model, layer.norm, nn.Identity())
+        if not _unchanged(reference, _output(model, example_input)):
+            saved.restore(conv)
+            set_submodule(model, layer.norm, norm)
+            log.warning(
+                "BatchNorm %s not folded into %s: the layer's output has another consumer",
+                layer.norm,
+                layer.name,
+            )
+            continue
         folded.append((layer.name, layer.norm))
     return folded

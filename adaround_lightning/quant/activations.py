@@ -63,8 +63,10 @@ class ActObserver(Choice):
 #: The words of :class:`ActObserver`.
 ACT_OBSERVERS = ActObserver.words()
 
-#: Elements kept per observed batch for the MSE search (a strided subsample).
+#: Elements kept per observed batch for the MSE search (drawn at random, with replacement).
 _SAMPLES_PER_BATCH = 8192
+#: Seed of those draws: batch ``k`` of an observer uses ``_SAMPLE_SEED + k`` (reproducible).
+_SAMPLE_SEED = 20_040_568
 #: Clipping ratios tried by the MSE observer.
 _MSE_ALPHAS = torch.linspace(0.3, 1.0, 36)
 _HOOK_ATTR = "_input_quantizer_hook"
@@ -104,12 +106,23 @@ class ActivationQuantizer(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        """Record the range of ``x`` (and a strided subsample of it for the MSE search)."""
+        """Record the range of ``x`` (and a random subsample of it for the MSE search).
+
+        The subsample is drawn uniformly over all elements with a seeded generator: a strided
+        one can land on the same pixel of every channel when the stride divides ``H * W``.
+        """
         flat = x.detach().float().reshape(-1)
         self.observed_min = torch.minimum(self.observed_min, flat.min())
         self.observed_max = torch.maximum(self.observed_max, flat.max())
-        stride = max(1, flat.numel() // _SAMPLES_PER_BATCH)
-        self.samples.append(flat[::stride].clone())
+        if flat.numel() <= _SAMPLES_PER_BATCH:
+            self.samples.append(flat.clone())
+            return
+        generator = torch.Generator(device=flat.device)
+        generator.manual_seed(_SAMPLE_SEED + len(self.samples))
+        index = torch.randint(
+            0, flat.numel(), (_SAMPLES_PER_BATCH,), generator=generator, device=flat.device
+        )
+        self.samples.append(flat[index])
 
     def _qparams(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The range must contain 0 (exact zero padding); a zero-width range gets a unit step.

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 from torch.nn import functional as F
 
@@ -204,3 +205,21 @@ def test_other_torchvision_classifiers_calibrate_block_by_block(arch: str) -> No
         assert torch.equal(weight, fq.integer_weight().float() * fq.scale)
     with torch.no_grad():
         assert torch.isfinite(result.model(images)).all()
+
+
+def test_a_block_reports_the_steps_of_its_joint_fit() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
+    images = torch.randn(32, 3, 32, 32)
+    config = AdaroundConfig(iters=3, batch_size=16, steps_per_batch=1)
+    result = adaround(model, images, config=config, trainer={"accelerator": "cpu"}, progress=False)
+    trace_blocks = {}
+    for report in result.layers:
+        block = report.name.rsplit(".block.", 1)[0] if ".block." in report.name else report.name
+        trace_blocks.setdefault(block, []).append(report)
+    multi = [reports for reports in trace_blocks.values() if len(reports) > 1]
+    assert multi, "mobilenet_v3_small has multi-layer blocks"
+    for reports in multi:
+        assert {r.iters for r in reports} == {3 * len(reports)}
+    singles = [reports[0] for reports in trace_blocks.values() if len(reports) == 1]
+    assert singles and all(r.iters == 3 for r in singles)

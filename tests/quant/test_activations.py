@@ -184,3 +184,20 @@ def test_attach_replaces_an_existing_quantizer() -> None:
     attach_input_quantizers(net, {"0": second})
     assert input_quantizers_of(net)["0"] is second
     assert len(net[0]._forward_pre_hooks) == 1
+
+
+def test_the_mse_observer_samples_every_pixel_position_not_one() -> None:
+    # (64, 128, 8, 8): a stride of numel // 8192 = 64 = H * W would hit pixel (0, 0) only.
+    from adaround_lightning.quant.activations import ActivationQuantizer
+
+    position = torch.arange(64.0).reshape(1, 1, 8, 8)
+    x = position.expand(64, 128, 8, 8).contiguous()
+    first, second = ActivationQuantizer(8), ActivationQuantizer(8)
+    first.observe(x)
+    second.observe(x)
+    seen = first.samples[0]
+    assert torch.equal(seen, second.samples[0])  # seeded: reproducible
+    assert len(seen.unique()) == 64  # every pixel position is represented
+    # and about uniformly: each position holds 1/64 of the draws, within a loose bound.
+    counts = torch.bincount(seen.long(), minlength=64).float()
+    assert counts.min() > 0.5 * counts.mean() and counts.max() < 1.5 * counts.mean()
