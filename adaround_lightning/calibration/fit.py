@@ -23,7 +23,11 @@ from adaround_lightning.calibration.reconstruction import (
     LayerReconstruction,
     RoundingReconstruction,
 )
-from adaround_lightning.calibration.trainer import inner_trainer, quiet_lightning
+from adaround_lightning.calibration.trainer import (
+    inner_trainer,
+    inner_trainer_kwargs,
+    quiet_lightning,
+)
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
@@ -72,7 +76,9 @@ def _run(
     bar.start_layer(module.name, steps)
     cache.num_steps = steps
     with quiet_lightning():
-        trainer = inner_trainer(settings.trainer_kwargs, steps, settings.loggers, [bar])
+        # DDP without per-step buffer broadcasts: a fresh strategy object per Trainer.
+        kwargs = inner_trainer_kwargs(settings.trainer_kwargs)
+        trainer = inner_trainer(kwargs, steps, settings.loggers, [bar])
         trainer.fit(module, datamodule=cache)
     # Lightning's teardown may move the fitted module to the CPU: put it back.
     module.to(settings.device).eval()
