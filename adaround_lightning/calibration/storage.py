@@ -34,6 +34,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,6 +235,29 @@ class CacheUsage:
         return sum(n for tier, n in self.current.items() if tier != CacheDevice.DISK)
 
 
+_FOLDER_PREFIX = "adaround-cache-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_folders(parent: Path) -> None:
+    """Remove cache folders left in ``parent`` by dead processes of this host."""
+    host = socket.gethostname()
+    for folder in parent.glob(f"{_FOLDER_PREFIX}{host}-*"):
+        pid = folder.name[len(_FOLDER_PREFIX) + len(host) + 1 :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s, left by a process that ended without cleaning up", folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _available_host_bytes() -> int:
     try:
         with open("/proc/meminfo") as handle:
@@ -316,11 +340,17 @@ class CacheAllocator:
         return CacheDevice.DISK
 
     def folder(self) -> Path:
-        """The disk tier's folder (created on first use)."""
+        """The disk tier's folder (created on first use), named by host and process.
+
+        A process killed without cleaning up (SIGKILL) leaves its folder behind; the next run
+        on the same host that writes there removes the folders of processes no longer alive.
+        """
         if self._folder is None:
             if self._parent is not None:
                 self._parent.mkdir(parents=True, exist_ok=True)
-            self._folder = Path(tempfile.mkdtemp(prefix="adaround-cache-", dir=self._parent))
+                _remove_stale_folders(self._parent)
+            prefix = f"{_FOLDER_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+            self._folder = Path(tempfile.mkdtemp(prefix=prefix, dir=self._parent))
         return self._folder
 
     def _check_disk(self, nbytes: int) -> None:

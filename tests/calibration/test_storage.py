@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections import namedtuple
 from pathlib import Path
@@ -147,3 +148,18 @@ def test_auto_keeps_the_cache_on_the_gpu_when_it_fits(
         progress=False,
     )
     assert spilled.cache is not None and spilled.cache.peak_bytes.get("disk", 0) > 0
+
+
+def test_folders_of_dead_processes_are_removed_on_the_next_run(tmp_path: Path) -> None:
+    import socket
+
+    host = socket.gethostname()
+    stale = tmp_path / f"adaround-cache-{host}-999999999-abc"  # no such process
+    stale.mkdir()
+    (stale / "activations-x.bin").write_bytes(b"0" * 16)
+    live = tmp_path / f"adaround-cache-{host}-{os.getpid()}-def"  # this process: kept
+    live.mkdir()
+    allocator = CacheAllocator(torch.device("cpu"), "disk", folder=tmp_path)
+    allocator.allocate((2, 2))
+    assert not stale.exists() and live.exists()
+    allocator.close()
