@@ -122,10 +122,34 @@ def _resume_into_same_dir(argv: list[str]) -> list[str]:
     return argv
 
 
+#: Settings whose value is a dict with free keys (layer-name patterns, builder arguments).
+DICT_SETTINGS = ("quant.layer_bits", "model.kwargs")
+
+
+def _dict_override(arg: str) -> str:
+    """``KEY={a: 1}`` and ``KEY.a=1`` for a dict-valued ``KEY`` as Hydra accepts them.
+
+    Hydra merges ``KEY={...}`` into the (struct-locked, empty) dict and refuses new keys, and reads
+    the dots of ``quant.layer_bits.features.0.0=8`` as nesting. Both become ``++KEY={...}``,
+    which adds or replaces those entries.
+    """
+    key, sep, value = arg.partition("=")
+    if not sep or key.startswith(("+", "~")):
+        return arg
+    if key in DICT_SETTINGS and value.startswith("{") and value.endswith("}"):
+        return f"++{key}={value}"
+    for setting in DICT_SETTINGS:
+        if key.startswith(f"{setting}.") and len(key) > len(setting) + 1:
+            entry = key[len(setting) + 1 :]
+            return f"++{setting}={{{entry}:{value}}}"
+    return arg
+
+
 def main() -> None:
     """Console entry point."""
     _check_recipe(sys.argv[1:])
-    sys.argv = [sys.argv[0], *_resume_into_same_dir(sys.argv[1:])]
+    argv = [_dict_override(arg) for arg in sys.argv[1:]]
+    sys.argv = [sys.argv[0], *_resume_into_same_dir(argv)]
     _hydra_main()
 
 
