@@ -50,6 +50,10 @@ class RunConfig:
     output_dir: str | None = None
     resume: str | None = None
 
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
+
 
 def _build(cls: type, section: str, values: Any) -> Any:
     if not isinstance(values, dict):
@@ -151,7 +155,7 @@ def run_config_from(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         adaround=_build(AdaroundConfig, "adaround", adaround),
         export=_build(ExportConfig, "export", values.get("export") or {}),
         trainer=dict(values.get("trainer") or {}),
-        seed=int(values.get("seed", 0)),
+        seed=values.get("seed", 0),
         output_dir=values.get("output_dir"),
         resume=values.get("resume"),
     )

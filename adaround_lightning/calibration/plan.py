@@ -80,4 +80,9 @@ def plan_calibration(
         for info in trace.layers
         if info.name not in skipped
     }
+    if not bits:
+        raise UserError(
+            f"no layer is left to quantize: all {len(trace.layers)} are excluded or unsupported "
+            f"({', '.join(sorted(set(skipped.values())))}); narrow quant.exclude"
+        )
     return CalibrationPlan(trace, MappingProxyType(skipped), MappingProxyType(bits))

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import Logger
 
 from adaround_lightning.core.distributed import ProcessContext
@@ -94,14 +95,23 @@ def process_context(trainer_kwargs: dict[str, Any]) -> ProcessContext:
             f"trainer.strategy={strategy} re-imports the program in new processes and cannot run "
             "the Hydra app: use trainer.strategy=ddp"
         )
-    with quiet_lightning():
-        probe = L.Trainer(
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            **trainer_kwargs,
-        )
+    try:
+        with quiet_lightning():
+            probe = L.Trainer(
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                **trainer_kwargs,
+            )
+    except (MisconfigurationException, ValueError, RuntimeError, TypeError) as error:
+        # An accelerator this machine lacks, too many devices, an unknown strategy or argument.
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(
+            f"the trainer settings do not fit this machine ({message}): check "
+            "trainer.accelerator, trainer.devices and trainer.strategy (trainer.accelerator=cpu "
+            "or auto always works)"
+        ) from None
     set_world_ranks = getattr(probe.strategy, "set_world_ranks", None)
     if set_world_ranks is not None:
         set_world_ranks()  # reads LOCAL_RANK / NODE_RANK / torchrun / SLURM variables

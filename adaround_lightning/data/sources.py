@@ -194,6 +194,13 @@ def _stack_images(dataset: Dataset, config: DataConfig) -> torch.Tensor:
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers)
     try:
         return torch.cat([batch[0] for batch in loader])
+    except RuntimeError as error:
+        if "equal size" not in str(error) and "same size" not in str(error):
+            raise
+        raise UserError(
+            "the images have different sizes after preprocessing: set data.preprocess.resize "
+            "and data.preprocess.crop (e.g. 256 and 224)"
+        ) from None
     except UserError as error:
         # From a worker process the message carries the worker's traceback: keep its last line.
         lines = [line for line in str(error).splitlines() if line.strip()]

@@ -50,6 +50,24 @@ class PreprocessConfig:
             raise UserError(f"data.preprocess.pad must be >= 0, got {self.pad}")
 
 
+class _CheckedNormalize(torch.nn.Module):
+    """``Normalize`` that names the setting when mean/std do not fit the image's channels."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.normalize = T.Normalize(mean, std)
+        self.values = len(mean)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        channels = image.shape[-3]
+        if self.values not in (1, channels):
+            raise UserError(
+                f"data.preprocess.mean and .std have {self.values} values but the images have "
+                f"{channels} channel(s): give 1 or {channels} values"
+            )
+        return self.normalize(image)
+
+
 class _RepeatChannels(torch.nn.Module):
     """(…, 1, H, W) -> (…, 3, H, W); three-channel input passes unchanged."""
 
@@ -76,7 +94,7 @@ def build_transform(config: PreprocessConfig) -> T.Compose:
     if config.pad:
         steps.append(T.Pad(config.pad, fill=0))
     steps.append(T.ToDtype(torch.float32, scale=True))
-    steps.append(T.Normalize(config.mean, config.std))
+    steps.append(_CheckedNormalize(config.mean, config.std))
     if config.grayscale_to_rgb:
         steps.append(_RepeatChannels())
     return T.Compose(steps)

@@ -1,0 +1,122 @@
+"""Bad input through the command line: one ``error:`` line naming the fix, exit 2, no outputs.
+
+Every case here is listed in the README's table of bad inputs.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cli import run_cli
+
+FAST = ["adaround.iters=2", "data.eval_size=20", "export.onnx=false", "trainer.accelerator=cpu"]
+
+#: (case id, overrides, a fragment of the error line). ``{tmp}`` is a prepared folder.
+CASES: list[tuple[str, list[str], str]] = [
+    ("weight-bits-low", ["quant.weight_bits=1"], "quant.weight_bits must be an integer from 2"),
+    ("weight-bits-high", ["quant.weight_bits=9"], "quant.weight_bits must be an integer from 2"),
+    ("act-bits", ["quant.act_bits=1"], "quant.act_bits must be an integer"),
+    ("scale-method", ["quant.scale_method=p99"], "quant.scale_method must be one of"),
+    ("act-observer", ["quant.act_observer=kl"], "quant.act_observer must be one of"),
+    ("first-layer-bits", ["quant.first_layer_bits=12"], "quant.first_layer_bits must be"),
+    ("layer-bits", ["quant.layer_bits={features.0.0:1}"], "quant.layer_bits['features.0.0']"),
+    ("exclude-all", ["quant.exclude=[*]"], "no layer is left to quantize"),
+    ("granularity", ["adaround.granularity=net"], "adaround.granularity must be one of"),
+    ("reconstruction", ["adaround.reconstruction=sum"], "adaround.reconstruction must be one"),
+    ("iters", ["adaround.iters=0"], "adaround.iters must be a positive integer"),
+    ("batch-size", ["adaround.batch_size=0"], "adaround.batch_size must be a positive"),
+    ("lr", ["adaround.lr=-1"], "adaround.lr must be > 0"),
+    ("warm-start", ["adaround.warm_start=1.5"], "adaround.warm_start must be in"),
+    ("drop-prob", ["adaround.drop_prob=1.0"], "adaround.drop_prob must be in"),
+    ("cache-device", ["adaround.cache_device=gpu"], "adaround.cache_device must be one of"),
+    ("cache-budget", ["adaround.cache_budget_gb=-1"], "adaround.cache_budget_gb must be > 0"),
+    ("cache-dtype", ["adaround.cache_dtype=int8"], "adaround.cache_dtype must be one of"),
+    ("block-iters", ["adaround.block_iters=0"], "adaround.block_iters must be a positive"),
+    (
+        "fewer-than-a-batch",
+        ["adaround.batch_size=64", "data.calibration.size=32", "adaround.num_samples=32"],
+        "fewer than one batch",
+    ),
+    ("opset", ["export.opset=11"], "export.opset must be >= 13"),
+    ("model-name", ["model.name=not_a_model"], "is not a torchvision classification model"),
+    ("model-weights", ["model.weights=NOPE"], "is not a weight of mobilenet_v2"),
+    ("checkpoint-missing", ["model.checkpoint={tmp}/none.pt"], "does not exist"),
+    ("checkpoint-not-torch", ["model.checkpoint={tmp}/text.pt"], "not a readable torch"),
+    ("num-classes", ["model.num_classes=0"], "model.num_classes must be a positive"),
+    ("data-source", ["data.source=s3"], "data.source='s3' is unknown"),
+    ("data-root-unset", ["data.source=imagefolder"], "data.root is not set"),
+    ("data-root-missing", ["data.source=imagefolder", "data.root={tmp}/none"], "not a folder"),
+    ("eval-size", ["data.eval_size=0"], "data.eval_size must be positive"),
+    ("data-batch-size", ["data.batch_size=0"], "data.batch_size must be >= 1"),
+    ("calibration-size", ["data.calibration.size=0"], "data.calibration.size must be"),
+    (
+        "mean-channels",
+        ["data.preprocess.mean=[0.1,0.2]", "data.preprocess.std=[0.3,0.4]"],
+        "have 2 values but the images have 1 channel",
+    ),
+    (
+        "image-sizes",
+        [
+            "data.source=imagefolder",
+            "data.root={tmp}/mixed",
+            "data.preprocess.resize=null",
+            "data.preprocess.crop=null",
+            "data.num_workers=0",
+        ],
+        "different sizes after preprocessing",
+    ),
+    ("resume-not-a-run", ["resume={tmp}/none"], "is not a run dir"),
+    ("accelerator", ["trainer.accelerator=gpu"], "the trainer settings do not fit this machine"),
+    ("strategy", ["trainer.strategy=ddp_spawn"], "use trainer.strategy=ddp"),
+    ("seed", ["seed=abc"], "seed must be a non-negative integer"),
+    ("recipe", ["recipe=not_a_recipe"], "unknown recipe 'not_a_recipe'"),
+]
+
+
+def _prepare(folder: Path) -> None:
+    from PIL import Image
+
+    (folder / "text.pt").write_text("not a checkpoint")
+    for split in ("train", "val"):
+        for index, size in enumerate((8, 12, 16)):
+            image_dir = folder / "mixed" / split / f"class{index % 2}"
+            image_dir.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (size, size)).save(image_dir / f"{index}.png")
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, Path]]:
+    root = tmp_path_factory.mktemp("bad")
+    _prepare(root)
+
+    def one(case: tuple[str, list[str], str]) -> tuple[str, tuple[int, str, Path]]:
+        name, overrides, _ = case
+        run_dir = root / "runs" / name
+        args = [*FAST, *(o.replace("{tmp}", str(root)) for o in overrides)]
+        args.append(f"hydra.run.dir={run_dir}")
+        proc = run_cli(args, root, timeout=300)
+        return name, (proc.returncode, proc.stderr, run_dir)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(one, CASES))
+
+
+def test_at_least_25_distinct_cases() -> None:
+    assert len({name for name, _, _ in CASES}) == len(CASES) >= 25
+
+
+@pytest.mark.parametrize(("name", "overrides", "fragment"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_error_line_and_exit_2(
+    outcomes: dict[str, tuple[int, str, Path]], name: str, overrides: list[str], fragment: str
+) -> None:
+    returncode, stderr, run_dir = outcomes[name]
+    error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert returncode == 2, stderr[-1500:]
+    assert len(error_lines) == 1 and fragment in error_lines[0], stderr[-1500:]
+    assert "Traceback" not in stderr
+    written = {p.name for p in run_dir.rglob("*") if p.is_file()} if run_dir.exists() else set()
+    assert not written & {"quantized_model.pt", "quantized_weights.safetensors", "model.onnx"}
+    assert not [n for n in written if n.startswith(".") and ".tmp" in n]
