@@ -57,7 +57,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job folder of ``sweep_dir`` (any folder with a ``.hydra`` or ``results.json``).
 
     Example:
-        >>> collect_jobs(Path("/nonexistent"))
+        >>> import tempfile
+        >>> collect_jobs(Path(tempfile.mkdtemp()))  # an empty folder: no jobs
         []
     """
     sweep_dir = Path(sweep_dir)
