@@ -113,11 +113,12 @@ def _hydra_main(cfg: DictConfig) -> None:
 def _resume_into_same_dir(argv: list[str]) -> list[str]:
     """With ``resume=PATH``, let Hydra write into PATH too (one run, one dir)."""
     resume = [a.partition("=")[2] for a in argv if a.startswith("resume=")]
-    if (
-        resume
-        and resume[0] not in ("", "null")
-        and not any(a.startswith("hydra.run.dir=") for a in argv)
-    ):
+    if not resume or resume[0] in ("", "null"):
+        return argv
+    if not (Path(resume[0]) / "config.yaml").is_file():
+        # Before Hydra creates that folder: a mistyped path must not become a run dir.
+        _fail(f"resume={resume[0]} is not a run dir (no config.yaml): pass a run dir")
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
         return [*argv, f"hydra.run.dir={resume[0]}"]
     return argv
 

@@ -120,3 +120,5 @@ def test_bad_input_gives_one_error_line_and_exit_2(
     written = {p.name for p in run_dir.rglob("*") if p.is_file()} if run_dir.exists() else set()
     assert not written & {"quantized_model.pt", "quantized_weights.safetensors", "model.onnx"}
     assert not [n for n in written if n.startswith(".") and ".tmp" in n]
+    if name == "resume-not-a-run":  # a mistyped resume path is not turned into a run dir
+        assert not (run_dir.parents[1] / "none").exists()
