@@ -74,6 +74,7 @@ def run_memory_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "cache_peak_gib": {k: round(v / 2**30, 3) for k, v in result.cache.peak_bytes.items()},
         "full_network_passes": result.cache.full_network_passes,
         "streamed_block_passes": result.cache.streamed_block_passes,
+        "reused_block_outputs": result.cache.reused_block_outputs,
         "restarts": result.cache.restarts,
         "forward_batch_size": result.cache.forward_batch_size,
         "layers": len(result.layers),

@@ -80,7 +80,8 @@ def evaluate_with_onnx(
     """One pass over ``dataset``: PyTorch and onnxruntime accuracy, and their largest logit gap.
 
     Returns:
-        ``(pytorch, onnx)``; ``onnx`` also holds ``max_abs_logit_diff``.
+        ``(pytorch, onnx)``; ``onnx`` also holds ``max_abs_logit_diff`` and ``max_abs_logit``
+        (PyTorch's largest logit magnitude, the scale the grid check's bound is relative to).
     """
     import onnxruntime as ort
 
@@ -90,11 +91,13 @@ def evaluate_with_onnx(
     model = model.eval().to(device)
     torch_accuracy = Accuracy(num_classes, device)
     onnx_accuracy = Accuracy(num_classes, torch.device("cpu"))
-    max_diff = 0.0
+    max_diff = largest = 0.0
     for images, labels in DataLoader(dataset, batch_size=batch_size):
         logits = model(images.to(device))
         onnx_logits = torch.from_numpy(session.run(["logits"], {"input": images.numpy()})[0])
         max_diff = max(max_diff, float((onnx_logits - logits.float().cpu()).abs().max()))
+        largest = max(largest, float(logits.abs().max()))
         torch_accuracy.update(logits, labels)
         onnx_accuracy.update(onnx_logits, labels)
-    return torch_accuracy.compute(), {**onnx_accuracy.compute(), "max_abs_logit_diff": max_diff}
+    parity = {"max_abs_logit_diff": max_diff, "max_abs_logit": largest}
+    return torch_accuracy.compute(), {**onnx_accuracy.compute(), **parity}

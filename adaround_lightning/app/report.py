@@ -103,7 +103,7 @@ def _accuracy_rows(results: dict[str, Any]) -> str:
     rows = []
     for label, key in (
         ("FP32", "fp32"),
-        ("round-to-nearest", "nearest"),
+        ("round-to-nearest (weights only, no bias correction)", "nearest"),
         ("AdaRound", "adaround"),
         ("AdaRound, ONNX (onnxruntime)", "onnx"),
     ):
@@ -146,6 +146,7 @@ def _cache_line(cache: dict[str, Any] | None) -> str:
         f"{html.escape(str(cache.get('dtype')))}): peak {tiers or 'none'}; "
         f"{cache.get('full_network_passes')} full-network passes, "
         f"{cache.get('streamed_block_passes')} streamed block passes, "
+        f"{cache.get('reused_block_outputs', 0)} block outputs reused as inputs, "
         f"{cache.get('restarts')} restarts; caching {cache.get('seconds', 0):.1f} s</p>"
     )
 

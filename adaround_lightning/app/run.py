@@ -105,18 +105,24 @@ def _task_overrides() -> list[str]:
 def summary_table(results: dict[str, Any]) -> str:
     """The headline table: FP32 / round-to-nearest / AdaRound accuracy.
 
+    The round-to-nearest row is the weights alone, on AdaRound's grids: it never has the bias
+    correction that AdaRound's row has by default, and its footnote says so.
+
     Example:
         >>> print(summary_table({"fp32": {"top1": 90.0}, "nearest": {"top1": 50.0},
         ...                      "adaround": {"top1": 85.0}}))  # doctest: +NORMALIZE_WHITESPACE
-        model              top1
-        FP32              90.00
-        round-to-nearest  50.00
-        AdaRound          85.00
+        model               top1
+        FP32               90.00
+        round-to-nearest*  50.00
+        AdaRound           85.00
+        * weights only: no bias correction
     """
     keys = [k for k in ("top1", "top5") if k in results["fp32"]]
-    lines = [f"{'model':<16}" + "".join(f"{k:>7}" for k in keys)]
-    for label, key in (("FP32", "fp32"), ("round-to-nearest", "nearest"), ("AdaRound", "adaround")):
-        lines.append(f"{label:<16}" + "".join(f"{results[key][k]:>7.2f}" for k in keys))
+    lines = [f"{'model':<17}" + "".join(f"{k:>7}" for k in keys)]
+    rows = (("FP32", "fp32"), ("round-to-nearest*", "nearest"), ("AdaRound", "adaround"))
+    for label, key in rows:
+        lines.append(f"{label:<17}" + "".join(f"{results[key][k]:>7.2f}" for k in keys))
+    lines.append("* weights only: no bias correction")
     return "\n".join(lines)
 
 
@@ -301,5 +307,5 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     )
     accuracy = evaluate_models(run_setup, result, exported)
     if run_setup.settings.export.verify:
-        exported["grid_check"] = export.verify_grid(run_setup.out_dir)
+        exported["grid_check"] = export.verify_grid(run_setup.out_dir, exported.get("onnx"))
     return write_results(run_setup, result, accuracy, exported, time.perf_counter() - start)

@@ -32,9 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     except GridCheckError as error:
         sys.stderr.write(f"grid check FAILED: {error}\n")
         return 1
+    gap = report["max_abs_logit_diff"]
     sys.stdout.write(
         f"grid check passed: {report['weights']} integers in {report['layers']} layers equal "
-        "clamp(floor(W/s) + 1[V>=0]) and agree across files\n"
+        f"clamp(floor(W/s) + 1[V>=0]) ({report['rounding_reference']}) and agree across files"
+        + ("" if gap is None else f"; ONNX vs PyTorch max |logit diff| {gap:.2g}")
+        + "\n"
     )
     return 0
 

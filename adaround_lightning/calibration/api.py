@@ -29,6 +29,7 @@ from adaround_lightning.calibration.storage import CacheAllocator
 from adaround_lightning.calibration.stream import plan_stream
 from adaround_lightning.calibration.trainer import process_context, trainer_kwargs_with_defaults
 from adaround_lightning.calibration.walk import CalibrationWalk, WalkContext
+from adaround_lightning.core.host_memory import keep_freed_host_memory
 from adaround_lightning.quant.config import QuantConfig
 
 __all__ = ["adaround", "prepare_walk"]
@@ -106,6 +107,7 @@ def prepare_walk(
         None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30),
         config.cache_dtype,
         cache_folder,
+        channels_last=config.channels_last,
     )
     finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
     if not process.is_main:  # one process writes
@@ -169,6 +171,8 @@ def adaround(
         21
     """
     start_time = time.perf_counter()
+    if (config or AdaroundConfig()).reuse_host_memory:
+        keep_freed_host_memory()
     context, finished = prepare_walk(
         model, calibration_data, quant, config, trainer, checkpoint, checkpoint_tag, loggers
     )
@@ -179,12 +183,13 @@ def adaround(
     cache = walk.cache_report()
     log.info(
         "activation cache (%s, %s): peak %s; %d full-network passes, %d streamed block passes, "
-        "%d restarts; caching %.1f s",
+        "%d block outputs reused as inputs, %d restarts; caching %.1f s",
         cache.device,
         cache.dtype,
         ", ".join(f"{tier} {n / 2**30:.2f} GiB" for tier, n in cache.peak_bytes.items()) or "none",
         cache.full_network_passes,
         cache.streamed_block_passes,
+        cache.reused_block_outputs,
         cache.restarts,
         cache.seconds,
     )

@@ -36,9 +36,11 @@ from adaround_lightning.calibration.storage import (
     CacheDevice,
     CachedTensor,
     MemoryTensor,
+    in_layout,
 )
 from adaround_lightning.calibration.stream import StreamPlan
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.core.host_memory import release_freed_host_memory
 from adaround_lightning.graph.capture import capture_input, capture_output
 
 __all__ = ["CachePasses", "CalibrationCache", "RandomBatches"]
@@ -112,6 +114,7 @@ class CachePasses:
     Attributes:
         full: Passes from the calibration images (one per network per restart).
         streamed: Block forwards that carried a cached block input to the next block.
+        reused: Block inputs that were the previous block's cached float output (no pass).
         restarts: Blocks whose input had to come from the images although a block before
             them was cached (their input is not the previous block's output alone).
         seconds: Time spent filling buffers.
@@ -119,6 +122,7 @@ class CachePasses:
 
     full: int = 0
     streamed: int = 0
+    reused: int = 0
     restarts: int = 0
     seconds: float = 0.0
 
@@ -144,6 +148,14 @@ class _LayerTargets:
         if self.on_float_output is not None:
             self.on_float_output(start, output)
         return self.activation(output) if self.activation is not None else output
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    # One reduction pass, no boolean copy: NaN and inf reach the minimum or the maximum.
+    if values.numel() == 0:
+        return True
+    low, high = torch.aminmax(values)
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 class CalibrationCache(L.LightningDataModule):
@@ -200,6 +212,9 @@ class CalibrationCache(L.LightningDataModule):
         self.q_block_inputs: CachedTensor | None = None
         self.inputs: CachedTensor | None = None
         self.targets: CachedTensor | None = None
+        # The float block's output B(x) (a block-wise fit's targets), kept when it is exactly
+        # the next block's float input (StreamPlan.direct): that block's input costs no pass.
+        self.fp_block_outputs: CachedTensor | None = None
         self.layer_index = 0
 
     # ------------------------------------------------------------------ filling
@@ -210,12 +225,13 @@ class CalibrationCache(L.LightningDataModule):
         buffer: CachedTensor | None = None
         for start in range(0, count, chunk):
             values = rows(start, min(start + chunk, count))
-            if not torch.isfinite(values).all():
+            if not _all_finite(values):
                 raise UserError("non-finite activations in the calibration data")
             if buffer is None:
                 buffer = self.allocator.allocate((count, *values.shape[1:]))
             buffer.write(start, values)
         assert buffer is not None
+        release_freed_host_memory()  # the next pass starts from what is live (no creep)
         self.passes.seconds += time.perf_counter() - started
         return buffer
 
@@ -223,9 +239,14 @@ class CalibrationCache(L.LightningDataModule):
         images, chunk = self.calibration_images, self.forward_batch_size
         first = capture_input(model, block, images[:1], 1)
         if first.data_ptr() == images.data_ptr():  # the block's input is the model input itself
-            return MemoryTensor.wrap(images)
+            return MemoryTensor.wrap(images, self.allocator.channels_last)
         self.passes.full += 1
-        return self._fill(lambda s, e: capture_input(model, block, images[s:e], chunk))
+        # In the cache's layout, as the images' wrapped reads are: the same float results
+        # whether a block input comes from the images or streams from the stem's.
+        layout = self.allocator.channels_last
+        return self._fill(
+            lambda s, e: capture_input(model, block, in_layout(images[s:e], layout), chunk)
+        )
 
     def _streamed(self, model: nn.Module, inputs: CachedTensor) -> CachedTensor:
         assert self.stream is not None and self.block is not None
@@ -262,14 +283,22 @@ class CalibrationCache(L.LightningDataModule):
         if not chained and self.block is not None:
             self.passes.restarts += 1
         old = (self.fp_block_inputs, self.q_block_inputs)
+        kept, self.fp_block_outputs = self.fp_block_outputs, None
         if chained:
             assert old[0] is not None and old[1] is not None
-            fp_inputs, q_inputs = self._streamed(fp_model, old[0]), self._streamed(q_model, old[1])
-            self.passes.streamed += 2
+            assert self.stream is not None and name is not None
+            if kept is not None and self.stream.direct.get(name, False):
+                fp_inputs, kept = kept, None  # the previous block's B(x): no pass
+                self.passes.reused += 1
+            else:
+                fp_inputs = self._streamed(fp_model, old[0])
+                self.passes.streamed += 1
+            q_inputs = self._streamed(q_model, old[1])
+            self.passes.streamed += 1
         else:
             fp_inputs = self._from_images(fp_model, fp_block)
             q_inputs = self._from_images(q_model, q_block)
-        self._free(*old)
+        self._free(*old, kept)
         self.fp_block_inputs, self.q_block_inputs, self.block = fp_inputs, q_inputs, name
 
     @torch.no_grad()
@@ -322,18 +351,32 @@ class CalibrationCache(L.LightningDataModule):
         self.inputs = self.q_block_inputs
         self.layer_index = layer_index
 
+    def keep_block_output(self) -> None:
+        """Keep the block-wise targets ``B(x)`` for the next block, whose float input they are.
+
+        Only when that input is exactly this block's output (:attr:`StreamPlan.direct`); the
+        buffer then outlives :meth:`release_layer` and becomes the next ``fp_block_inputs``.
+        """
+        if self.stream is None or self.block is None or self.targets is None:
+            return
+        position = self.stream.order.index(self.block)
+        following = self.stream.order[position + 1 : position + 2]
+        if following and self.stream.direct.get(following[0], False):
+            self.fp_block_outputs = self.targets
+
     def release_layer(self) -> None:
         """Drop the layer's (or block output's) buffers; the block inputs stay."""
         if self.inputs is not self.q_block_inputs:
             self._free(self.inputs)
-        self._free(self.targets)
+        if self.targets is not self.fp_block_outputs:
+            self._free(self.targets)
         self.inputs = self.targets = None
 
     def release(self) -> None:
         """Drop every cached buffer (the calibration images stay)."""
         self.release_layer()
-        self._free(self.fp_block_inputs, self.q_block_inputs)
-        self.fp_block_inputs = self.q_block_inputs = None
+        self._free(self.fp_block_inputs, self.q_block_inputs, self.fp_block_outputs)
+        self.fp_block_inputs = self.q_block_inputs = self.fp_block_outputs = None
         self.block = None
 
     def train_dataloader(self) -> RandomBatches:

@@ -72,6 +72,15 @@ class AdaroundConfig:
         stream: Each block's input from the previous block's cached input wherever the network
             is a chain of blocks (:mod:`adaround_lightning.calibration.stream`); False: from
             the images for every block (a full pass per block; the same integers, slower).
+        channels_last: Keep 4-D activations (convolution inputs) in NHWC order, so the
+            caching passes and the fits run their convolutions channels-last: on this
+            project's 2-core CPU the MobileNetV2 walk took 45 s instead of 63 s. False: NCHW
+            (results differ from it in float rounding only).
+        reuse_host_memory: Keep freed host memory in the process for the next forward pass
+            instead of returning it to the kernel (:mod:`adaround_lightning.core.host_memory`):
+            large activation chunks no longer page-fault on every pass (on this machine the
+            kernel time of a ResNet50 pass fell from 45% to 12%). The peak is unchanged; the
+            memory stays with the process until it exits.
     """
 
     iters: int = 10000
@@ -95,6 +104,8 @@ class AdaroundConfig:
     cache_budget_gb: float | None = None
     cache_dtype: CacheDtype = CacheDtype.FLOAT32
     stream: bool = True
+    channels_last: bool = True
+    reuse_host_memory: bool = True
 
     def __post_init__(self) -> None:
         if self.block_iters is not None and (
@@ -128,5 +139,17 @@ class AdaroundConfig:
             raise ValueError(
                 f"adaround.cache_budget_gb must be > 0 or null, got {self.cache_budget_gb}"
             )
+        for name in (
+            "include_activation",
+            "act_in_loop",
+            "bias_correction",
+            "stream",
+            "channels_last",
+            "reuse_host_memory",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"adaround.{name} must be true or false, got {getattr(self, name)!r}"
+                )
         if self.reg_param is not None and self.reg_param < 0:
             raise ValueError(f"adaround.reg_param must be >= 0, got {self.reg_param}")

@@ -17,36 +17,41 @@ __all__ = ["layer_report", "output_mse"]
 @torch.no_grad()
 def output_mse(
     layer: nn.Module,
-    weight: torch.Tensor,
+    weights: dict[str, torch.Tensor],
     activation: nn.Module | None,
     inputs: torch.Tensor | CachedTensor,
     targets: torch.Tensor | CachedTensor,
     chunk: int,
     context: ProcessContext,
     input_quantizer: nn.Module | None = None,
-) -> float:
-    """Mean squared error of ``f_a(weight x)`` against ``targets`` over all cached samples.
+) -> dict[str, float]:
+    """Per named weight, the mean squared error of ``f_a(weight x)`` against ``targets``.
 
-    Under DDP each process holds a shard: the sums are added over all processes.
+    One pass over the cached samples serves every weight (each chunk of inputs and targets is
+    read once, which matters when they are on disk). The differences are float32, their
+    squares are summed in float64. Under DDP each process holds a shard: the sums are added
+    over all processes.
 
     Example:
         >>> lin, x = nn.Linear(3, 2), torch.randn(8, 3)
         >>> single = ProcessContext(torch.device("cpu"), 0, 1)
-        >>> output_mse(lin, lin.weight, None, x, lin(x).detach(), 4, single)
-        0.0
+        >>> output_mse(lin, {"same": lin.weight}, None, x, lin(x).detach(), 4, single)
+        {'same': 0.0}
     """
-    total = torch.zeros((), dtype=torch.float64, device=inputs.device)
+    totals = torch.zeros(len(weights), dtype=torch.float64, device=inputs.device)
     for start in range(0, inputs.shape[0], chunk):
         x = inputs[start : start + chunk]
         if input_quantizer is not None:
             x = input_quantizer(x)
-        out = forward_with_weight(layer, x, weight)
-        if activation is not None:
-            out = activation(out)
-        total += (out.double() - targets[start : start + chunk].double()).pow(2).sum()
-    count = torch.tensor(float(targets.numel()), dtype=torch.float64, device=total.device)
-    total, count = all_reduce_sum(total, context), all_reduce_sum(count, context)
-    return float(total / count)
+        target = targets[start : start + chunk]
+        for index, weight in enumerate(weights.values()):
+            out = forward_with_weight(layer, x, weight)
+            if activation is not None:
+                out = activation(out)
+            totals[index] += out.sub_(target).square_().sum(dtype=torch.float64)
+    count = torch.tensor(float(targets.numel()), dtype=torch.float64, device=totals.device)
+    totals, count = all_reduce_sum(totals, context), all_reduce_sum(count, context)
+    return dict(zip(weights, (totals / count).tolist(), strict=True))
 
 
 def layer_report(

@@ -74,6 +74,8 @@ class CacheReport:
             (the float and the quantized network count one each; the activation ranges after
             the walk count one).
         streamed_block_passes: Block forwards that carried a cached input to the next block.
+        reused_block_outputs: Block inputs that were the previous block's cached float output
+            ``B(x)`` (a block-wise fit's targets), so they cost no forward at all.
         restarts: Blocks whose input came from the images although the block before was cached.
         forward_batch_size: Chunk of the forward passes that filled the cache.
         seconds: Time spent filling the cache.
@@ -89,6 +91,7 @@ class CacheReport:
     restarts: int
     forward_batch_size: int
     seconds: float
+    reused_block_outputs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

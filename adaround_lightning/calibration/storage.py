@@ -52,6 +52,7 @@ __all__ = [
     "CachedTensor",
     "DiskTensor",
     "MemoryTensor",
+    "in_layout",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,16 +85,63 @@ class CacheDtype(Choice):
         return getattr(torch, self.value)
 
 
+def _channels_last(shape: tuple[int, ...], enabled: bool) -> bool:
+    return enabled and len(shape) == 4
+
+
+def in_layout(values: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``values`` channels-last when asked and 4-D (no copy when it already is), else as is.
+
+    Example:
+        >>> nhwc = in_layout(torch.zeros(2, 3, 4, 5), True)
+        >>> nhwc.is_contiguous(memory_format=torch.channels_last), nhwc.shape
+        (True, torch.Size([2, 3, 4, 5]))
+    """
+    if channels_last and values.dim() == 4:
+        return values.contiguous(memory_format=torch.channels_last)
+    return values
+
+
+def _empty_rows(
+    shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool, **kwargs: object
+) -> torch.Tensor:
+    """An ``(N, C, H, W)`` tensor stored ``(N, H, W, C)`` when ``channels_last``, else plain.
+
+    The NHWC storage is a permuted view, so any row range of it is one contiguous block and it
+    works with ``pin_memory`` (``torch.empty`` takes no memory format together with pinning).
+    """
+    if not channels_last:
+        return torch.empty(shape, dtype=dtype, **kwargs)  # type: ignore[arg-type]
+    n, c, h, w = shape
+    return torch.empty((n, h, w, c), dtype=dtype, **kwargs).permute(0, 3, 1, 2)  # type: ignore[arg-type]
+
+
 class CachedTensor:
-    """A cached ``(N, ...)`` buffer: filled by chunks, read by chunks or random rows."""
+    """A cached ``(N, ...)`` buffer: filled by chunks, read by chunks or random rows.
+
+    With ``channels_last``, a 4-D buffer is stored and read in NHWC order: the convolutions
+    that read it then run channels-last, and so does everything they compute (oneDNN on the
+    CPU runs MobileNet-style blocks about 1.5x faster that way than in NCHW).
+    """
 
     tier: str = ""
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device,
+        channels_last: bool = False,
+    ) -> None:
         self.shape = tuple(shape)
         self.dtype = dtype
         self.device = device  # where reads arrive
+        self.channels_last = _channels_last(self.shape, channels_last)
         self.nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+    def _arrive(self, values: torch.Tensor) -> torch.Tensor:
+        # On the compute device in float32 and in the buffer's layout: no copy when it is.
+        return in_layout(values.to(self.device, non_blocking=True).float(), self.channels_last)
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -131,20 +179,21 @@ class MemoryTensor(CachedTensor):
     """A buffer in memory: on the compute device, or in (pinned) host memory."""
 
     def __init__(
-        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, tier: str
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device,
+        tier: str,
+        channels_last: bool = False,
     ) -> None:
-        super().__init__(shape, dtype, device)
+        super().__init__(shape, dtype, device, channels_last)
         self.tier = tier
         where = device if tier == CacheDevice.ACCELERATOR else torch.device("cpu")
         pin = tier == CacheDevice.CPU and device.type == "cuda"
-        self.data = torch.empty(shape, dtype=dtype, device=where, pin_memory=pin)
+        self.data = _empty_rows(self.shape, dtype, self.channels_last, device=where, pin_memory=pin)
 
     def write(self, start: int, values: torch.Tensor) -> None:
         self.data[start : start + values.shape[0]].copy_(values, non_blocking=True)
-
-    def _arrive(self, values: torch.Tensor) -> torch.Tensor:
-        # On the compute device in float32: a view (no copy) when it already is.
-        return values.to(self.device, non_blocking=True).float()
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         return self._arrive(self.data[start:stop])
@@ -156,10 +205,13 @@ class MemoryTensor(CachedTensor):
         self.data = torch.empty(0)
 
     @classmethod
-    def wrap(cls, data: torch.Tensor) -> MemoryTensor:
-        """A view of an existing tensor on the compute device (no copy, not accounted)."""
+    def wrap(cls, data: torch.Tensor, channels_last: bool = False) -> MemoryTensor:
+        """A view of an existing tensor on the compute device (no copy, not accounted).
+
+        With ``channels_last``, 4-D reads arrive channels-last (each read chunk is converted).
+        """
         view = cls.__new__(cls)
-        CachedTensor.__init__(view, tuple(data.shape), data.dtype, data.device)
+        CachedTensor.__init__(view, tuple(data.shape), data.dtype, data.device, channels_last)
         view.tier, view.data, view.nbytes = "input", data, 0
         return view
 
@@ -170,9 +222,14 @@ class DiskTensor(CachedTensor):
     tier = CacheDevice.DISK.value
 
     def __init__(
-        self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, folder: Path
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype,
+        device: torch.device,
+        folder: Path,
+        channels_last: bool = False,
     ) -> None:
-        super().__init__(shape, dtype, device)
+        super().__init__(shape, dtype, device, channels_last)
         self.row_bytes = self.nbytes // max(1, shape[0])
         handle, name = tempfile.mkstemp(dir=folder, prefix="activations-", suffix=".bin")
         self.path = Path(name)
@@ -180,27 +237,31 @@ class DiskTensor(CachedTensor):
         os.ftruncate(self.fd, self.nbytes)
 
     def write(self, start: int, values: torch.Tensor) -> None:
-        stored = values.detach().to("cpu", self.dtype).contiguous()
+        stored = values.detach().to("cpu", self.dtype)
+        # NHWC rows: a channels-last chunk is already that order (no copy).
+        stored = (stored.permute(0, 2, 3, 1) if self.channels_last else stored).contiguous()
         # The tensor's own bytes, no copy: pwrite takes any buffer.
         os.pwrite(self.fd, stored.view(torch.uint8).numpy().data, start * self.row_bytes)
 
+    def _rows(self, count: int) -> torch.Tensor:
+        return _empty_rows((count, *self.shape[1:]), self.dtype, self.channels_last)
+
     def _read_into(self, rows: torch.Tensor, offset: int) -> None:
+        if self.channels_last:
+            rows = rows.permute(0, 2, 3, 1) if rows.dim() == 4 else rows.permute(1, 2, 0)
         view = memoryview(rows.view(torch.uint8).numpy()).cast("B")
         done = 0
         while done < len(view):  # pread may return fewer bytes than asked
             done += os.preadv(self.fd, [view[done:]], offset + done)
 
-    def _arrive(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows.to(self.device, non_blocking=True).float()
-
     def read(self, start: int, stop: int) -> torch.Tensor:
-        rows = torch.empty((stop - start, *self.shape[1:]), dtype=self.dtype)
+        rows = self._rows(stop - start)
         self._read_into(rows, start * self.row_bytes)
         return self._arrive(rows)
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
         flat = index.reshape(-1).tolist()
-        rows = torch.empty((len(flat), *self.shape[1:]), dtype=self.dtype)
+        rows = self._rows(len(flat))
         for position, row in enumerate(flat):
             self._read_into(rows[position], row * self.row_bytes)
         return self._arrive(rows).reshape(*index.shape, *self.shape[1:])
@@ -285,6 +346,7 @@ class CacheAllocator:
         budget_bytes: Cap of the memory tiers together (None: their default shares).
         dtype: Storage dtype of every buffer.
         folder: Where the disk tier writes (None: a new temporary folder).
+        channels_last: Store 4-D buffers in NHWC order (reads arrive channels-last).
         accelerator_bytes: The accelerator's share (None: half of its free memory); tests use it
             to fake a small device.
     """
@@ -297,8 +359,10 @@ class CacheAllocator:
         dtype: CacheDtype | str | torch.dtype = CacheDtype.FLOAT32,
         folder: Path | None = None,
         accelerator_bytes: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.device = device
+        self.channels_last = channels_last
         self.mode = CacheDevice.parse(mode, "adaround.cache_device")
         if isinstance(dtype, torch.dtype):
             self.dtype = dtype
@@ -342,13 +406,16 @@ class CacheAllocator:
     def folder(self) -> Path:
         """The disk tier's folder (created on first use), named by host and process.
 
-        A process killed without cleaning up (SIGKILL) leaves its folder behind; the next run
-        on the same host that writes there removes the folders of processes no longer alive.
+        A process killed without cleaning up (SIGKILL, or SIGTERM, which Python does not turn
+        into an exception) leaves its folder behind; the next run on the same host that writes
+        there (the run dir's ``cache/`` or the temporary folder) removes the folders of
+        processes no longer alive.
         """
         if self._folder is None:
             if self._parent is not None:
                 self._parent.mkdir(parents=True, exist_ok=True)
-                _remove_stale_folders(self._parent)
+            # The temporary folder too: a killed Python API run leaves its cache there.
+            _remove_stale_folders(self._parent or Path(tempfile.gettempdir()))
             prefix = f"{_FOLDER_PREFIX}{socket.gethostname()}-{os.getpid()}-"
             self._folder = Path(tempfile.mkdtemp(prefix=prefix, dir=self._parent))
         return self._folder
@@ -372,9 +439,9 @@ class CacheAllocator:
         buffer: CachedTensor
         if tier == CacheDevice.DISK:
             self._check_disk(nbytes)
-            buffer = DiskTensor(shape, dtype, self.device, self.folder())
+            buffer = DiskTensor(shape, dtype, self.device, self.folder(), self.channels_last)
         else:
-            buffer = MemoryTensor(shape, dtype, self.device, str(tier))
+            buffer = MemoryTensor(shape, dtype, self.device, str(tier), self.channels_last)
         self.usage.add(buffer.tier, buffer.nbytes)
         return buffer
 

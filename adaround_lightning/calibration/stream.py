@@ -27,7 +27,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -80,12 +80,16 @@ class StreamPlan:
             block's output alone.
         output_shapes: Per block, the shape of one sample of its output.
         dtypes: Per block, its output dtype.
+        direct: Per chained block, whether its input *is* the previous block's output tensor
+            (no glue between them, nothing changed it in place): then the previous block's
+            float output, cached as its block-wise target, is this block's float input.
     """
 
     order: tuple[str, ...]
     chained: dict[str, bool]
     output_shapes: dict[str, tuple[int, ...]]
     dtypes: dict[str, torch.dtype]
+    direct: dict[str, bool] = field(default_factory=dict)
 
     @contextlib.contextmanager
     def _stubbed(self, model: nn.Module, names: list[str], device: torch.device) -> Iterator[None]:
@@ -140,14 +144,31 @@ class _BlockRecorder:
         self.names = names
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, object] = {}
+        # The input tensor objects and their in-place version counters when seen, and the
+        # outputs' version counters when produced: an input that is the previous block's
+        # output object at the same version is that output, bit for bit.
+        self.input_objects: dict[str, tuple[torch.Tensor, int]] = {}
+        self.output_versions: dict[str, int] = {}
 
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
         name = self.names[module]
         if name not in self.inputs and args and isinstance(args[0], torch.Tensor):
             self.inputs[name] = args[0].detach().clone()
+            self.input_objects[name] = (args[0], args[0]._version)
 
     def hook(self, module: nn.Module, _args: tuple, output: object) -> None:
-        self.outputs.setdefault(self.names[module], output)
+        name = self.names[module]
+        if name not in self.outputs and isinstance(output, torch.Tensor):
+            self.output_versions[name] = output._version
+        self.outputs.setdefault(name, output)
+
+    def is_output_of(self, block: str, previous: str) -> bool:
+        """Whether ``block``'s input is ``previous``'s output, unchanged."""
+        seen, output = self.input_objects.get(block), self.outputs.get(previous)
+        if seen is None or not isinstance(output, torch.Tensor):
+            return False
+        tensor, version = seen
+        return tensor is output and version == self.output_versions.get(previous)
 
 
 def _record_blocks(
@@ -204,6 +225,7 @@ def plan_stream(model: nn.Module, order: list[str], example_input: torch.Tensor)
         seen = previous in recorder.inputs and block in recorder.inputs
         ok = stubs_known and seen and _chained(plan, model, previous, recorder, example_input)
         plan.chained[block] = ok
+        plan.direct[block] = ok and recorder.is_output_of(block, previous)
     broken = [name for name, ok in plan.chained.items() if not ok]
     if broken:
         log.info(

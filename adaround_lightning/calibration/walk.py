@@ -225,6 +225,7 @@ class CalibrationWalk:
             buffers=dict(usage.buffers),
             full_network_passes=passes.full,
             streamed_block_passes=passes.streamed,
+            reused_block_outputs=passes.reused,
             restarts=passes.restarts,
             forward_batch_size=cache.forward_batch_size,
             seconds=round(passes.seconds, 3),
@@ -331,6 +332,7 @@ class CalibrationWalk:
         prefix = f"{block.name}."
         steps = config.block_iters or config.iters * len(todo)
         self.cache.cache_block_output(fp_block, len(self.state.reports))
+        self.cache.keep_block_output()  # the next block's float input, when it is B(x)
         if context.act_in_loop:
             assert self.cache.q_block_inputs is not None
             in_loop = self.input_quantizers(list(new), q_block, self.cache.q_block_inputs, prefix)
@@ -469,21 +471,16 @@ class CalibrationWalk:
             "nearest": quantizer.nearest_integer_weight().float() * quantizer.scale,
             "adaround": q_layer.weight,
         }
-        activation = context.activation_of(info)
-        chunk = context.forward_batch_size
-        return {
-            kind: output_mse(
-                q_layer,
-                weight,
-                activation,
-                cache.inputs,
-                cache.targets,
-                chunk,
-                context.process,
-                quantize_cached,
-            )
-            for kind, weight in weights.items()
-        }
+        return output_mse(
+            q_layer,
+            weights,
+            context.activation_of(info),
+            cache.inputs,
+            cache.targets,
+            context.forward_batch_size,
+            context.process,
+            quantize_cached,
+        )
 
     def finish_layer(
         self,

@@ -18,6 +18,7 @@ from adaround_lightning.export.integers import (
 from adaround_lightning.export.onnx import export_onnx, onnx_integers, onnx_logits
 from adaround_lightning.export.run_dir import (
     ENCODINGS_FILE,
+    FLOAT_WEIGHTS_FILE,
     MODEL_FILE,
     ONNX_FILE,
     STATE_FILE,
@@ -29,6 +30,7 @@ from adaround_lightning.export.verify import verify_grid
 
 __all__ = [
     "ENCODINGS_FILE",
+    "FLOAT_WEIGHTS_FILE",
     "MODEL_FILE",
     "ONNX_FILE",
     "STATE_FILE",

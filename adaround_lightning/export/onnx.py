@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 
 from adaround_lightning.export.integers import GridCheckError, QuantizedLayer
 
-__all__ = ["export_onnx", "onnx_integers", "onnx_logits"]
+__all__ = ["OnnxWeight", "export_onnx", "onnx_integers", "onnx_logits", "onnx_weights"]
 
 
 def _torchscript_export(
@@ -120,14 +121,46 @@ def onnx_logits(path: Path, inputs: torch.Tensor) -> np.ndarray:
     return session.run(["logits"], {"input": inputs.cpu().numpy()})[0]
 
 
-def onnx_integers(path: Path) -> dict[str, np.ndarray]:
-    """Per layer name, the int8 weight initializer stored in ``model.onnx``."""
+@dataclass(frozen=True)
+class OnnxWeight:
+    """One int8 weight of ``model.onnx`` as its ``DequantizeLinear`` reads it.
+
+    Attributes:
+        q: The int8 initializer.
+        scale: Its scale initializer (float32, ``(C,)`` or a scalar).
+        zero_point: Its zero-point initializer.
+        axis: The node's ``axis`` attribute (ONNX's default, 1, when absent).
+    """
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int
+
+
+def onnx_weights(path: Path) -> dict[str, OnnxWeight]:
+    """Per layer name, what each weight ``DequantizeLinear`` of ``model.onnx`` reads.
+
+    Read from the graph itself: the node's inputs name the integer, scale and zero-point
+    initializers, and its ``axis`` attribute is taken as ONNX defines it (default 1).
+    """
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(path)).graph
-    return {
-        init.name[: -len(".weight_quantized")]: numpy_helper.to_array(init)
-        for init in graph.initializer
-        if init.name.endswith(".weight_quantized")
-    }
+    arrays = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    weights = {}
+    for node in graph.node:
+        if node.op_type != "DequantizeLinear" or not node.input[0].endswith(".weight_quantized"):
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        q, scale, zero = (arrays.get(name) for name in node.input[:3])
+        if q is None or scale is None or zero is None:
+            continue  # an input computed in the graph: not one of our int8 weights
+        weights[node.input[0][: -len(".weight_quantized")]] = OnnxWeight(q, scale, zero, axis)
+    return weights
+
+
+def onnx_integers(path: Path) -> dict[str, np.ndarray]:
+    """Per layer name, the int8 weight initializer stored in ``model.onnx``."""
+    return {name: weight.q for name, weight in onnx_weights(path).items()}

@@ -4,12 +4,14 @@
 * ``quantized_weights.safetensors``: the integers and grids (:mod:`.integers`);
 * ``encodings.json``: AIMET's encodings (:mod:`.encodings`);
 * ``adaround_state.pt``: ``V``, ``floor(W/s)``, scales and ranges for the grid check;
+* ``float_weights.safetensors``: the float (BN-folded) weight ``W`` of every quantized layer, so
+  the grid check recomputes ``floor(W/s)`` itself;
 * ``model.onnx``: int8 weights behind ``DequantizeLinear`` (:mod:`.onnx`), with ``export.onnx``.
 
 :func:`~adaround_lightning.export.verify.verify_grid` checks that every exported integer equals
-``clamp(floor(W/s) + 1[V >= 0], q_min, q_max)`` for the learned ``V``, that the float weights of
-``quantized_model.pt`` are exactly ``s * q`` and that ONNX and encodings carry the same integers
-and scales.
+``clamp(floor(W/s) + 1[V >= 0], q_min, q_max)`` for the float ``W`` and the learned ``V``, that
+the float weights of ``quantized_model.pt`` are exactly ``s * q`` and that ONNX and encodings
+carry the same integers, scales, zero points, axes and ranges.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from adaround_lightning.export.onnx import export_onnx
 
 __all__ = [
     "ENCODINGS_FILE",
+    "FLOAT_WEIGHTS_FILE",
     "MODEL_FILE",
     "ONNX_FILE",
     "STATE_FILE",
@@ -48,6 +51,7 @@ ENCODINGS_FILE = "encodings.json"
 ONNX_FILE = "model.onnx"
 STATE_FILE = "adaround_state.pt"
 MODEL_FILE = "quantized_model.pt"
+FLOAT_WEIGHTS_FILE = "float_weights.safetensors"
 
 
 @dataclass
@@ -72,6 +76,17 @@ class ExportConfig:
             )
 
 
+def _save_float_weights(result: AdaroundResult, path: str) -> None:
+    from safetensors.torch import save_file
+
+    float_model = result.float_model
+    weights = {
+        f"{name}.weight": float_model.get_submodule(name).weight.detach().cpu().contiguous()
+        for name in result.quantizers
+    }
+    save_file(weights, path)
+
+
 def export_run(
     result: AdaroundResult, out_dir: Path, example_input: torch.Tensor, config: ExportConfig
 ) -> dict[str, Any]:
@@ -94,6 +109,8 @@ def export_run(
     outputs["encodings"] = ENCODINGS_FILE
     atomic_torch_save(out_dir / STATE_FILE, quantizer_states(result.quantizers))
     outputs["adaround_state"] = STATE_FILE
+    atomic_write(out_dir / FLOAT_WEIGHTS_FILE, lambda tmp: _save_float_weights(result, tmp))
+    outputs["float_weights"] = FLOAT_WEIGHTS_FILE
     if config.onnx:
         model = copy.deepcopy(result.model).cpu()
         atomic_write(

@@ -38,7 +38,7 @@ def mean_output_error(
 ) -> torch.Tensor:
     """Per-channel mean of ``float_output - quantized_output``, shape ``(C,)``.
 
-    Accumulated in float64, so a large calibration set does not lose the small offset.
+    Summed in float64, so a large calibration set does not lose the small offset.
 
     Args:
         float_output: The float layer's output, e.g. ``(N, C, H, W)``.
@@ -53,9 +53,13 @@ def mean_output_error(
         raise ValueError(
             f"output shapes differ: {tuple(float_output.shape)} vs {tuple(quantized_output.shape)}"
         )
-    error = float_output.double() - quantized_output.double()
-    error = error.movedim(dim, 0).flatten(1)  # (C, N * spatial)
-    return error.mean(1)
+    # The difference in float32 (no float64 copies of both outputs), summed in float64 over
+    # every axis but the channels, in whatever memory layout the outputs have.
+    error = float_output.float() - quantized_output.float()
+    channel = dim % error.dim()
+    others = [axis for axis in range(error.dim()) if axis != channel]
+    count = error.numel() // error.shape[channel]
+    return error.sum(dim=others, dtype=torch.float64) / count
 
 
 @torch.no_grad()

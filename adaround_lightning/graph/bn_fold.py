@@ -120,24 +120,51 @@ def fold_batch_norms(model: nn.Module, example_input: torch.Tensor) -> list[tupl
     if model.training:
         raise ValueError("call model.eval() before folding BatchNorm: folding uses running stats")
     trace = trace_network(model, example_input)
+    pairs = [(layer.name, layer.norm) for layer in trace.layers if layer.norm is not None]
     reference = _output(model, example_input)
+    # All at once first: one pass checks them all, which is the common case (2 passes, not
+    # one per BatchNorm). Only if the output changed is each fold checked on its own.
+    undo = _fold_all(model, pairs)
+    if _unchanged(reference, _output(model, example_input)):
+        return pairs
+    for (name, norm_name), (saved, norm) in reversed(list(zip(pairs, undo, strict=True))):
+        saved.restore(model.get_submodule(name))
+        set_submodule(model, norm_name, norm)
+    return _fold_one_by_one(model, pairs, reference, example_input)
+
+
+def _fold_all(model: nn.Module, pairs: list[tuple[str, str]]) -> list[tuple[_Saved, nn.Module]]:
+    """Fold every pair; returns, per pair, the layer's old weights and the BatchNorm module."""
+    undo = []
+    for name, norm_name in pairs:
+        conv, norm = model.get_submodule(name), model.get_submodule(norm_name)
+        undo.append((_Saved.of(conv), norm))
+        _fold_into(conv, norm)
+        set_submodule(model, norm_name, nn.Identity())
+    return undo
+
+
+def _fold_one_by_one(
+    model: nn.Module,
+    pairs: list[tuple[str, str]],
+    reference: torch.Tensor,
+    example_input: torch.Tensor,
+) -> list[tuple[str, str]]:
     folded = []
-    for layer in trace.layers:
-        if layer.norm is None:
-            continue
-        conv = model.get_submodule(layer.name)
-        norm = model.get_submodule(layer.norm)
+    for name, norm_name in pairs:
+        conv = model.get_submodule(name)
+        norm = model.get_submodule(norm_name)
         saved = _Saved.of(conv)
         _fold_into(conv, norm)
-        set_submodule(model, layer.norm, nn.Identity())
+        set_submodule(model, norm_name, nn.Identity())
         if not _unchanged(reference, _output(model, example_input)):
             saved.restore(conv)
-            set_submodule(model, layer.norm, norm)
+            set_submodule(model, norm_name, norm)
             log.warning(
                 "BatchNorm %s not folded into %s: the layer's output has another consumer",
-                layer.norm,
-                layer.name,
+                norm_name,
+                name,
             )
             continue
-        folded.append((layer.name, layer.norm))
+        folded.append((name, norm_name))
     return folded

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 import torch
-from torch.ao.quantization import FakeQuantize
+from torch import nn
 
 from adaround_lightning.quant.observers import (
     SymmetricMinMaxObserver,
@@ -91,16 +91,22 @@ def _broadcast_shape(weight: torch.Tensor, ch_axis: int) -> list[int]:
     return shape
 
 
-class AdaroundFakeQuantizer(FakeQuantize):
+class AdaroundFakeQuantizer(nn.Module):
     """Fake-quantizer with learned up/down rounding per weight (AdaRound).
 
-    The constructor follows torch's experimental ``AdaroundFakeQuantizer``. The differences are
-    fixes: scales broadcast along ``ch_axis`` for any weight rank (Linear, Conv1d/2d/3d, grouped
-    and depthwise convolutions); the zero point is always zero (symmetric grids only); user errors
-    raise ``ValueError`` rather than ``AssertionError``; the fractional part ``W/s - floor(W/s)`` is
-    clamped instead of asserted, so float edge cases cannot fail; and the observer runs once, on
-    the first forward, and then switches itself off, so later forwards cannot silently
-    re-initialise ``V`` (call :meth:`enable_observer` to re-calibrate on purpose).
+    The constructor and the switches (``enable_observer`` / ``disable_observer``,
+    ``enable_fake_quant`` / ``disable_fake_quant``, ``calculate_qparams``) follow torch's
+    experimental ``AdaroundFakeQuantizer`` and its ``FakeQuantize`` base, with the same buffers
+    (``fake_quant_enabled``, ``observer_enabled``, ``scale``, ``zero_point``, the observer as
+    ``activation_post_process``), but the class stands on its own: ``torch.ao.quantization`` is
+    deprecated and leaving torch. The other differences are fixes: scales broadcast along
+    ``ch_axis`` for any weight rank (Linear, Conv1d/2d/3d, grouped and depthwise convolutions);
+    the zero point is always zero (symmetric grids only); user errors raise ``ValueError``
+    rather than ``AssertionError``; the fractional part ``W/s - floor(W/s)`` is clamped instead
+    of asserted, so float edge cases cannot fail; and the observer runs once, on the first
+    forward, and then switches itself off, so later forwards cannot silently re-initialise
+    ``V`` (call :meth:`enable_observer` to re-calibrate on purpose; the observer's running
+    min/max then includes both weights, as torch's does).
 
     Args:
         observer: Observer class that sets the scale. ``None`` picks a symmetric min/max observer
@@ -154,14 +160,16 @@ class AdaroundFakeQuantizer(FakeQuantize):
         observer_kwargs.setdefault("dtype", torch.qint8)
         if per_channel:
             observer_kwargs.setdefault("ch_axis", ch_axis)
-        super().__init__(
-            observer=observer,
-            quant_min=quant_min,
-            quant_max=quant_max,
-            is_dynamic=False,
-            qscheme=qscheme,
-            **observer_kwargs,
+        super().__init__()
+        self.activation_post_process = observer(
+            qscheme=qscheme, quant_min=quant_min, quant_max=quant_max, **observer_kwargs
         )
+        self.quant_min, self.quant_max = quant_min, quant_max
+        self.dtype = observer_kwargs["dtype"]
+        self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8))
+        self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.uint8))
+        self.register_buffer("scale", torch.tensor([1.0]))
+        self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int32))
         self.qscheme = qscheme
         self.ch_axis = ch_axis
         self.is_per_channel = per_channel
@@ -228,6 +236,29 @@ class AdaroundFakeQuantizer(FakeQuantize):
             f"ch_axis={self.ch_axis}, soft={self.use_soft_rounding}, "
             f"V={tuple(self.V.shape)}, rounded_up={rounded_up}"
         )
+
+    # ------------------------------------------------------------------ switches
+    @torch.jit.export
+    def enable_fake_quant(self, enabled: bool = True) -> AdaroundFakeQuantizer:
+        """Turn fake quantization on (off with ``enabled=False``); off, forward returns ``X``."""
+        self.fake_quant_enabled[0] = 1 if enabled else 0
+        return self
+
+    @torch.jit.export
+    def disable_fake_quant(self) -> AdaroundFakeQuantizer:
+        """Turn fake quantization off."""
+        return self.enable_fake_quant(False)
+
+    @torch.jit.export
+    def enable_observer(self, enabled: bool = True) -> AdaroundFakeQuantizer:
+        """Let the next forward observe its weight and (re-)initialise the scale and ``V``."""
+        self.observer_enabled[0] = 1 if enabled else 0
+        return self
+
+    @torch.jit.export
+    def disable_observer(self) -> AdaroundFakeQuantizer:
+        """Stop observing: the scale and ``V`` stay as they are."""
+        return self.enable_observer(False)
 
     def enable_weight_fake_quant(self) -> None:
         """Turn fake quantization on (as in the reference API)."""

@@ -37,6 +37,28 @@ def test_every_tier_returns_what_was_written(mode: str, dtype: torch.dtype) -> N
     allocator.close()
 
 
+@pytest.mark.parametrize("written_channels_last", [False, True])
+@pytest.mark.parametrize("mode", ["cpu", "disk"])
+def test_channels_last_buffers_return_the_same_values_in_nhwc_order(
+    mode: str, written_channels_last: bool
+) -> None:
+    generator = torch.Generator().manual_seed(1)
+    values = torch.randn(7, 3, 4, 5, generator=generator)
+    if written_channels_last:  # what a channels-last convolution hands the cache
+        values = values.contiguous(memory_format=torch.channels_last)
+    allocator = CacheAllocator(torch.device("cpu"), mode, channels_last=True)
+    buffer = allocator.allocate((7, 3, 4, 5))
+    for start in range(0, 7, 3):
+        buffer.write(start, values[start : start + 3])
+    rows, index = buffer[1:6], torch.tensor([6, 0, 2, 2])
+    for read, expected in ((rows, values[1:6]), (buffer[index], values[index])):
+        assert torch.equal(read, expected)
+        assert read.is_contiguous(memory_format=torch.channels_last)
+    grouped = buffer[torch.tensor([[1, 2], [3, 4]])]  # (K, batch, C, H, W) for K steps
+    assert torch.equal(grouped, values[torch.tensor([[1, 2], [3, 4]])])
+    allocator.close()
+
+
 def test_auto_fills_the_accelerator_then_host_memory_then_disk() -> None:
     # A faked accelerator of 1000 bytes (the meta device holds no memory), a 3000-byte budget.
     allocator = CacheAllocator(torch.device("meta"), "auto", 3000, accelerator_bytes=1000)
@@ -162,4 +184,19 @@ def test_folders_of_dead_processes_are_removed_on_the_next_run(tmp_path: Path) -
     allocator = CacheAllocator(torch.device("cpu"), "disk", folder=tmp_path)
     allocator.allocate((2, 2))
     assert not stale.exists() and live.exists()
+    allocator.close()
+
+
+def test_the_temporary_folder_is_cleaned_of_dead_processes_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the Python API's disk tier
+    stale = tmp_path / f"adaround-cache-{socket.gethostname()}-999999999-abc"
+    stale.mkdir()
+    allocator = CacheAllocator(torch.device("cpu"), "disk")
+    allocator.allocate((2, 2))
+    assert not stale.exists() and allocator.folder().parent == tmp_path
     allocator.close()

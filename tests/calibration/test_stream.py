@@ -51,6 +51,28 @@ def test_the_chain_check_finds_the_skip_connection() -> None:
         _SkipAcross().eval(), ["conv1", "conv2", "conv3", "fc"], torch.randn(2, 3, 6, 6)
     )
     assert plan.chained == {"conv2": True, "conv3": False, "fc": True}
+    # A ReLU, a sum and a mean stand between the blocks: no block input is a block output.
+    assert plan.direct == {"conv2": False, "conv3": False, "fc": False}
+
+
+class _InPlaceGlue(nn.Module):
+    """b's input is a's output object, but changed in place on the way; c's is b's, unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        h.relu_()
+        return self.c(self.b(h))
+
+
+def test_a_block_output_is_reused_only_when_nothing_changed_it() -> None:
+    torch.manual_seed(0)
+    plan = plan_stream(_InPlaceGlue().eval(), ["a", "b", "c"], torch.randn(2, 3))
+    assert plan.chained == {"b": True, "c": True}
+    assert plan.direct == {"b": False, "c": True}
 
 
 @pytest.mark.parametrize("granularity", ["layer", "block"])
@@ -78,6 +100,8 @@ def test_a_torchvision_network_streams_block_to_block() -> None:
     # The stem's input is the images themselves: no full pass at all while streaming.
     assert streamed.cache.full_network_passes == 0 and streamed.cache.restarts == 0
     assert prefix.cache.full_network_passes > 20
+    # Block-wise targets B(x) became the next blocks' float inputs: fewer block passes.
+    assert streamed.cache.reused_block_outputs > 0
 
 
 @pytest.mark.slow

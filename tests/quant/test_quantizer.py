@@ -168,3 +168,64 @@ def test_non_finite_weight_is_rejected() -> None:
     fq = _quantizer(4, True)
     with pytest.raises(ValueError, match="NaN or Inf"):
         fq(torch.tensor([[1.0, float("nan")]]))
+
+
+def test_the_package_does_not_use_the_deprecated_torch_ao_namespace() -> None:
+    import re
+    from pathlib import Path
+
+    import adaround_lightning
+
+    package = Path(adaround_lightning.__file__).parent
+    imports = re.compile(r"^\s*(import torch\.ao|from torch\.ao|from torch import ao)", re.M)
+    users = [
+        str(p.relative_to(package)) for p in package.rglob("*.py") if imports.search(p.read_text())
+    ]
+    assert not users, f"torch.ao is imported in {users}"
+    assert not issubclass(AdaroundFakeQuantizer, torch.ao.quantization.FakeQuantize)
+
+
+def test_checkpoints_of_the_torch_ao_based_class_load() -> None:
+    # The buffers torch.ao's FakeQuantize and observers gave the class: what older run dirs and
+    # checkpoints hold (the per-channel observer's min/max are one value per channel).
+    w = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    fq = _quantizer(4, True)
+    fq(w)
+    state = fq.state_dict()
+    assert set(state) == {
+        "V",
+        "fake_quant_enabled",
+        "observer_enabled",
+        "scale",
+        "zero_point",
+        "weight_floor",
+        "nearest_round_up",
+        "activation_post_process.eps",
+        "activation_post_process.min_val",
+        "activation_post_process.max_val",
+    }
+    assert state["fake_quant_enabled"].dtype == state["observer_enabled"].dtype == torch.uint8
+    assert state["activation_post_process.min_val"].shape == (4,)
+    fresh = _quantizer(4, True)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.integer_weight(), fq.integer_weight())
+    assert torch.equal(fresh.activation_post_process.max_val, w.amax(1))
+
+
+def test_the_reference_switches_behave_like_fake_quantize() -> None:
+    w = torch.randn(5, 4, generator=torch.Generator().manual_seed(1))
+    fq = _quantizer(3, True)
+    fq(w)
+    fq.disable_fake_quant()
+    assert fq(w) is w  # off: the weight passes through
+    fq.enable_fake_quant()
+    assert not torch.equal(fq(w), w)
+    first_V = fq.V.detach().clone()
+    fq.enable_observer()  # on purpose: the next forward re-initialises from a new weight
+    other = torch.randn(5, 4, generator=torch.Generator().manual_seed(2))
+    fq(other)
+    assert not torch.equal(fq.V.detach(), first_V) and fq.observer_enabled[0] == 0
+    # The observer keeps a running min/max, as torch's MinMaxObserver does: both weights count.
+    both = torch.maximum(w.abs(), other.abs()).double()
+    expected = both.amax(1, keepdim=True) / bits_to_range(3)[1]
+    assert torch.allclose(fq.scale.double(), expected, rtol=1e-6)
