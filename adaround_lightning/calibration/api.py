@@ -25,7 +25,7 @@ from adaround_lightning.calibration.inputs import calibration_tensor, shard_for_
 from adaround_lightning.calibration.networks import float_and_quantized
 from adaround_lightning.calibration.plan import plan_calibration
 from adaround_lightning.calibration.records import AdaroundResult
-from adaround_lightning.calibration.storage import CacheAllocator
+from adaround_lightning.calibration.storage import FORWARD_SHARE, CacheAllocator
 from adaround_lightning.calibration.stream import plan_stream
 from adaround_lightning.calibration.trainer import process_context, trainer_kwargs_with_defaults
 from adaround_lightning.calibration.walk import CalibrationWalk, WalkContext
@@ -42,9 +42,8 @@ CACHE_DIR = "cache"
 CalibrationData = torch.Tensor | Dataset | DataLoader | Iterable[Any]
 
 
-#: Share of ``adaround.cache_budget_gb`` that one forward chunk's activations may take, and how
-#: many of a network's largest activations a forward holds at once (input, output, a residual).
-FORWARD_SHARE = 0.25
+#: How many of a network's largest activations a forward holds at once (input, output, a
+#: residual); a forward chunk's take of the budget is ``FORWARD_SHARE`` (storage).
 LIVE_ACTIVATIONS = 4
 
 

@@ -23,6 +23,7 @@ drawn where the cache lives, with indices drawn on the compute device.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from adaround_lightning.calibration.storage import (
+    FORWARD_SHARE,
     CacheAllocator,
     CacheDevice,
     CachedTensor,
@@ -53,9 +55,9 @@ class RandomBatches:
     10k steps of 32), from a generator seeded with ``seed``: the batches are reproducible and the
     training step does no host work to get them.
 
-    With ``steps_per_batch = K > 1`` each item stacks the batches of ``K`` consecutive steps,
-    ``(K, batch_size, ...)`` (the last item may hold fewer), for a training step that runs ``K``
-    optimizer steps: the same batches in the same order as with ``K = 1``.
+    With ``steps_per_batch = K > 1`` (or ``stack=True``) each item stacks the batches of ``K``
+    consecutive steps, ``(K, batch_size, ...)`` (the last item may hold fewer), for a training
+    step that runs ``K`` optimizer steps: the same batches in the same order as with ``K = 1``.
 
     Example:
         >>> batches = RandomBatches(torch.arange(10.0), torch.arange(10.0), 4, num_steps=3, seed=0)
@@ -74,6 +76,7 @@ class RandomBatches:
         num_steps: int,
         seed: int,
         steps_per_batch: int = 1,
+        stack: bool | None = None,
     ) -> None:
         if inputs.shape[0] != targets.shape[0]:
             raise ValueError("inputs and targets must have the same number of samples")
@@ -83,6 +86,7 @@ class RandomBatches:
         self.num_steps = num_steps
         self.seed = seed
         self.steps_per_batch = steps_per_batch
+        self.stack = steps_per_batch > 1 if stack is None else stack
 
     def __len__(self) -> int:
         return -(-self.num_steps // self.steps_per_batch)
@@ -97,7 +101,7 @@ class RandomBatches:
             generator=generator,
             device=device,
         )
-        if self.steps_per_batch == 1:
+        if not self.stack:
             for step in range(self.num_steps):
                 idx = indices[step]
                 yield self.inputs[idx], self.targets[idx]
@@ -389,5 +393,21 @@ class CalibrationCache(L.LightningDataModule):
             self.batch_size,
             self.num_steps,
             self.seed + self.layer_index,
-            self.steps_per_batch,
+            self.steps_in_one_batch(),
+            stack=self.steps_per_batch > 1,
         )
+
+    def steps_in_one_batch(self) -> int:
+        """``steps_per_batch``, lowered under a cache budget so one stacked item fits its share.
+
+        ``K`` stacked batches of 224 px activations are large (ResNet50 ``layer1``, K = 8,
+        batch 32: 1.6 GB of inputs and targets at once); fewer per item give the same batches
+        in the same order, so the same result.
+        """
+        budget = self.allocator.budget_bytes
+        if budget is None or self.steps_per_batch == 1 or self.inputs is None:
+            return self.steps_per_batch
+        assert self.targets is not None
+        row_bytes = 4 * (math.prod(self.inputs.shape[1:]) + math.prod(self.targets.shape[1:]))
+        fits = int(budget * FORWARD_SHARE) // max(1, row_bytes * self.batch_size)
+        return max(1, min(self.steps_per_batch, fits))

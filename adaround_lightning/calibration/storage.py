@@ -45,6 +45,7 @@ from adaround_lightning.core.choices import Choice
 from adaround_lightning.core.errors import UserError
 
 __all__ = [
+    "FORWARD_SHARE",
     "CacheAllocator",
     "CacheDevice",
     "CacheDtype",
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 
 #: Share of the free accelerator memory, and of the available host memory, that ``auto`` uses.
 MEMORY_SHARE = 0.5
+#: Share of ``adaround.cache_budget_gb`` that the transient tensors of one forward chunk, or of
+#: one training step's stacked batches, may take besides the cache.
+FORWARD_SHARE = 0.25
 #: Disk space kept free beyond a buffer's size.
 DISK_MARGIN_BYTES = 256 * 2**20
 

@@ -203,3 +203,17 @@ def test_help_lists_the_recipes(tmp_path: Path) -> None:
     line = next(line for line in proc.stdout.splitlines() if line.startswith("recipe:"))
     for recipe in recipes():
         assert recipe in line
+
+
+def test_the_nearest_row_says_it_has_no_bias_correction() -> None:
+    # AdaRound's row has bias correction by default and the nearest row never does: the table
+    # must not present them as the same treatment.
+    from adaround_lightning.app.run import summary_table
+
+    table = summary_table(
+        {"fp32": {"top1": 90.0}, "nearest": {"top1": 50.0}, "adaround": {"top1": 85.0}}
+    )
+    nearest_row = next(line for line in table.splitlines() if line.startswith("round-to-nearest"))
+    assert nearest_row.split()[-1] == "50.00"
+    marker = nearest_row.split()[0][len("round-to-nearest") :]
+    assert marker and f"{marker} weights only: no bias correction" in table

@@ -44,3 +44,30 @@ def test_capture_stops_early() -> None:
     net[1].register_forward_hook(lambda *a: calls.append(1))
     capture_input(net, net[1], torch.randn(10, 2), chunk=3)
     assert calls == []
+
+
+def test_a_budget_stacks_fewer_steps_per_item_and_the_same_batches() -> None:
+    from adaround_lightning.calibration.storage import CacheAllocator
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64)).eval()
+    data = torch.randn(40, 64)
+
+    def batches(budget_bytes: int | None) -> tuple[int, list[torch.Tensor]]:
+        allocator = CacheAllocator(torch.device("cpu"), "auto", budget_bytes)
+        cache = CalibrationCache(
+            data, batch_size=4, num_steps=7, seed=1, steps_per_batch=4, allocator=allocator
+        )
+        cache.cache_block(net, net, net[2], net[2])
+        cache.cache_layer(net[2], net[2], net[2], net[2], activation=None, layer_index=0)
+        items = list(cache.train_dataloader())
+        assert all(x.dim() == 3 for x, _ in items)  # stacked (K, batch, ...) for manual steps
+        return cache.steps_in_one_batch(), [x[k] for x, _ in items for k in range(x.shape[0])]
+
+    unbounded_k, unbounded = batches(None)
+    # A step's inputs and targets: 4 rows of 2 x 64 float32 = 2 KiB; a quarter of a 12 KiB
+    # budget fits one step per item (the buffers themselves spill to disk).
+    bounded_k, bounded = batches(12 * 1024)
+    assert unbounded_k == 4 and bounded_k == 1
+    assert len(bounded) == len(unbounded) == 7
+    assert all(torch.equal(a, b) for a, b in zip(bounded, unbounded, strict=True))
