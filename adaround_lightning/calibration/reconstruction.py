@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from adaround_lightning.graph.bias_correction import channel_dim
 from adaround_lightning.graph.functional import forward_with_weight, functional_activation
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer, rectified_sigmoid
@@ -41,6 +42,7 @@ class RoundingReconstruction(L.LightningModule):
         if not all(q.initialized for q in quantizers):
             raise ValueError("initialise each quantizer with one forward of its weight first")
         self.loss = loss
+        self.channel_dim = 1  # the output-channel axis of the reconstruction (subclasses set it)
         self.lr = lr
         self.name = name
         for parameter in frozen.parameters():
@@ -104,7 +106,9 @@ class RoundingReconstruction(L.LightningModule):
             )
         h = [rectified_sigmoid(q.V) for q in self.rounding_quantizers()]
         outputs = self.soft_output(inputs, h)
-        reconstruction = self.loss.reconstruction_loss(outputs, targets.to(outputs.dtype))
+        reconstruction = self.loss.reconstruction_loss(
+            outputs, targets.to(outputs.dtype), self.channel_dim
+        )
         if curr_iter < self.loss.warm_start_end:
             # Warm start: no regularizer. A Python-int comparison, so no host sync.
             regularization = reconstruction.new_zeros(())
@@ -196,6 +200,7 @@ class LayerReconstruction(RoundingReconstruction):
         super().__init__([quantizer], layer, loss, lr, name, steps_per_batch)
         self.layer = layer
         self.quantizer = quantizer
+        self.channel_dim = channel_dim(layer)
         self.activation = functional_activation(activation)
         self.input_quantizer = input_quantizer
 
@@ -252,6 +257,11 @@ class BlockReconstruction(RoundingReconstruction):
     ) -> None:
         super().__init__(list(quantizers.values()), block, loss, lr, name, steps_per_batch)
         self.block = block
+        # A block with a convolution outputs (N, C, ...); one of Linear layers only (a
+        # transformer block) outputs (N, ..., C).
+        layers = [block.get_submodule(n) for n in quantizers]
+        has_conv = any(channel_dim(layer) == 1 for layer in layers)
+        self.channel_dim = 1 if has_conv else -1
         self.layer_names = list(quantizers)
         # ModuleDict keys cannot contain dots.
         self.quantizers = nn.ModuleDict({n.replace(".", "/"): q for n, q in quantizers.items()})

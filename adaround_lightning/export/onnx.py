@@ -44,6 +44,53 @@ def _torchscript_export(
     )
 
 
+def _weight_forms(
+    layers: list[QuantizedLayer],
+) -> dict[tuple[tuple[int, ...], bytes], tuple[QuantizedLayer, bool]]:
+    """Per float content an exported initializer may have, its layer and whether transposed.
+
+    A Linear applied to an input of 3 or more dimensions (ViT, Swin, ConvNeXt MLPs) is exported
+    as ``MatMul`` with ``W^T`` constant-folded into an initializer: that form is matched too.
+    """
+    forms: dict[tuple[tuple[int, ...], bytes], tuple[QuantizedLayer, bool]] = {}
+    for layer in layers:
+        weight = layer.dequantized().numpy()
+        forms[(weight.shape, weight.tobytes())] = (layer, False)
+        if weight.ndim == 2:
+            transposed = np.ascontiguousarray(weight.T)
+            forms.setdefault((transposed.shape, transposed.tobytes()), (layer, True))
+    return forms
+
+
+def _dequantize(layer: QuantizedLayer, transposed: bool, output: str) -> tuple[list, object]:
+    """The int8 initializers of ``layer`` and the ``DequantizeLinear`` that gives ``output``.
+
+    ``transposed``: the graph reads ``W^T``, shape ``(in, out)``, so the integers are
+    transposed and per-channel scales run along axis 1.
+    """
+    from onnx import helper, numpy_helper
+
+    base = f"{layer.name}.weight"
+    q, axis = layer.q.numpy(), layer.ch_axis
+    if transposed:
+        q = np.ascontiguousarray(q.T)
+        axis = None if axis is None else 1 - axis
+    scale = layer.scale.numpy().astype(np.float32)
+    initializers = [
+        numpy_helper.from_array(q, f"{base}_quantized"),
+        numpy_helper.from_array(scale, f"{base}_scale"),
+        numpy_helper.from_array(np.zeros(scale.shape, dtype=np.int8), f"{base}_zero_point"),
+    ]
+    node = helper.make_node(
+        "DequantizeLinear",
+        [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+        [output],
+        name=f"{base}_dequantize",
+        **({"axis": axis} if axis is not None else {}),
+    )
+    return initializers, node
+
+
 def export_onnx(
     model: nn.Module,
     layers: list[QuantizedLayer],
@@ -57,9 +104,11 @@ def export_onnx(
     weight content, so whatever names the exporter gives initializers, every quantized weight is
     replaced: an int8 initializer ``NAME.weight_quantized``, its scale and zero point, and a
     ``DequantizeLinear`` (``axis = ch_axis`` when per channel) whose output feeds the consumers.
+    A Linear weight that the exporter folded into ``W^T`` (a ``MatMul`` on 3-D inputs) is
+    stored transposed, ``(in, out)``, with ``axis = 1``.
     """
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = model.eval().cpu()
     buffer = io.BytesIO()
@@ -74,39 +123,19 @@ def export_onnx(
         _torchscript_export(model, example_input, buffer, opset)
     graph_model = onnx.load_from_string(buffer.getvalue())
     graph = graph_model.graph
-    by_content: dict[tuple[tuple[int, ...], bytes], QuantizedLayer] = {}
-    for layer in layers:
-        weight = layer.dequantized().numpy()
-        by_content[(weight.shape, weight.tobytes())] = layer
+    forms = _weight_forms(layers)
     replaced: set[str] = set()
     kept, nodes = [], []
     for init in graph.initializer:
         array = numpy_helper.to_array(init)
-        layer = (
-            by_content.get((array.shape, array.tobytes())) if array.dtype == np.float32 else None
-        )
-        if layer is None or layer.name in replaced:
+        found = forms.get((array.shape, array.tobytes())) if array.dtype == np.float32 else None
+        if found is None or found[0].name in replaced:
             kept.append(init)
             continue
-        replaced.add(layer.name)
-        base = f"{layer.name}.weight"
-        scale = layer.scale.numpy().astype(np.float32)
-        zero = np.zeros(scale.shape, dtype=np.int8)
-        kept += [
-            numpy_helper.from_array(layer.q.numpy(), f"{base}_quantized"),
-            numpy_helper.from_array(scale, f"{base}_scale"),
-            numpy_helper.from_array(zero, f"{base}_zero_point"),
-        ]
-        attributes = {"axis": layer.ch_axis} if layer.ch_axis is not None else {}
-        nodes.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                [init.name],
-                name=f"{base}_dequantize",
-                **attributes,
-            )
-        )
+        replaced.add(found[0].name)
+        initializers, node = _dequantize(found[0], found[1], init.name)
+        kept += initializers
+        nodes.append(node)
     missing = sorted({layer.name for layer in layers} - replaced)
     if missing:
         raise GridCheckError(
@@ -123,11 +152,16 @@ def export_onnx(
 
 
 def onnx_logits(path: Path, inputs: torch.Tensor) -> np.ndarray:
-    """Run ``model.onnx`` with onnxruntime on the CPU."""
+    """Run ``model.onnx`` with onnxruntime on the CPU (basic graph optimizations only).
+
+    onnxruntime's extended optimizations fuse ``DequantizeLinear`` + ``MatMul`` into integer
+    kernels that compute otherwise than the exported float graph; basic ones keep its numerics.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return session.run(["logits"], {"input": inputs.cpu().numpy()})[0]
 

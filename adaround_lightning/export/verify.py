@@ -115,17 +115,21 @@ def _rounding_from_state(layer: QuantizedLayer, state: dict[str, torch.Tensor]) 
 def _check_onnx(layer: QuantizedLayer, weight: OnnxWeight | None) -> None:
     if weight is None:
         raise GridCheckError(f"{layer.name}: {ONNX_FILE} has no int8 weight for the layer")
-    if weight.q.dtype != np.int8 or not np.array_equal(weight.q, layer.q.numpy()):
+    q = layer.q.numpy()
+    # A Linear weight read by a MatMul on 3-D inputs is stored transposed, (in, out).
+    transposed = q.ndim == 2 and not np.array_equal(weight.q, q) and weight.q.shape == q.T.shape
+    if weight.q.dtype != np.int8 or not np.array_equal(weight.q, q.T if transposed else q):
         raise GridCheckError(f"{layer.name}: {ONNX_FILE} stores different integers")
     if not np.array_equal(weight.scale.reshape(-1), layer.scale.reshape(-1).numpy()):
         raise GridCheckError(f"{layer.name}: {ONNX_FILE} has different scales")
     if weight.zero_point.shape != weight.scale.shape or np.any(weight.zero_point != 0):
         raise GridCheckError(f"{layer.name}: {ONNX_FILE} zero points are not all 0 (symmetric)")
     per_tensor = layer.ch_axis is None
-    if (weight.scale.ndim == 0) != per_tensor or (not per_tensor and weight.axis != layer.ch_axis):
+    axis = None if per_tensor else (1 - layer.ch_axis if transposed else layer.ch_axis)
+    if (weight.scale.ndim == 0) != per_tensor or (not per_tensor and weight.axis != axis):
         raise GridCheckError(
             f"{layer.name}: {ONNX_FILE} dequantizes along axis {weight.axis}, the scales are "
-            f"{'per tensor' if per_tensor else f'along axis {layer.ch_axis}'}"
+            f"{'per tensor' if per_tensor else f'along axis {axis}'}"
         )
 
 

@@ -11,7 +11,10 @@ iterations after the warm start; during the warm start (the first 20 % by defaul
 Two reconstruction conventions are supported:
 
 * ``"paper"`` (default, as AIMET and the authors' code): squared error summed over the output
-  channel dimension (dim 1) and averaged over every other dimension, with ``reg_param = 0.01``.
+  channel dimension and averaged over every other dimension, with ``reg_param = 0.01``. The
+  channel dimension is dim 1 for convolutions (``(N, C, ...)``) and the last one for a Linear
+  on ``(N, ..., C)`` (ViT and Swin tokens: summing over dim 1 there would sum over tokens and
+  move the balance against the regularizer by ``C / L``).
 * ``"mean"`` (torch's experimental reference): mean squared error over all elements, with
   ``reg_param = 0.001``. The per-element mean is ``C`` times smaller, hence the smaller lambda.
 """
@@ -145,13 +148,22 @@ class AdaptiveRoundingLoss(torch.nn.Module):
         return (1.0 - (2.0 * h_V - 1.0).abs().pow(beta)).sum()
 
     def reconstruction_loss(
-        self, soft_quantized_output: torch.Tensor, original_output: torch.Tensor
+        self,
+        soft_quantized_output: torch.Tensor,
+        original_output: torch.Tensor,
+        channel_dim: int = 1,
     ) -> torch.Tensor:
-        """Squared output error under the configured convention (see the module docstring)."""
+        """Squared output error under the configured convention (see the module docstring).
+
+        Args:
+            soft_quantized_output: The output with soft-quantized weights.
+            original_output: The float target, the same shape.
+            channel_dim: The output-channel axis: 1 for convolutions, -1 for a Linear.
+        """
         error = (soft_quantized_output - original_output).pow(2)
         if self.reconstruction == "mean" or error.dim() < 2:
             return error.mean()
-        return error.sum(dim=1).mean()
+        return error.sum(dim=channel_dim).mean()
 
     def rounding_regularization(self, V: torch.Tensor, curr_iter: int) -> torch.Tensor:
         """``lambda * f_reg(V)`` at ``curr_iter``; zero on ``V``'s device in the warm start."""

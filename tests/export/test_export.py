@@ -242,3 +242,54 @@ def test_safetensors_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
         metadata = json_module.loads(raw[8 : 8 + length])["__metadata__"]
         assert list(metadata) == sorted(metadata) == ["activations", "format", "layers"]
     assert len(digests) == 1
+
+
+class _TokenMLP(nn.Module):
+    """Linear layers on (N, tokens, C) inputs, as in ViT and Swin MLPs: exported as MatMul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.up, self.act, self.down = nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(x).flatten(2).transpose(1, 2)  # (N, H*W, 8)
+        tokens = tokens + self.down(self.act(self.up(tokens)))
+        return self.head(tokens.mean(1))
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_a_linear_on_token_inputs_exports_as_int8_with_parity(
+    images: torch.Tensor, per_channel: bool, tmp_path: Path
+) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    result = adaround(
+        _TokenMLP().eval(),
+        images,
+        QuantConfig(weight_bits=4, per_channel=per_channel),
+        AdaroundConfig(iters=8, batch_size=16),
+        {"accelerator": "cpu"},
+    )
+    export_run(result, tmp_path, images[:2], ExportConfig(onnx=True))
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    dequantize = {n.input[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    assert len(dequantize) == len(result.quantizers) == 4
+    q_up = next(i for i in graph.initializer if i.name == "up.weight_quantized")
+    layers = {
+        layer.name: layer
+        for layer in load_quantized_weights(tmp_path / "quantized_weights.safetensors")
+    }
+    if tuple(q_up.dims) == (8, 16):  # W^T, (in, out): the channels are on axis 1
+        from onnx import numpy_helper
+
+        assert np.array_equal(numpy_helper.to_array(q_up), layers["up"].q.numpy().T)
+        axes = [a.i for a in dequantize["up.weight_quantized"].attribute if a.name == "axis"]
+        assert axes == ([1] if per_channel else [])
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        reference = result.model(x).numpy()
+    assert np.abs(onnx_logits(tmp_path / "model.onnx", x) - reference).max() < 1e-4
+    assert verify_grid(tmp_path)["passed"]

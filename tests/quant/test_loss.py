@@ -95,3 +95,48 @@ def test_iter_out_of_range(curr_iter: int) -> None:
 def test_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         AdaptiveRoundingLoss(**kwargs)
+
+
+def test_the_paper_convention_sums_over_a_linears_last_axis_on_token_outputs() -> None:
+    # (N, L, C) = (3, 5, 4): summing over dim 1 would sum the 5 tokens, not the 4 channels.
+    generator = torch.Generator().manual_seed(11)
+    soft, target = (
+        torch.randn(3, 5, 4, generator=generator),
+        torch.randn(3, 5, 4, generator=generator),
+    )
+    loss = AdaptiveRoundingLoss(max_iter=10, reconstruction="paper")
+    squared = (soft.double() - target.double()) ** 2
+    per_token = sum(squared[n, t].sum() for n in range(3) for t in range(5)) / 15
+    assert math.isclose(
+        float(loss.reconstruction_loss(soft, target, -1)), float(per_token), rel_tol=1e-6
+    )
+    per_image_and_channel = squared.sum(1).mean()
+    assert math.isclose(
+        float(loss.reconstruction_loss(soft, target)), float(per_image_and_channel), rel_tol=1e-6
+    )
+
+
+def test_fits_reconstruct_over_the_channels_of_what_they_fit() -> None:
+    from torch import nn
+
+    from adaround_lightning.calibration.reconstruction import (
+        BlockReconstruction,
+        LayerReconstruction,
+    )
+    from adaround_lightning.quant.factory import quantizer_for_weight
+
+    def quantizer(layer: nn.Module):
+        return quantizer_for_weight(layer.weight, 4, True, "minmax")
+
+    loss = AdaptiveRoundingLoss(max_iter=4)
+    linear, conv = nn.Linear(4, 4), nn.Conv2d(3, 4, 1)
+    assert LayerReconstruction(linear, quantizer(linear), loss).channel_dim == -1
+    assert LayerReconstruction(conv, quantizer(conv), loss).channel_dim == 1
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4))
+    quantizers = {"0": quantizer(mlp[0]), "2": quantizer(mlp[2])}
+    assert BlockReconstruction(mlp, quantizers, loss).channel_dim == -1
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4, 2))
+    assert (
+        BlockReconstruction(cnn, {"0": quantizer(cnn[0]), "2": quantizer(cnn[2])}, loss).channel_dim
+        == 1
+    )
