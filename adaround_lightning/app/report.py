@@ -151,6 +151,26 @@ def _cache_line(cache: dict[str, Any] | None) -> str:
     )
 
 
+def _left_in_float(results: dict[str, Any]) -> str:
+    """The coverage line and every weight left in float with its reason."""
+    coverage = results.get("coverage")
+    left = (coverage or {}).get("left_in_float") or results.get("skipped") or {}
+    line = ""
+    if coverage:
+        line = (
+            f"<p class='meta'>Quantized {100 * coverage['fraction']:.2f}% of the "
+            f"Conv/Linear/attention weight elements ({coverage['quantized_elements']} of "
+            f"{coverage['total_elements']}).</p>"
+        )
+    if left:
+        line += (
+            "<p class='meta'>Left in float: "
+            + ", ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in left.items())
+            + "</p>"
+        )
+    return line
+
+
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """Write ``report.html`` and its PNGs into ``out_dir``; return the HTML path.
 
@@ -177,14 +197,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     onnx_diff = results.get("onnx", {}).get("max_abs_logit_diff")
     if onnx_diff is not None:
         meta += f", ONNX vs PyTorch max |Δlogit| {onnx_diff:.2g}"
-    skipped = results.get("skipped") or {}
-    skipped_html = (
-        "<p class='meta'>Left in float: "
-        + ", ".join(f"{html.escape(k)} ({html.escape(v)})" for k, v in skipped.items())
-        + "</p>"
-        if skipped
-        else ""
-    )
+    skipped_html = _left_in_float(results)
     figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
     cache_html = _cache_line(results.get("cache"))
     document = f"""<!DOCTYPE html>

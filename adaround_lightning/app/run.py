@@ -268,6 +268,7 @@ def write_results(
         "eval_images": len(run_setup.eval_set),  # type: ignore[arg-type]
         "layers": [report.to_dict() for report in result.layers],
         "skipped": result.skipped,
+        "coverage": result.coverage.to_dict() if result.coverage is not None else None,
         "cache": result.cache.to_dict() if result.cache is not None else None,
         "calibration_seconds": round(result.seconds, 3),
         "seconds": round(seconds, 3),

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from adaround_lightning.calibration.checkpoint import LayerCheckpoint, load_progress
 from adaround_lightning.calibration.config import AdaroundConfig
+from adaround_lightning.calibration.coverage import weight_coverage
 from adaround_lightning.calibration.fit import FitSettings
 from adaround_lightning.calibration.inputs import calibration_tensor, shard_for_process
 from adaround_lightning.calibration.networks import float_and_quantized
@@ -192,6 +193,14 @@ def adaround(
         cache.restarts,
         cache.seconds,
     )
+    coverage = weight_coverage(context.fp_model, state.quantizers, context.plan.skipped)
+    if coverage.left_in_float:
+        log.warning(
+            "%.2f%% of the Conv/Linear/attention weight elements are quantized; left in float: %s",
+            100 * coverage.fraction,
+            "; ".join(f"{n} ({r})" for n, r in list(coverage.left_in_float.items())[:8])
+            + (" ..." if len(coverage.left_in_float) > 8 else ""),
+        )
     return AdaroundResult(
         model=context.q_model,
         float_model=context.fp_model,
@@ -201,4 +210,5 @@ def adaround(
         seconds=time.perf_counter() - start_time,
         act_quantizers=state.act_quantizers,
         cache=cache,
+        coverage=coverage,
     )

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adaround_lightning.calibration.coverage import WeightCoverage
 from adaround_lightning.quant.activations import ActivationQuantizer, attach_input_quantizers
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
@@ -112,6 +113,8 @@ class AdaroundResult:
         act_quantizers: Per quantized layer name, the quantizer of its input (empty without
             ``quant.act_bits``); they are attached to ``model``.
         cache: Where the activation cache lived and how many passes the walk made.
+        coverage: Quantized weight elements out of all Conv/Linear/attention-projection ones,
+            and every weight left in float with its reason.
     """
 
     model: nn.Module
@@ -122,6 +125,7 @@ class AdaroundResult:
     seconds: float
     act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
     cache: CacheReport | None = None
+    coverage: WeightCoverage | None = None
 
     def nearest_model(self) -> nn.Module:
         """A copy of the float network with round-to-nearest weights on the same grids.
