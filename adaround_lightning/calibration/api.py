@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from adaround_lightning.calibration.checkpoint import LayerCheckpoint, load_progress
 from adaround_lightning.calibration.config import AdaroundConfig
-from adaround_lightning.calibration.coverage import weight_coverage
+from adaround_lightning.calibration.coverage import WeightCoverage, weight_coverage
 from adaround_lightning.calibration.fit import FitSettings
 from adaround_lightning.calibration.inputs import calibration_tensor, shard_for_process
 from adaround_lightning.calibration.networks import float_and_quantized
 from adaround_lightning.calibration.plan import plan_calibration
-from adaround_lightning.calibration.records import AdaroundResult
+from adaround_lightning.calibration.records import AdaroundResult, CacheReport
 from adaround_lightning.calibration.storage import FORWARD_SHARE, CacheAllocator
 from adaround_lightning.calibration.stream import plan_stream
 from adaround_lightning.calibration.trainer import process_context, trainer_kwargs_with_defaults
@@ -131,6 +131,31 @@ def prepare_walk(
     return context, finished
 
 
+def _log_cache(cache: CacheReport) -> None:
+    log.info(
+        "activation cache (%s, %s): peak %s; %d full-network passes, %d streamed block passes, "
+        "%d block outputs reused as inputs, %d restarts; caching %.1f s",
+        cache.device,
+        cache.dtype,
+        ", ".join(f"{tier} {n / 2**30:.2f} GiB" for tier, n in cache.peak_bytes.items()) or "none",
+        cache.full_network_passes,
+        cache.streamed_block_passes,
+        cache.reused_block_outputs,
+        cache.restarts,
+        cache.seconds,
+    )
+
+
+def _warn_left_in_float(coverage: WeightCoverage) -> None:
+    if coverage.left_in_float:
+        log.warning(
+            "%.2f%% of the Conv/Linear/attention weight elements are quantized; left in float: %s",
+            100 * coverage.fraction,
+            "; ".join(f"{n} ({r})" for n, r in list(coverage.left_in_float.items())[:8])
+            + (" ..." if len(coverage.left_in_float) > 8 else ""),
+        )
+
+
 def adaround(
     model: nn.Module,
     calibration_data: CalibrationData,
@@ -181,26 +206,9 @@ def adaround(
     walk = CalibrationWalk(context, progress)
     state = walk.run(finished)
     cache = walk.cache_report()
-    log.info(
-        "activation cache (%s, %s): peak %s; %d full-network passes, %d streamed block passes, "
-        "%d block outputs reused as inputs, %d restarts; caching %.1f s",
-        cache.device,
-        cache.dtype,
-        ", ".join(f"{tier} {n / 2**30:.2f} GiB" for tier, n in cache.peak_bytes.items()) or "none",
-        cache.full_network_passes,
-        cache.streamed_block_passes,
-        cache.reused_block_outputs,
-        cache.restarts,
-        cache.seconds,
-    )
+    _log_cache(cache)
     coverage = weight_coverage(context.fp_model, state.quantizers, context.plan.skipped)
-    if coverage.left_in_float:
-        log.warning(
-            "%.2f%% of the Conv/Linear/attention weight elements are quantized; left in float: %s",
-            100 * coverage.fraction,
-            "; ".join(f"{n} ({r})" for n, r in list(coverage.left_in_float.items())[:8])
-            + (" ..." if len(coverage.left_in_float) > 8 else ""),
-        )
+    _warn_left_in_float(coverage)
     return AdaroundResult(
         model=context.q_model,
         float_model=context.fp_model,
