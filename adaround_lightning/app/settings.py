@@ -75,8 +75,13 @@ def _build(cls: type, section: str, values: Any) -> Any:
 
 #: adaround settings that never change the integers (where the cache lives, how it is filled),
 #: and those that do only away from a default that runs before them did not have.
-_PLACEMENT_KEYS = ("cache_device", "stream")
-_LATER_DEFAULTS = {"cache_budget_gb": None, "cache_dtype": "float32"}
+_PLACEMENT_KEYS = ("cache_device", "stream", "reuse_host_memory")
+_LATER_DEFAULTS = {
+    "cache_budget_gb": None,
+    "cache_dtype": "float32",
+    "channels_last": True,
+    "blocks": [],
+}
 
 
 def _result_settings(adaround: dict[str, Any]) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def prepare_walk(
     inputs = shard_for_process(images, config.batch_size, process)
     example = inputs.images[:2]
     fp_model, q_model = float_and_quantized(model, example)
-    plan = plan_calibration(fp_model, example, quant)
+    plan = plan_calibration(fp_model, example, quant, tuple(config.blocks))
     stream = None
     if config.stream:
         stream = plan_stream(fp_model, [block.name for block in plan.trace.blocks], example)

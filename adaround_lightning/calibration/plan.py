@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from types import MappingProxyType
 
 import torch
@@ -56,10 +57,27 @@ def _skipped_layers(trace: NetworkTrace, quant: QuantConfig) -> dict[str, str]:
     return skipped
 
 
+def _check_block_patterns(model: nn.Module, patterns: tuple[str, ...]) -> None:
+    modules = [(name, type(m).__name__) for name, m in model.named_modules() if name]
+    for pattern in patterns:
+        if not any(fnmatchcase(n, pattern) or fnmatchcase(t, pattern) for n, t in modules):
+            raise UserError(
+                f"adaround.blocks pattern {pattern!r} matches no module name or class name of "
+                f"the model (e.g. {modules[0][0]!r}, {modules[0][1]!r}); fix or remove it"
+            )
+
+
 def plan_calibration(
-    fp_model: nn.Module, example_input: torch.Tensor, quant: QuantConfig
+    fp_model: nn.Module,
+    example_input: torch.Tensor,
+    quant: QuantConfig,
+    block_patterns: tuple[str, ...] = (),
 ) -> CalibrationPlan:
     """Trace ``fp_model`` once and decide the skip list and every layer's bits.
+
+    ``block_patterns`` (``adaround.blocks``) declare more blocks: modules whose name or class
+    name matches; a pattern that matches no module is an error (it is a typo, or the model is
+    not the one meant).
 
     Raises:
         UserError: If the model has no layer to quantize.
@@ -70,7 +88,8 @@ def plan_calibration(
         >>> dict(plan.bits)
         {'0': 4, '3': 4}
     """
-    trace = trace_network(fp_model, example_input)
+    _check_block_patterns(fp_model, block_patterns)
+    trace = trace_network(fp_model, example_input, block_patterns=block_patterns)
     if not trace.layers:
         raise UserError("the model has no Conv1d/2d/3d or Linear layer to quantize")
     skipped = _skipped_layers(trace, quant)

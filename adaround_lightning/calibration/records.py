@@ -41,6 +41,8 @@ class LayerReport:
         iters: Optimisation steps of the fit that learned this layer's rounding (block-wise:
             the block fit's, shared by its layers).
         loss_curve: ``[step, reconstruction, regularization]`` rows, at most 200.
+        block: The block whose joint fit learned this layer's rounding, None when the layer
+            was fitted on its own (layer-wise, or a layer outside any block).
     """
 
     name: str
@@ -55,6 +57,7 @@ class LayerReport:
     seconds: float
     iters: int
     loss_curve: list[list[float]] = field(default_factory=list)
+    block: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

@@ -351,7 +351,7 @@ class CalibrationWalk:
             self.cache_layer(info, fp_block, q_block, correction)
             if correction is not None:
                 correction.apply()
-            self.finish_layer(info, new[info.name], seconds, curve, steps)
+            self.finish_layer(info, new[info.name], seconds, curve, steps, block.name)
 
     def fit_one_layer(self, info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
         """One fit of one layer on its output error."""
@@ -489,6 +489,7 @@ class CalibrationWalk:
         seconds: float,
         curve: list[list[float]],
         steps: int,
+        block: str | None = None,
     ) -> None:
         """Report the layer, check the processes agree, checkpoint it, log it.
 
@@ -501,6 +502,7 @@ class CalibrationWalk:
         check_same_on_all_ranks(quantizer.integer_weight(), info.name, context.process)
         activation = info.activation if context.activation_of(info) is not None else None
         report = layer_report(info.name, q_layer, quantizer, mse, activation, seconds, steps, curve)
+        report.block = block  # fitted jointly with the other layers of that block, or alone
         self.state.quantizers[info.name] = quantizer
         self.state.reports.append(report)
         if context.checkpoint is not None:

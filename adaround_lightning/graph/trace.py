@@ -22,6 +22,7 @@ first layer runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 import torch
 from torch import nn
@@ -247,10 +248,15 @@ def _group_blocks(layers: list[LayerInfo], block_names: set[str]) -> list[Block]
 
 
 @torch.no_grad()
+def _matches(name: str, module: nn.Module, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(name, p) or fnmatchcase(type(module).__name__, p) for p in patterns)
+
+
 def trace_network(
     model: nn.Module,
     example_input: torch.Tensor,
     block_types: tuple[type[nn.Module], ...] | None = None,
+    block_patterns: tuple[str, ...] = (),
 ) -> NetworkTrace:
     """Trace ``model`` once and report its quantizable layers and blocks in execution order.
 
@@ -258,6 +264,9 @@ def trace_network(
         model: The network, in eval mode.
         example_input: A small batch, e.g. two calibration images.
         block_types: Module types treated as blocks (default :data:`BLOCK_TYPES`).
+        block_patterns: More blocks: modules whose name or class name matches one of these
+            ``fnmatch`` patterns (``adaround.blocks``), e.g. ``"EncoderBlock"``,
+            ``"encoder.layers.*"``.
 
     Returns:
         The layers (each with the activation/BatchNorm that directly follows it), the blocks, the
@@ -271,7 +280,11 @@ def trace_network(
         [('0', '1'), ('3', None)]
     """
     block_types = BLOCK_TYPES if block_types is None else block_types
-    block_names = {name for name, m in model.named_modules() if isinstance(m, block_types)}
+    block_names = {
+        name
+        for name, module in model.named_modules()
+        if name and (isinstance(module, block_types) or _matches(name, module, block_patterns))
+    }
     calls = _record_calls(model, example_input)
     layers, shared, unsupported = _layers_from_calls(calls)
     blocks = _group_blocks(layers, block_names)

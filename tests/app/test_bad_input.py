@@ -36,6 +36,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("cache-dtype", ["adaround.cache_dtype=int8"], "adaround.cache_dtype must be one of"),
     ("block-iters", ["adaround.block_iters=0"], "adaround.block_iters must be a positive"),
     ("channels-last", ["adaround.channels_last=maybe"], "adaround.channels_last must be true or"),
+    ("blocks-no-match", ["adaround.blocks=[NoSuchBlock]"], "adaround.blocks pattern 'NoSuchBlock'"),
     (
         "fewer-than-a-batch",
         ["adaround.batch_size=64", "data.calibration.size=32", "adaround.num_samples=32"],

@@ -66,3 +66,54 @@ def test_each_process_keeps_every_nth_image_and_its_part_of_the_batch() -> None:
     with pytest.raises(UserError, match="floating point"):
         shard_for_process(torch.zeros(8, 1, dtype=torch.int64), 4, ProcessContext(CPU, 0, 1))
     assert shard_for_process(images, 6, ProcessContext(CPU, 1, 2)).batch_size == 3
+
+
+class _MyBlock(nn.Module):
+    """A user's own residual block: not one of torchvision's, so not a block by default."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(torch.relu(self.conv1(x)))
+
+
+class _MyNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.body = nn.Sequential(_MyBlock(), _MyBlock())
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("pattern", ["_MyBlock", "body.*"])
+def test_declared_blocks_are_fitted_jointly_and_reported(pattern: str) -> None:
+    from adaround_lightning import AdaroundConfig, adaround
+
+    torch.manual_seed(0)
+    model, images = _MyNet().eval(), torch.randn(16, 3, 8, 8)
+    default = plan_calibration(model, images[:2], QuantConfig(4))
+    assert all(len(block.layers) == 1 for block in default.trace.blocks)
+    plan = plan_calibration(model, images[:2], QuantConfig(4), (pattern,))
+    joint = {block.name: [i.name for i in block.layers] for block in plan.trace.blocks}
+    assert joint["body.0"] == ["body.0.conv1", "body.0.conv2"] and len(joint) == 4
+    result = adaround(
+        model,
+        images,
+        QuantConfig(4),
+        AdaroundConfig(iters=2, batch_size=8, blocks=[pattern]),
+        {"accelerator": "cpu", "devices": 1},
+        progress=False,
+    )
+    blocks = {report.name: report.block for report in result.layers}
+    assert blocks["body.1.conv1"] == blocks["body.1.conv2"] == "body.1"
+    assert blocks["stem"] is None and blocks["head"] is None  # fitted alone
+
+
+def test_a_block_pattern_that_matches_nothing_names_the_fix() -> None:
+    with pytest.raises(UserError, match=r"adaround.blocks pattern 'Encoder\*' matches no module"):
+        plan_calibration(_MyNet().eval(), torch.randn(2, 3, 8, 8), QuantConfig(4), ("Encoder*",))
