@@ -77,7 +77,7 @@ def weight_coverage(
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.MultiheadAttention(4, 2))
         >>> coverage = weight_coverage(net, ["0"], {})
         >>> round(coverage.fraction, 3), sorted(coverage.left_in_float)
-        (0.25, ['1.in_proj_weight', '1.out_proj.weight'])
+        (0.2, ['1.in_proj_weight', '1.out_proj.weight'])
     """
     done = set(quantized)
     quantized_elements = total = 0
