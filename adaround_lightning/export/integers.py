@@ -63,9 +63,10 @@ class QuantizedLayer:
 
     def dequantized(self) -> torch.Tensor:
         """``s * q`` in float32, the weight the float model holds."""
-        return self.q.float() * self._broadcast_scale()
+        return self.q.float() * self.broadcast_scale()
 
-    def _broadcast_scale(self) -> torch.Tensor:
+    def broadcast_scale(self) -> torch.Tensor:
+        """The scale shaped to broadcast against ``q`` (one per channel along ``ch_axis``)."""
         if self.ch_axis is None:
             return self.scale
         shape = [1] * self.q.dim()

@@ -83,7 +83,7 @@ class _RunFiles:
 
 def _rounding_from_float(layer: QuantizedLayer, weight: torch.Tensor, V: torch.Tensor) -> None:
     """Every integer is ``clamp(floor(W/s) + 1[V >= 0])``, ``floor(W/s)`` recomputed in float64."""
-    ratio = weight.double() / layer._broadcast_scale().double()
+    ratio = weight.double() / layer.broadcast_scale().double()
     floor = torch.floor(ratio)
     up = (V >= 0).double()
     expected = torch.clamp(floor + up, layer.quant_min, layer.quant_max)
