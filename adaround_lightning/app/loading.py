@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from adaround_lightning.app.models import ModelConfig, build_model
+from adaround_lightning.calibration.networks import expose_functional_weights
 from adaround_lightning.export.integers import load_input_quantizers, load_quantized_weights
 from adaround_lightning.export.run_dir import MODEL_FILE, WEIGHTS_FILE
 from adaround_lightning.graph.bn_fold import fold_batch_norms
@@ -21,8 +22,9 @@ __all__ = ["load_quantized"]
 def load_quantized(run_dir: Path) -> nn.Module:
     """Rebuild the calibrated network of a run from its files.
 
-    Builds the architecture from ``config.yaml``, folds BatchNorm (the saved network is
-    BN-folded), loads ``quantized_model.pt`` and writes ``s * q`` from
+    Builds the architecture from ``config.yaml``, exposes its functional weights as the
+    calibration did (``nn.MultiheadAttention`` with separate projections), folds BatchNorm (the
+    saved network is BN-folded), loads ``quantized_model.pt`` and writes ``s * q`` from
     ``quantized_weights.safetensors`` into the quantized layers.
 
     Example:
@@ -36,6 +38,7 @@ def load_quantized(run_dir: Path) -> nn.Module:
     model_cfg.update(weights=None, checkpoint=None)
     model = build_model(ModelConfig(**model_cfg))
     example = torch.zeros(2, *results["input_shape"])
+    expose_functional_weights(model, example)
     fold_batch_norms(model, example)
     state = torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)

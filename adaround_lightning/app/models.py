@@ -67,7 +67,9 @@ class ModelConfig:
     """Which network to quantize.
 
     Attributes:
-        name: A torchvision classification model name (``torchvision.models.list_models``).
+        name: A torchvision classification model name (``torchvision.models.list_models``),
+            or a torchvision model class (``VisionTransformer``, ``SwinTransformer``, ...)
+            whose constructor arguments are ``kwargs``: for your own sizes, e.g. a small ViT.
         num_classes: Output classes.
         weights: torchvision weights to load (``"DEFAULT"``, ``"IMAGENET1K_V2"``, ...), fetched
             through torchvision's own cache; None for none (then give ``checkpoint``).
@@ -83,10 +85,16 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         available = torchvision.models.list_models(module=torchvision.models)
-        if self.name not in available:
+        if self.name not in available and _model_class(self.name) is None:
             raise UserError(
                 f"model.name={self.name!r} is not a torchvision classification model; "
-                f"choose one of torchvision.models.list_models(), e.g. resnet18, mobilenet_v2"
+                f"choose one of torchvision.models.list_models(), e.g. resnet18, mobilenet_v2, "
+                "or a torchvision model class such as VisionTransformer"
+            )
+        if _model_class(self.name) is not None and self.weights is not None:
+            raise UserError(
+                f"model.name={self.name} is a class, built from model.kwargs: it has no "
+                "torchvision weights; set model.weights=null and model.checkpoint=PATH"
             )
         if (
             isinstance(self.num_classes, bool)
@@ -165,11 +173,36 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
+def _model_class(name: str) -> type[nn.Module] | None:
+    """``torchvision.models.<name>`` when it is a model class (``VisionTransformer``), else None."""
+    candidate = getattr(torchvision.models, name, None)
+    if isinstance(candidate, type) and issubclass(candidate, nn.Module):
+        return candidate
+    return None
+
+
+def _build_untrained(config: ModelConfig, kwargs: dict[str, Any]) -> nn.Module:
+    model_class = _model_class(config.name)
+    try:
+        if model_class is not None:
+            return model_class(num_classes=config.num_classes, **kwargs)
+        return torchvision.models.get_model(config.name, num_classes=config.num_classes, **kwargs)
+    except TypeError as error:
+        raise UserError(
+            f"model.kwargs do not fit {config.name} ({error}); "
+            "set model.kwargs={} or the builder's own arguments"
+        ) from None
+
+
 def build_model(config: ModelConfig) -> nn.Module:
     """Build the torchvision model of ``config`` in eval mode, with its weights.
 
     Example:
         >>> build_model(ModelConfig(name="resnet18", num_classes=10)).fc.out_features
+        10
+        >>> vit = build_model(ModelConfig("VisionTransformer", 10, kwargs={"image_size": 32,
+        ...     "patch_size": 8, "num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16}))
+        >>> vit.heads.head.out_features
         10
     """
     kwargs = dict(config.kwargs)
@@ -198,15 +231,7 @@ def build_model(config: ModelConfig) -> nn.Module:
                 "(and model.weights=null)"
             ) from None
     else:
-        try:
-            model = torchvision.models.get_model(
-                config.name, num_classes=config.num_classes, **kwargs
-            )
-        except TypeError as error:
-            raise UserError(
-                f"model.kwargs do not fit {config.name} ({error}); "
-                "set model.kwargs={} or the builder's own arguments"
-            ) from None
+        model = _build_untrained(config, kwargs)
         if config.checkpoint is None:
             log.warning("model.weights and model.checkpoint are both unset: the model is untrained")
     if config.checkpoint is not None:

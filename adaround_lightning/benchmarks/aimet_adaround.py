@@ -67,6 +67,7 @@ __all__ = [
     "aimet_config",
     "aimet_fold_batch_norms",
     "main",
+    "plain_float_model",
     "quantsim_top1",
     "quiet_aimet",
     "run_adaround",
@@ -298,6 +299,33 @@ def run_adaround(
     return adarounded.eval(), workdir / f"{prefix}.encodings", seconds
 
 
+@torch.no_grad()
+def plain_float_model(adarounded: nn.Module, reference: nn.Module) -> nn.Module:
+    """``reference`` with the weights of AIMET's AdaRound result, as plain torch modules.
+
+    AIMET's AdaRound replaces each ``nn.MultiheadAttention`` by its own quantized attention
+    (``q_proj``/``k_proj``/``v_proj``/``out_proj`` with quantizers inside), and its
+    ``QuantizationSimModel`` refuses a model that already holds quantized modules. The weights are
+    packed back into ``reference``'s ``in_proj_weight``; QuantSim then makes the same
+    attention again, whose encodings are AdaRound's.
+
+    Example:
+        >>> model = plain_float_model(adarounded, folded)  # doctest: +SKIP
+    """
+    model = copy.deepcopy(reference)
+    state = adarounded.state_dict()
+    for key, value in model.state_dict().items():
+        if key in state and state[key].shape == value.shape:
+            value.copy_(state[key])
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.MultiheadAttention):
+            continue
+        module.in_proj_weight.copy_(torch.cat([state[f"{name}.{p}_proj.weight"] for p in "qkv"]))
+        if module.in_proj_bias is not None:
+            module.in_proj_bias.copy_(torch.cat([state[f"{name}.{p}_proj.bias"] for p in "qkv"]))
+    return model
+
+
 def _remove_activation_quantizers(sim: Any) -> None:
     """Weights-only QuantSim: drop every input/output quantizer (as AIMET's AdaRound does)."""
     for qmodule in sim.qmodules():
@@ -414,6 +442,7 @@ def run_grid(
                     folded, calib, bits, config_file, settings, workdir, prefix
                 )
                 log.info("W%d per_channel=%s: AdaRound took %.1f s", bits, per_channel, seconds)
+                adarounded = plain_float_model(adarounded, folded)
                 for act_bits in act_bits_list:
                     evaluate = functools.partial(
                         quantsim_top1,

@@ -29,13 +29,28 @@ __all__ = [
     "FASHION_MNIST_PREPROCESS",
     "FLOAT_ACTS",
     "QUICKSTART_KWARGS",
+    "VIT_TINY_KWARGS",
     "build_model",
     "fashion_mnist_data",
     "parse_bool",
 ]
 
-#: Architectures of ``--arch`` (torchvision builders).
-ARCHS = ("resnet18", "mobilenet_v2")
+#: A small Vision Transformer for 32x32 Fashion-MNIST (torchvision's own ``VisionTransformer``
+#: class: 64 patches of 4x4 plus the class token, 4 encoder blocks of width 64).
+VIT_TINY_KWARGS: dict[str, Any] = {
+    "image_size": 32,
+    "patch_size": 4,
+    "num_layers": 4,
+    "num_heads": 4,
+    "hidden_dim": 64,
+    "mlp_dim": 128,
+}
+#: Architectures of ``--arch``: the torchvision builder or class, and its keyword arguments.
+ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "resnet18": ("resnet18", {}),
+    "mobilenet_v2": ("mobilenet_v2", {}),
+    "vit_tiny": ("VisionTransformer", VIT_TINY_KWARGS),
+}
 #: ``--act-bits`` value meaning "activations in float" (weights-only quantization).
 FLOAT_ACTS = 32
 #: Fashion-MNIST preprocessing of our recipes: 28x28 -> zero pad 2 -> normalise -> grey to RGB.
@@ -54,13 +69,13 @@ QUICKSTART_KWARGS: dict[str, Any] = dict(QUICKSTART_ARCH["kwargs"])
 def build_model(
     arch: str, checkpoint: str | os.PathLike[str], arch_kwargs: dict[str, Any] | None = None
 ) -> nn.Module:
-    """``torchvision.models.<arch>(num_classes=10, **arch_kwargs)`` with a float32 state_dict.
+    """The ``--arch`` network (``num_classes=10``, ``**arch_kwargs``) with a float32 state_dict.
 
     Built by the library's own model builder (:func:`adaround_lightning.app.models.build_model`),
     so both runners calibrate the network the app would.
 
     Args:
-        arch: ``resnet18`` or ``mobilenet_v2``.
+        arch: A key of :data:`ARCHS`: ``resnet18``, ``mobilenet_v2`` or ``vit_tiny``.
         checkpoint: Path of a ``torch.save``-d state_dict.
         arch_kwargs: Keyword arguments of the builder (``num_classes`` defaults to 10).
 
@@ -74,10 +89,11 @@ def build_model(
     """
     if arch not in ARCHS:
         raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    kwargs = {"num_classes": 10, **(arch_kwargs or {})}
+    name, preset = ARCHS[arch]
+    kwargs = {"num_classes": 10, **preset, **(arch_kwargs or {})}
     num_classes = kwargs.pop("num_classes")
     config = ModelConfig(
-        name=arch, num_classes=num_classes, kwargs=kwargs, checkpoint=str(checkpoint)
+        name=name, num_classes=num_classes, kwargs=kwargs, checkpoint=str(checkpoint)
     )
     return library_build_model(config).float().eval()
 

@@ -184,6 +184,7 @@ class QuickstartModule(L.LightningModule):
         weight_decay: float = 5e-5,
         label_smoothing: float = 0.1,
         augment: bool = True,
+        optimizer: str = "sgd",
     ) -> None:
         """Create the module.
 
@@ -193,6 +194,7 @@ class QuickstartModule(L.LightningModule):
             weight_decay: L2 weight decay (not applied to BatchNorm parameters and biases).
             label_smoothing: Cross-entropy label smoothing during training.
             augment: Whether to apply random shift + horizontal flip during training.
+            optimizer: ``sgd`` (Nesterov momentum) or ``adamw`` (transformers).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -203,6 +205,9 @@ class QuickstartModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.label_smoothing = label_smoothing
         self.augment = augment
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be sgd or adamw, got {optimizer!r}")
+        self.optimizer_name = optimizer
 
     def forward(self, images_uint8: Tensor) -> Tensor:
         """Return logits for raw uint8 images ``(B, 28, 28)``."""
@@ -249,19 +254,18 @@ class QuickstartModule(L.LightningModule):
         self._eval_step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        """SGD (Nesterov) with a per-step OneCycle schedule; no decay on norms/biases."""
+        """SGD (Nesterov) or AdamW, a per-step OneCycle schedule; no decay on norms/biases."""
         decay, no_decay = [], []
         for param in self.model.parameters():
             (no_decay if param.ndim <= 1 else decay).append(param)
-        optimizer = torch.optim.SGD(
-            [
-                {"params": decay, "weight_decay": self.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=self.max_lr,
-            momentum=0.9,
-            nesterov=True,
-        )
+        groups = [
+            {"params": decay, "weight_decay": self.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if self.optimizer_name == "adamw":
+            optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=self.max_lr)
+        else:
+            optimizer = torch.optim.SGD(groups, lr=self.max_lr, momentum=0.9, nesterov=True)
         total_steps = int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=self.max_lr, total_steps=total_steps, pct_start=0.25

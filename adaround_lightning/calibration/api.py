@@ -19,12 +19,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from adaround_lightning.calibration.checkpoint import LayerCheckpoint, load_progress
-from adaround_lightning.calibration.config import AdaroundConfig
+from adaround_lightning.calibration.config import AdaroundConfig, Granularity
 from adaround_lightning.calibration.coverage import WeightCoverage, weight_coverage
 from adaround_lightning.calibration.fit import FitSettings
 from adaround_lightning.calibration.inputs import calibration_tensor, shard_for_process
 from adaround_lightning.calibration.networks import float_and_quantized
-from adaround_lightning.calibration.plan import plan_calibration
+from adaround_lightning.calibration.plan import CalibrationPlan, plan_calibration
 from adaround_lightning.calibration.records import AdaroundResult, CacheReport
 from adaround_lightning.calibration.storage import FORWARD_SHARE, CacheAllocator
 from adaround_lightning.calibration.stream import plan_stream
@@ -97,6 +97,8 @@ def prepare_walk(
     example = inputs.images[:2]
     fp_model, q_model = float_and_quantized(model, example)
     plan = plan_calibration(fp_model, example, quant, tuple(config.blocks))
+    if process.is_main:
+        _log_blocks(plan, config)
     stream = None
     if config.stream:
         stream = plan_stream(fp_model, [block.name for block in plan.trace.blocks], example)
@@ -129,6 +131,30 @@ def prepare_walk(
         forward_batch_size=_forward_chunk(config, plan.trace.activation_bytes_per_sample),
     )
     return context, finished
+
+
+def _log_blocks(plan: CalibrationPlan, config: AdaroundConfig) -> None:
+    """Say which layers block reconstruction fits together, and warn when none are."""
+    if config.granularity != Granularity.BLOCK:
+        return
+    joint = [b for b in plan.trace.blocks if b.name not in {i.name for i in b.layers}]
+    alone = [b.layers[0].name for b in plan.trace.blocks if b not in joint]
+    in_blocks = sum(len(b.layers) for b in joint)
+    if not joint and len(plan.trace.layers) > 1:
+        log.warning(
+            "adaround.granularity=block, but no block of this model is known: all %d layers are "
+            "fitted one by one (layer-wise); declare its blocks with adaround.blocks=[PATTERN] "
+            "(module or class names, e.g. [EncoderBlock])",
+            len(plan.trace.layers),
+        )
+        return
+    log.info(
+        "block reconstruction: %d layers in %d blocks; %d fitted on their own: %s",
+        in_blocks,
+        len(joint),
+        len(alone),
+        ", ".join(alone[:6]) + (" ..." if len(alone) > 6 else ""),
+    )
 
 
 def _log_cache(cache: CacheReport) -> None:
@@ -207,7 +233,9 @@ def adaround(
     state = walk.run(finished)
     cache = walk.cache_report()
     _log_cache(cache)
-    coverage = weight_coverage(context.fp_model, state.quantizers, context.plan.skipped)
+    coverage = weight_coverage(
+        context.fp_model, state.quantizers, context.plan.skipped, context.plan.functional
+    )
     _warn_left_in_float(coverage)
     return AdaroundResult(
         model=context.q_model,

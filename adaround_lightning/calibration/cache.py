@@ -154,6 +154,21 @@ class _LayerTargets:
         return self.activation(output) if self.activation is not None else output
 
 
+def _per_sample(values: torch.Tensor, samples: int) -> torch.Tensor:
+    """``values`` with one row per calibration sample: ``(n * k, ...)`` viewed as ``(n, k, ...)``.
+
+    A layer inside a block may see the samples folded into its batch: Swin's attention runs
+    its ``qkv`` Linear on ``(n * windows, tokens, C)``. A Linear computes the same on the
+    unfolded view, and the buffer keeps one row per sample, like every other buffer.
+    """
+    rows = values.shape[0]
+    if rows == samples:
+        return values
+    if rows % samples:
+        raise RuntimeError(f"{rows} activation rows for {samples} calibration samples")
+    return values.view(samples, rows // samples, *values.shape[1:])
+
+
 def _all_finite(values: torch.Tensor) -> bool:
     # One reduction pass, no boolean copy: NaN and inf reach the minimum or the maximum.
     if values.numel() == 0:
@@ -228,7 +243,7 @@ class CalibrationCache(L.LightningDataModule):
         started = time.perf_counter()
         buffer: CachedTensor | None = None
         for start in range(0, count, chunk):
-            values = rows(start, min(start + chunk, count))
+            values = _per_sample(rows(start, min(start + chunk, count)), min(chunk, count - start))
             if not _all_finite(values):
                 raise UserError("non-finite activations in the calibration data")
             if buffer is None:

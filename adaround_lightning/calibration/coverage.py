@@ -1,10 +1,11 @@
 """Which weights of a network were quantized: element counts and every weight left in float.
 
 Counted over the weights that enter a convolution, a linear map or an attention projection:
-``weight`` of every Conv1d/2d/3d and Linear module, and ``in_proj_weight`` (or ``q/k/v``'s
-``*_proj_weight``) of ``nn.MultiheadAttention``, which uses them functionally, so no hook on a
-module ever sees them. Nothing is left in float silently: each such weight that is not quantized
-is listed with its reason, and the walk warns below 100 %.
+``weight`` of every Conv1d/2d/3d and Linear module, ``in_proj_weight`` (or ``q/k/v``'s
+``*_proj_weight``) of an ``nn.MultiheadAttention`` that could not be rewritten with separate
+projections, and every other parameter the trace saw passed to ``F.linear``, ``F.conv*`` or a
+matmul. Nothing is left in float silently: each such weight that is not quantized is listed with
+its reason, and the walk warns below 100 %.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+
+from adaround_lightning.graph.functional_weights import FunctionalUse
 
 __all__ = ["WeightCoverage", "weight_coverage"]
 
@@ -63,8 +66,18 @@ def _counted_weights(module: nn.Module) -> list[str]:
     return []
 
 
+def _functional_reason(use: FunctionalUse) -> str:
+    where = f"{use.op} in {use.owner or 'the model'}'s forward"
+    if use.layer is None:
+        return f"a bare parameter passed to {where}: hold it in an nn.Linear/Conv to quantize it"
+    return f"its module's weight is passed to {where} from outside the module, left in float"
+
+
 def weight_coverage(
-    model: nn.Module, quantized: Iterable[str], skipped: Mapping[str, str]
+    model: nn.Module,
+    quantized: Iterable[str],
+    skipped: Mapping[str, str],
+    functional: Iterable[FunctionalUse] = (),
 ) -> WeightCoverage:
     """Count the quantized and the float weights of ``model``.
 
@@ -72,6 +85,7 @@ def weight_coverage(
         model: The (BN-folded) network.
         quantized: Names of the modules whose weight was quantized.
         skipped: Modules the plan left in float, name -> reason.
+        functional: Weights the trace saw used functionally (counted, and named with the reason).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.MultiheadAttention(4, 2))
@@ -82,6 +96,11 @@ def weight_coverage(
     done = set(quantized)
     quantized_elements = total = 0
     left: dict[str, str] = {}
+    uses = {use.layer: use for use in functional if use.layer is not None}
+    for use in functional:
+        if use.layer is None:
+            total += model.get_parameter(use.weight).numel()
+            left[use.weight] = _functional_reason(use)
     for name, module in model.named_modules():
         for parameter in _counted_weights(module):
             count = getattr(module, parameter).numel()
@@ -89,6 +108,12 @@ def weight_coverage(
             if parameter == "weight" and name in done:
                 quantized_elements += count
                 continue
-            reason = skipped.get(name) or (_ATTENTION if parameter != "weight" else _NOT_CALLED)
+            reason = skipped.get(name) or (
+                _ATTENTION
+                if parameter != "weight"
+                else _functional_reason(uses[name])
+                if name in uses
+                else _NOT_CALLED
+            )
             left[f"{name}.{parameter}"] = reason
     return WeightCoverage(quantized_elements, total, left)

@@ -8,15 +8,39 @@ import torch
 from torch import nn
 
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.graph.attention import separate_attention_projections
 from adaround_lightning.graph.bn_fold import fold_batch_norms
+from adaround_lightning.graph.functional_weights import route_functional_weights
 
-__all__ = ["float_and_quantized"]
+__all__ = ["expose_functional_weights", "float_and_quantized"]
+
+
+def expose_functional_weights(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """Make every weight of ``model`` reach its op through a module call (in place, same function).
+
+    ``nn.MultiheadAttention`` becomes :class:`~adaround_lightning.graph.attention.
+    SeparateProjectionAttention` (``q_proj``/``k_proj``/``v_proj``/``out_proj`` modules), and
+    ``F.linear(x, self.qkv.weight, ...)`` calls, as in Swin's attention, run as ``self.qkv(x)``
+    (:func:`~adaround_lightning.graph.functional_weights.route_functional_weights`). The
+    calibrated network's state dict has these modules' names, so a model that loads it is
+    rebuilt and passed through here first.
+
+    Example:
+        >>> net = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True).eval()
+        >>> sorted(expose_functional_weights(net, torch.ones(1, 3, 8)).state_dict())[8:10]
+        ['self_attn.k_proj.bias', 'self_attn.k_proj.weight']
+    """
+    separate_attention_projections(model)
+    route_functional_weights(model, example_input)
+    return model
 
 
 def float_and_quantized(
     model: nn.Module, example_input: torch.Tensor
 ) -> tuple[nn.Module, nn.Module]:
     """Copies of ``model`` on ``example_input``'s device, BatchNorm folded, parameters frozen.
+
+    Weights used functionally are made visible first (:func:`expose_functional_weights`).
 
     The first is the float reference (``fp``), the second the network being quantized (``q``);
     ``model`` itself is left unchanged.
@@ -34,6 +58,7 @@ def float_and_quantized(
     for name, parameter in fp_model.named_parameters():
         if not torch.isfinite(parameter).all():
             raise UserError(f"parameter {name!r} contains NaN or Inf: fix the checkpoint first")
+    expose_functional_weights(fp_model, example_input)
     fold_batch_norms(fp_model, example_input)
     for parameter in fp_model.parameters():
         parameter.requires_grad_(False)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.graph.functional_weights import FunctionalUse, functional_weight_uses
 from adaround_lightning.graph.trace import NetworkTrace, trace_network
 from adaround_lightning.quant.config import QuantConfig
 
@@ -31,11 +32,14 @@ class CalibrationPlan:
         trace: Layers and blocks in execution order.
         skipped: Layers left in float, name -> reason (read-only).
         bits: Bit width of every layer that is quantized (read-only).
+        functional: Weights still used functionally (not through their module's call), which
+            stay in float and are reported.
     """
 
     trace: NetworkTrace
     skipped: MappingProxyType[str, str]
     bits: MappingProxyType[str, int]
+    functional: tuple[FunctionalUse, ...] = ()
 
     @property
     def total_layers(self) -> int:
@@ -104,4 +108,5 @@ def plan_calibration(
             f"no layer is left to quantize: all {len(trace.layers)} are excluded or unsupported "
             f"({', '.join(sorted(set(skipped.values())))}); narrow quant.exclude"
         )
-    return CalibrationPlan(trace, MappingProxyType(skipped), MappingProxyType(bits))
+    functional = tuple(functional_weight_uses(fp_model, example_input))
+    return CalibrationPlan(trace, MappingProxyType(skipped), MappingProxyType(bits), functional)

@@ -107,7 +107,7 @@ class RoundingReconstruction(L.LightningModule):
         h = [rectified_sigmoid(q.V) for q in self.rounding_quantizers()]
         outputs = self.soft_output(inputs, h)
         reconstruction = self.loss.reconstruction_loss(
-            outputs, targets.to(outputs.dtype), self.channel_dim
+            outputs, targets.to(outputs.dtype), self.output_channel_dim(targets.shape)
         )
         if curr_iter < self.loss.warm_start_end:
             # Warm start: no regularizer. A Python-int comparison, so no host sync.
@@ -119,6 +119,10 @@ class RoundingReconstruction(L.LightningModule):
         self.history[curr_iter, 0] = reconstruction.detach()
         self.history[curr_iter, 1] = regularization.detach()
         return reconstruction + regularization
+
+    def output_channel_dim(self, _output_shape: torch.Size) -> int:
+        """The axis the reconstruction error is summed over (the output's channels)."""
+        return self.channel_dim
 
     def on_train_epoch_end(self) -> None:
         # One log call per fit, not per step (self.log costs Python time on every call): the
@@ -257,17 +261,30 @@ class BlockReconstruction(RoundingReconstruction):
     ) -> None:
         super().__init__(list(quantizers.values()), block, loss, lr, name, steps_per_batch)
         self.block = block
-        # A block with a convolution outputs (N, C, ...); one of Linear layers only (a
-        # transformer block) outputs (N, ..., C).
-        layers = [block.get_submodule(n) for n in quantizers]
-        has_conv = any(channel_dim(layer) == 1 for layer in layers)
-        self.channel_dim = 1 if has_conv else -1
+        # The block output's channel axis is read from its shape (output_channel_dim): a
+        # transformer block outputs (N, ..., C), a CNN block or MaxViT's attention (N, C, ...).
+        self.last_layer = block.get_submodule(list(quantizers)[-1])
+        self.channel_dim = channel_dim(self.last_layer)
         self.layer_names = list(quantizers)
         # ModuleDict keys cannot contain dots.
         self.quantizers = nn.ModuleDict({n.replace(".", "/"): q for n, q in quantizers.items()})
 
     def rounding_quantizers(self) -> list[AdaroundFakeQuantizer]:
         return [self.quantizers[n.replace(".", "/")] for n in self.layer_names]  # type: ignore[misc]
+
+    def output_channel_dim(self, output_shape: torch.Size) -> int:
+        """The axis of the block output whose size is its last layer's output channels.
+
+        The last layer's own channel axis (-1 for Linear, 1 for Conv) where that size matches,
+        else axis 1, then -1: CNBlock and MaxViT permute a Linear's ``(N, H, W, C)`` back to
+        ``(N, C, H, W)``.
+        """
+        layer = self.last_layer
+        width = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+        for dim in (self.channel_dim, 1, -1):
+            if len(output_shape) > 1 and output_shape[dim] == width:
+                return dim
+        return self.channel_dim
 
     def network_part(self) -> nn.Module:
         return self.block

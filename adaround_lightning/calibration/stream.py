@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from adaround_lightning.graph.capture import first_input
+
 __all__ = ["StreamPlan", "plan_stream"]
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,9 @@ class _InputCatcher:
     def __init__(self) -> None:
         self.value: torch.Tensor | None = None
 
-    def hook(self, _module: nn.Module, args: tuple) -> None:
-        self.value = args[0].detach()
+    def hook(self, module: nn.Module, args: tuple) -> None:
+        value = first_input(module, args)
+        self.value = None if value is None else value.detach()
         raise _ReachedNextBlockError
 
 
@@ -152,9 +155,10 @@ class _BlockRecorder:
 
     def pre_hook(self, module: nn.Module, args: tuple) -> None:
         name = self.names[module]
-        if name not in self.inputs and args and isinstance(args[0], torch.Tensor):
-            self.inputs[name] = args[0].detach().clone()
-            self.input_objects[name] = (args[0], args[0]._version)
+        value = first_input(module, args)
+        if name not in self.inputs and value is not None:
+            self.inputs[name] = value.detach().clone()
+            self.input_objects[name] = (value, value._version)
 
     def hook(self, module: nn.Module, _args: tuple, output: object) -> None:
         name = self.names[module]

@@ -124,6 +124,10 @@ class BiasCorrection:
     @torch.no_grad()
     def add(self, float_output: torch.Tensor, quantized_output: torch.Tensor) -> None:
         """One chunk of the float and the quantized layer's (pre-activation) output."""
+        folded = float_output.shape != quantized_output.shape and self.dim == -1
+        if folded and float_output.numel() == quantized_output.numel():
+            # The same rows, one side per sample (n, k, ..., C), the other folded (n * k, ..., C).
+            quantized_output = quantized_output.reshape(float_output.shape)
         per_channel = float_output.numel() / self.error_sum.numel()
         self.error_sum += mean_output_error(float_output, quantized_output, self.dim) * per_channel
         self.count += per_channel

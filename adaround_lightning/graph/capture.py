@@ -5,7 +5,38 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["capture_input", "capture_output"]
+__all__ = ["CONCATENATED_INPUT_TYPES", "capture_input", "capture_output", "first_input"]
+
+
+def _concatenated_input_types() -> dict[type[nn.Module], int]:
+    from torchvision.models import densenet
+
+    # DenseNet's dense layer takes the list of all earlier feature maps and starts with
+    # ``torch.cat(inputs, 1)``; called with that concatenation it computes the same.
+    return {densenet._DenseLayer: 1}
+
+
+#: Module types whose first input is a list of tensors they concatenate (type -> dim).
+CONCATENATED_INPUT_TYPES: dict[type[nn.Module], int] = _concatenated_input_types()
+
+
+def first_input(module: nn.Module, args: tuple) -> torch.Tensor | None:
+    """``module``'s first positional input as one tensor, or None when it is not one.
+
+    A list of tensors is concatenated for the types in :data:`CONCATENATED_INPUT_TYPES`, which
+    compute the same on the concatenation (DenseNet's dense layers).
+
+    Example:
+        >>> first_input(nn.ReLU(), (torch.ones(2, 3),)).shape
+        torch.Size([2, 3])
+    """
+    first = args[0] if args else None
+    if isinstance(first, torch.Tensor):
+        return first
+    dim = CONCATENATED_INPUT_TYPES.get(type(module))
+    if dim is not None and isinstance(first, (list, tuple)) and first:
+        return torch.cat(list(first), dim)
+    return None
 
 
 class _CapturedError(Exception):
@@ -18,8 +49,15 @@ class _Catcher:
     def __init__(self) -> None:
         self.pieces: list[torch.Tensor] = []
 
-    def pre_hook(self, _module: nn.Module, args: tuple) -> None:
-        self.pieces.append(args[0].detach())
+    def pre_hook(self, module: nn.Module, args: tuple) -> None:
+        value = first_input(module, args)
+        if value is None:
+            given = type(args[0]).__name__ if args else "nothing"
+            raise TypeError(
+                f"{type(module).__name__}'s first input is a {given}, not a tensor: it cannot "
+                "be cached; leave it out of adaround.blocks"
+            )
+        self.pieces.append(value.detach())
         raise _CapturedError
 
     def post_hook(self, _module: nn.Module, _args: tuple, out: torch.Tensor) -> None:

@@ -12,11 +12,13 @@ whether the model is an ``nn.Sequential`` or calls its modules from a hand-writt
 (ResNet's ``BasicBlock`` calls ``self.relu(self.bn1(self.conv1(x)))``). Activations called as
 functions (``F.relu``) are invisible to hooks and are not included.
 
-Blocks: every outermost module whose type is listed in :data:`BLOCK_TYPES` (torchvision's
-MobileNetV2/V3 and ShuffleNetV2 ``InvertedResidual``, ResNet ``BasicBlock`` and ``Bottleneck``,
-EfficientNet ``MBConv`` and ``FusedMBConv``, RegNet ``ResBottleneckBlock``) is one block; every
-quantizable layer outside such a module is a block of its own. Blocks are ordered by when their
-first layer runs.
+Blocks: every outermost module whose type is listed in :data:`BLOCK_TYPES` is one block:
+torchvision's MobileNetV2/V3, ShuffleNetV2 and MNASNet inverted residuals, ResNet ``BasicBlock``
+and ``Bottleneck``, EfficientNet ``MBConv`` and ``FusedMBConv``, RegNet ``ResBottleneckBlock``,
+SqueezeNet ``Fire``, GoogLeNet and Inception-v3 inception modules, DenseNet dense layers,
+ConvNeXt ``CNBlock``, ViT ``EncoderBlock``, Swin (V1 and V2) blocks, and MaxViT's ``MBConv`` and
+``PartitionAttentionLayer``; ``adaround.blocks`` patterns add more. Every quantizable layer
+outside such a module is a block of its own. Blocks are ordered by when their first layer runs.
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ def _block_types() -> tuple[type[nn.Module], ...]:
         ("torchvision.models.efficientnet", "FusedMBConv"),
         ("torchvision.models.regnet", "ResBottleneckBlock"),
         ("torchvision.models.shufflenetv2", "InvertedResidual"),
+        ("torchvision.models.mnasnet", "_InvertedResidual"),
+        ("torchvision.models.squeezenet", "Fire"),
+        ("torchvision.models.googlenet", "Inception"),
+        *(("torchvision.models.inception", f"Inception{x}") for x in "ABCDE"),
+        ("torchvision.models.densenet", "_DenseLayer"),
+        ("torchvision.models.convnext", "CNBlock"),
+        ("torchvision.models.vision_transformer", "EncoderBlock"),
+        ("torchvision.models.swin_transformer", "SwinTransformerBlock"),
+        ("torchvision.models.swin_transformer", "SwinTransformerBlockV2"),
+        ("torchvision.models.maxvit", "MBConv"),
+        ("torchvision.models.maxvit", "PartitionAttentionLayer"),
     ]
     types: list[type[nn.Module]] = []
     for module_name, class_name in names:

@@ -60,7 +60,11 @@ RECIPES = [
     "custom",
     "fmnist_resnet18",
     "fmnist_mobilenetv2",
+    "fmnist_vit_tiny",
+    "vit_b_16",
 ]
+#: Checkpoint folder of the fmnist_ recipes (train_fashion_mnist's --arch), where not the name.
+_FMNIST_ARCH = {"VisionTransformer": "vit_tiny"}
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -70,8 +74,10 @@ def test_every_recipe_composes_and_instantiates(recipe: str, tmp_path: Path) -> 
     assert settings.name == recipe
     if recipe.startswith("fmnist_"):
         # Checkpoints made by train_fashion_mnist, evaluated on the full test split.
+        name = settings.model.name
         assert (
-            settings.model.checkpoint == f"checkpoints/fashion_mnist/{settings.model.name}/model.pt"
+            settings.model.checkpoint
+            == f"checkpoints/fashion_mnist/{_FMNIST_ARCH.get(name, name)}/model.pt"
         )
         assert settings.data.source == "fashion_mnist" and settings.data.eval_size is None
         settings.model.checkpoint = None  # not made in tests: the architecture only
@@ -86,7 +92,8 @@ def test_every_recipe_composes_and_instantiates(recipe: str, tmp_path: Path) -> 
         )
         settings.model.weights = None  # no download in tests: the architecture only
     model = build_model(settings.model)
-    assert model(torch.randn(1, 3, 32, 32)).shape == (1, settings.model.num_classes)
+    size = 224 if settings.model.name.startswith("vit_") else 32  # ViT-B/16: its own size only
+    assert model(torch.randn(1, 3, size, size)).shape == (1, settings.model.num_classes)
 
 
 @pytest.mark.parametrize("group", ["data=fashion_mnist", "data=imagefolder", "data=imagenet"])

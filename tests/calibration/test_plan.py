@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -117,3 +119,35 @@ def test_declared_blocks_are_fitted_jointly_and_reported(pattern: str) -> None:
 def test_a_block_pattern_that_matches_nothing_names_the_fix() -> None:
     with pytest.raises(UserError, match=r"adaround.blocks pattern 'Encoder\*' matches no module"):
         plan_calibration(_MyNet().eval(), torch.randn(2, 3, 8, 8), QuantConfig(4), ("Encoder*",))
+
+
+def test_block_reconstruction_without_a_known_block_warns_and_names_the_fix(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from adaround_lightning import AdaroundConfig, adaround
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    with caplog.at_level(logging.INFO):
+        adaround(
+            net,
+            torch.randn(16, 4),
+            QuantConfig(4),
+            AdaroundConfig(iters=1, batch_size=8),
+            {"accelerator": "cpu"},
+            progress=False,
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("no block of this model is known" in m and "adaround.blocks" in m for m in warnings)
+    caplog.clear()
+    net = nn.Sequential(net, nn.Linear(2, 3)).eval()
+    with caplog.at_level(logging.INFO):
+        adaround(
+            net,
+            torch.randn(16, 4),
+            QuantConfig(4),
+            AdaroundConfig(iters=1, batch_size=8, blocks=["0"]),
+            {"accelerator": "cpu"},
+            progress=False,
+        )
+    assert "block reconstruction: 2 layers in 1 blocks; 1 fitted on their own: 1" in caplog.text

@@ -134,9 +134,11 @@ def test_fits_reconstruct_over_the_channels_of_what_they_fit() -> None:
     assert LayerReconstruction(conv, quantizer(conv), loss).channel_dim == 1
     mlp = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4))
     quantizers = {"0": quantizer(mlp[0]), "2": quantizer(mlp[2])}
-    assert BlockReconstruction(mlp, quantizers, loss).channel_dim == -1
-    cnn = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Flatten(), nn.Linear(4, 2))
-    assert (
-        BlockReconstruction(cnn, {"0": quantizer(cnn[0]), "2": quantizer(cnn[2])}, loss).channel_dim
-        == 1
-    )
+    block = BlockReconstruction(mlp, quantizers, loss)
+    # A transformer block's (N, L, C) output, and one permuted back to (N, C, H, W) after its
+    # last Linear (ConvNeXt's CNBlock, MaxViT's attention): the axis of size C.
+    assert block.output_channel_dim(torch.Size([5, 7, 4])) == -1
+    assert block.output_channel_dim(torch.Size([5, 4, 3, 3])) == 1
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 6, 1))
+    block = BlockReconstruction(cnn, {"0": quantizer(cnn[0]), "2": quantizer(cnn[2])}, loss)
+    assert block.output_channel_dim(torch.Size([5, 6, 6, 6])) == 1
