@@ -206,7 +206,7 @@ def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
     Example:
         >>> row = {"tool": "aimet", "arch": "resnet18", "bits": 4, "per_channel": True,
         ...        "act_bits": 32, "fp32_top1": 92.0, "nearest_top1": 90.0, "adaround_top1": 91.0}
-        >>> "| AIMET AdaRound | - | 91.00 |" in markdown_tables([row])
+        >>> "| AIMET AdaRound | 91.00 |" in markdown_tables([row])
         True
     """
     cells = {_key(row): row for row in rows if _is_default_grid(row) and row.get("seed", 0) == 0}
@@ -217,28 +217,31 @@ def markdown_tables(rows: Sequence[dict[str, Any]]) -> str:
         ):
             label = "A32 (float activations)" if act_bits == 32 else f"A{act_bits}"
             lines += [f"### {arch}, {label}", ""]
-            header = ["top-1 %"] + [
-                f"W{bits} {'per-channel' if pc else 'per-tensor'}"
+            # The cells measured for this network: a model benchmarked per channel only
+            # gets no per-tensor columns.
+            columns = [
+                (bits, pc)
                 for bits in _BITS
                 for pc in (False, True)
+                if any(k[1] == arch and k[-3:] == (bits, pc, act_bits) for k in cells)
+            ]
+            header = ["top-1 %"] + [
+                f"W{bits} {'per-channel' if pc else 'per-tensor'}" for bits, pc in columns
             ]
             lines.append("| " + " | ".join(header) + " |")
             lines.append("|" + "---|" * len(header))
             for title, tool, granularity, settings, field in _ROWS:
                 values = []
-                for bits in _BITS:
-                    for pc in (False, True):
-                        cell = (bits, pc, act_bits)
-                        row = cells.get((tool, arch, granularity, settings, *cell))
-                        for other in (
-                            _MAIN_SETTINGS if field in ("fp32_top1", "nearest_top1") else ()
-                        ):
-                            # Ours without a layer-wise run: a block run's float/nearest.
-                            row = row or cells.get((tool, arch, "block", other, *cell))
-                        if row is None and field == "fp32_top1":
-                            row = cells.get(("aimet", arch, None, _PLAIN, *cell))
-                        value = None if row is None else row.get(field)
-                        values.append("-" if value is None else f"{value:.2f}")
+                for bits, pc in columns:
+                    cell = (bits, pc, act_bits)
+                    row = cells.get((tool, arch, granularity, settings, *cell))
+                    for other in _MAIN_SETTINGS if field in ("fp32_top1", "nearest_top1") else ():
+                        # Ours without a layer-wise run: a block run's float/nearest.
+                        row = row or cells.get((tool, arch, "block", other, *cell))
+                    if row is None and field == "fp32_top1":
+                        row = cells.get(("aimet", arch, None, _PLAIN, *cell))
+                    value = None if row is None else row.get(field)
+                    values.append("-" if value is None else f"{value:.2f}")
                 if any(v != "-" for v in values):
                     lines.append(f"| {title} | " + " | ".join(values) + " |")
             lines.append("")
