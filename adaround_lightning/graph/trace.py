@@ -17,12 +17,16 @@ torchvision's MobileNetV2/V3, ShuffleNetV2 and MNASNet inverted residuals, ResNe
 and ``Bottleneck``, EfficientNet ``MBConv`` and ``FusedMBConv``, RegNet ``ResBottleneckBlock``,
 SqueezeNet ``Fire``, GoogLeNet and Inception-v3 inception modules, DenseNet dense layers,
 ConvNeXt ``CNBlock``, ViT ``EncoderBlock``, Swin (V1 and V2) blocks, and MaxViT's ``MBConv`` and
-``PartitionAttentionLayer``; ``adaround.blocks`` patterns add more. Every quantizable layer
-outside such a module is a block of its own. Blocks are ordered by when their first layer runs.
+``PartitionAttentionLayer``, and torch's ``nn.TransformerEncoderLayer``; ``adaround.blocks``
+patterns add more. A block is fitted on its cached first input alone: one called with anything
+more (a mask, a second tensor) is not fitted as a block, and the trace says so. Every
+quantizable layer outside such a module is a block of its own. Blocks are ordered by when their
+first layer runs.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -39,6 +43,8 @@ __all__ = [
     "NetworkTrace",
     "trace_network",
 ]
+
+log = logging.getLogger(__name__)
 
 #: Layer types whose weights AdaRound quantizes.
 QUANTIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -88,6 +94,7 @@ def _block_types() -> tuple[type[nn.Module], ...]:
         ("torchvision.models.swin_transformer", "SwinTransformerBlockV2"),
         ("torchvision.models.maxvit", "MBConv"),
         ("torchvision.models.maxvit", "PartitionAttentionLayer"),
+        ("torch.nn", "TransformerEncoderLayer"),
     ]
     types: list[type[nn.Module]] = []
     for module_name, class_name in names:
@@ -139,6 +146,9 @@ class NetworkTrace:
     shared: list[str]
     #: The largest output of any traced module, in bytes per sample.
     activation_bytes_per_sample: int = 0
+    #: Block modules whose layers are fitted one by one instead, name -> why (a block is fitted
+    #: on its cached first input alone, so it must be called with nothing else that matters).
+    not_blocks: dict[str, str] = field(default_factory=dict)
 
 
 def _outer_block(name: str, block_names: set[str]) -> str | None:
@@ -184,10 +194,33 @@ class _CallRecorder:
         self.calls.append(_Call(self.names[module], module, first, version, output, out_version))
 
 
-def _record_calls(model: nn.Module, example_input: torch.Tensor) -> list[_Call]:
+class _BlockCallChecker:
+    """Pre-hooks on the block modules: which are called with more than their first input."""
+
+    def __init__(self, names: dict[nn.Module, str]) -> None:
+        self.names = names
+        self.not_blocks: dict[str, str] = {}
+
+    def hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        name = self.names[module]
+        # None and False are what a call without them gives (masks, flags left at defaults).
+        extra = [type(a).__name__ for a in args[1:] if a is not None and a is not False]
+        extra += [k for k, v in kwargs.items() if v is not None and v is not False]
+        if extra and name not in self.not_blocks:
+            self.not_blocks[name] = (
+                f"called with more than its first input ({', '.join(extra)}), so its layers are "
+                "fitted one by one"
+            )
+
+
+def _record_calls(
+    model: nn.Module, example_input: torch.Tensor, checker: _BlockCallChecker | None = None
+) -> list[_Call]:
     """Every leaf (and quantizable) module call of one forward pass, in execution order."""
     recorder = _CallRecorder(model)
     handles = []
+    for module in checker.names if checker else ():
+        handles.append(module.register_forward_pre_hook(checker.hook, with_kwargs=True))
     for m in model.modules():
         if not list(m.children()) or isinstance(m, QUANTIZABLE_TYPES):
             handles.append(m.register_forward_pre_hook(recorder.pre_hook))
@@ -298,9 +331,10 @@ def trace_network(
         for name, module in model.named_modules()
         if name and (isinstance(module, block_types) or _matches(name, module, block_patterns))
     }
-    calls = _record_calls(model, example_input)
+    checker = _BlockCallChecker({model.get_submodule(n): n for n in block_names})
+    calls = _record_calls(model, example_input, checker)
     layers, shared, unsupported = _layers_from_calls(calls)
-    blocks = _group_blocks(layers, block_names)
+    blocks = _group_blocks(layers, block_names - set(checker.not_blocks))
     largest = max(
         (
             c.output.numel() * c.output.element_size()
@@ -310,4 +344,11 @@ def trace_network(
         default=0,
     )
     per_sample = largest // max(1, example_input.shape[0])
-    return NetworkTrace(layers, blocks, unsupported, shared, activation_bytes_per_sample=per_sample)
+    if checker.not_blocks:
+        log.warning(
+            "not fitted as blocks: %s",
+            "; ".join(f"{name} ({why})" for name, why in checker.not_blocks.items()),
+        )
+    return NetworkTrace(
+        layers, blocks, unsupported, shared, per_sample, not_blocks=checker.not_blocks
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -60,3 +63,50 @@ def test_unsupported_and_shared_layers() -> None:
     assert trace.unsupported == ["up"]
     assert trace.shared == ["shared"]
     assert [layer.name for layer in trace.layers] == ["head"]
+
+
+class _Masked(nn.Module):
+    """A block that needs its mask: fitting it on the input alone would be wrong."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.inner(x)
+        return out if mask is None else out * mask
+
+
+class _CallsWithMask(nn.Module):
+    def __init__(self, mask: torch.Tensor | None) -> None:
+        super().__init__()
+        self.plain, self.masked, self.mask = _Masked(), _Masked(), mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.masked(self.plain(x, mask=None), mask=self.mask)
+
+
+def test_a_block_called_with_more_than_its_input_is_not_fitted_as_a_block(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    model = _CallsWithMask(torch.ones(4)).eval()
+    with caplog.at_level(logging.WARNING):
+        trace = trace_network(model, torch.randn(2, 4), block_patterns=("_Masked",))
+    assert [b.name for b in trace.blocks] == ["plain", "masked.inner.0", "masked.inner.2"]
+    assert "mask" in trace.not_blocks["masked"] and "masked" in caplog.text
+    # Left at its default (None), the mask does not matter: both are blocks.
+    trace = trace_network(
+        _CallsWithMask(None).eval(), torch.randn(2, 4), block_patterns=("_Masked",)
+    )
+    assert [b.name for b in trace.blocks] == ["plain", "masked"] and trace.not_blocks == {}
+
+
+def test_torch_transformer_encoder_layers_are_blocks() -> None:
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    from adaround_lightning.graph.attention import separate_attention_projections
+
+    example = torch.randn(2, 5, 8)
+    separate_attention_projections(encoder)
+    trace = trace_network(encoder, example)
+    assert [(b.name, len(b.layers)) for b in trace.blocks] == [("layers.0", 6), ("layers.1", 6)]
