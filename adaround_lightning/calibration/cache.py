@@ -166,7 +166,7 @@ def _per_sample(values: torch.Tensor, samples: int) -> torch.Tensor:
         return values
     if rows % samples:
         raise RuntimeError(f"{rows} activation rows for {samples} calibration samples")
-    return values.view(samples, rows // samples, *values.shape[1:])
+    return values.reshape(samples, rows // samples, *values.shape[1:])
 
 
 def _all_finite(values: torch.Tensor) -> bool:
