@@ -26,7 +26,10 @@ _NOT_CALLED = (
     "not called as a module in the traced forward pass (unused, or its weight is used "
     "functionally), left in float"
 )
-_ATTENTION = "used functionally by nn.MultiheadAttention (no module call to hook), left in float"
+_ATTENTION = (
+    "used functionally by an nn.MultiheadAttention that could not run with separate projections "
+    "(add_bias_kv or add_zero_attn), left in float"
+)
 
 
 @dataclass(frozen=True)

@@ -201,6 +201,11 @@ def separate_attention_projections(model: nn.Module) -> dict[str, str]:
             replaced += 1
         except ValueError as error:
             kept[name] = f"nn.MultiheadAttention with {error}, left in float"
+    if kept:
+        log.warning(
+            "left as nn.MultiheadAttention (weights in float): %s",
+            "; ".join(f"{name} ({why})" for name, why in kept.items()),
+        )
     if replaced:
         log.info(
             "%d nn.MultiheadAttention modules run as q/k/v/out projection modules "
