@@ -30,11 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from adaround_lightning.graph.trace import QUANTIZABLE_TYPES
+
 __all__ = ["FunctionalUse", "functional_weight_uses", "route_functional_weights"]
 
 log = logging.getLogger(__name__)
 
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_LAYERS = QUANTIZABLE_TYPES  # the layers whose weights are quantized: Linear and Conv1d/2d/3d
 _CONVS = {F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d}
 _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm, torch.bmm}
 _WEIGHTED_OPS = {F.linear, *_CONVS, *_MATMULS}

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import swin_transformer, vision_transformer
+from torchvision.models import vision_transformer
 
 from adaround_lightning import AdaroundConfig, QuantConfig, adaround
 from tests.helpers.export import assert_exported_with_parity
+from tests.helpers.models import tiny_swin
 
 CPU = {"accelerator": "cpu", "devices": 1}
 
@@ -30,14 +31,7 @@ def _tiny(name: str) -> nn.Module:
         )
         nn.init.normal_(model.heads.head.weight, std=0.2)  # torchvision starts it at zero
     else:
-        model = swin_transformer.SwinTransformer(
-            patch_size=[2, 2],
-            embed_dim=8,
-            depths=[2, 2],
-            num_heads=[2, 2],
-            window_size=[2, 2],
-            num_classes=5,
-        )
+        model = tiny_swin()
     return model.eval()
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import swin_transformer
 
 from adaround_lightning.graph.functional_weights import (
     functional_weight_uses,
     route_functional_weights,
 )
+from tests.helpers.models import tiny_swin
 
 
 class _Functional(nn.Module):
@@ -102,25 +102,7 @@ def test_a_routed_call_stops_cleanly_when_a_hook_raises() -> None:
 @pytest.mark.parametrize("version", [1, 2])
 def test_swin_attention_runs_through_its_qkv_and_proj_layers(version: int) -> None:
     torch.manual_seed(0)
-    kwargs = {}
-    if version == 2:
-        kwargs = {
-            "block": swin_transformer.SwinTransformerBlockV2,
-            "downsample_layer": swin_transformer.PatchMergingV2,
-        }
-    model = (
-        swin_transformer.SwinTransformer(
-            patch_size=[2, 2],
-            embed_dim=8,
-            depths=[2, 2],
-            num_heads=[2, 2],
-            window_size=[2, 2],
-            num_classes=3,
-            **kwargs,
-        )
-        .double()
-        .eval()
-    )
+    model = tiny_swin(version, num_classes=3).double().eval()
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if name.endswith("qkv.bias"):
