@@ -13,7 +13,7 @@ from adaround_lightning.calibration.storage import CacheDevice, CacheDtype
 from adaround_lightning.core.choices import Choice
 from adaround_lightning.quant.loss import Reconstruction
 
-__all__ = ["AdaroundConfig", "Granularity"]
+__all__ = ["AdaroundConfig", "BlockBudget", "Granularity"]
 
 
 class Granularity(Choice):
@@ -25,6 +25,22 @@ class Granularity(Choice):
     LAYER = "layer"
 
 
+#: The paper's learning rate and steps per layer (Nagel et al. 2020, section 5).
+PAPER_LR = 1e-3
+PAPER_ITERS = 10000
+#: Cap of the default learning rate of very short fits.
+MAX_DEFAULT_LR = 5e-2
+
+
+class BlockBudget(Choice):
+    """The steps of a block fit (``adaround.block_budget``), unless ``block_iters`` is set."""
+
+    #: ``iters`` steps per fit, a block's as a layer's (BRECQ's convention).
+    FIT = "fit"
+    #: ``iters`` times the block's layers: the same steps per layer as layer-wise.
+    LAYER = "layer"
+
+
 @dataclass
 class AdaroundConfig:
     """How each layer's rounding is optimised.
@@ -33,7 +49,8 @@ class AdaroundConfig:
         iters: Optimisation steps per layer (the paper uses 10k).
         batch_size: Calibration samples per step.
         num_samples: Calibration samples used (the first ``num_samples`` given).
-        lr: Adam learning rate for ``V``.
+        lr: Adam learning rate for ``V``; None (default): :meth:`lr_for` the fit's steps,
+            the paper's 1e-3 at its 10k steps and ``10 / steps`` for shorter fits.
         reg_param: lambda of eq. (25); None picks 0.01 for ``"paper"``, 0.001 for ``"mean"``.
         beta_range: Start and end of the annealed ``beta`` of eq. (24).
         warm_start: Fraction of ``iters`` without the rounding regularizer.
@@ -52,8 +69,14 @@ class AdaroundConfig:
             block is reached and reconstruct with quantized activations, so every layer learns
             its rounding on the inputs the fully quantized network gives it (QDrop's setting).
             Off: weights first, activation ranges calibrated afterwards (AIMET's workflow).
-        block_iters: Steps of each block fit (``granularity=block``); None gives ``iters`` times
-            the number of layers fitted together, the same steps per layer as layer-wise.
+        block_iters: Steps of each block fit (``granularity=block``); None: ``block_budget``.
+        block_budget: Without ``block_iters``: ``fit`` (default) gives a block fit ``iters``
+            steps, as BRECQ does, so a block costs about what its layers cost layer-wise;
+            ``layer`` gives it ``iters`` times its layers (the same steps per layer, about
+            that many times slower; see BENCHMARKS.md, issue #20).
+        stop_when_binary: End a fit once every ``h(V)`` is clipped to exactly 0 or 1: no later
+            step can change a rounding then, so the result is the same and the rest of the
+            steps are saved (logged, and ``steps_run`` in the layer report).
         drop_prob: QDrop: during an in-loop reconstruction, each input element keeps its float
             value with this probability (0: always quantized, as in BRECQ).
         bias_correction: After each layer is rounded, shift its bias by the mean per-channel
@@ -90,7 +113,7 @@ class AdaroundConfig:
     iters: int = 10000
     batch_size: int = 32
     num_samples: int = 1024
-    lr: float = 1e-3
+    lr: float | None = None
     reg_param: float | None = None
     beta_range: tuple[float, float] = (20.0, 2.0)
     warm_start: float = 0.2
@@ -103,6 +126,8 @@ class AdaroundConfig:
     act_in_loop: bool = False
     drop_prob: float = 0.5
     block_iters: int | None = None
+    block_budget: BlockBudget = BlockBudget.FIT
+    stop_when_binary: bool = True
     bias_correction: bool = True
     cache_device: CacheDevice = CacheDevice.AUTO
     cache_budget_gb: float | None = None
@@ -124,12 +149,13 @@ class AdaroundConfig:
         if not 0.0 <= self.drop_prob < 1.0:
             raise ValueError(f"adaround.drop_prob must be in [0, 1), got {self.drop_prob}")
         self.granularity = Granularity.parse(self.granularity, "adaround.granularity")
+        self.block_budget = BlockBudget.parse(self.block_budget, "adaround.block_budget")
         for name in ("iters", "batch_size", "num_samples", "forward_batch_size", "steps_per_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"adaround.{name} must be a positive integer, got {value!r}")
-        if not self.lr > 0:
-            raise ValueError(f"adaround.lr must be > 0, got {self.lr}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"adaround.lr must be > 0 or null, got {self.lr}")
         self.beta_range = tuple(float(b) for b in self.beta_range)  # type: ignore[assignment]
         if len(self.beta_range) != 2 or min(self.beta_range) <= 0:
             raise ValueError(
@@ -151,6 +177,7 @@ class AdaroundConfig:
             "stream",
             "channels_last",
             "reuse_host_memory",
+            "stop_when_binary",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
@@ -164,3 +191,35 @@ class AdaroundConfig:
         self.blocks = list(self.blocks)
         if self.reg_param is not None and self.reg_param < 0:
             raise ValueError(f"adaround.reg_param must be >= 0, got {self.reg_param}")
+
+    def block_steps(self, layers: int) -> int:
+        """Steps of a block fit of ``layers`` layers.
+
+        Example:
+            >>> AdaroundConfig(iters=500).block_steps(3), AdaroundConfig(
+            ...     iters=500, block_budget="layer").block_steps(3)
+            (500, 1500)
+        """
+        if self.block_iters is not None:
+            return self.block_iters
+        return self.iters * (layers if self.block_budget == BlockBudget.LAYER else 1)
+
+    def lr_for(self, steps: int) -> float:
+        """Adam's learning rate for a fit of ``steps`` steps: ``lr``, or the default rule.
+
+        The rule keeps the distance ``V`` can travel, about ``lr * steps`` for Adam, at the
+        paper's 10 (1e-3 over 10k steps): ``10 / steps``, within [1e-3, 5e-2]. At lr 1e-3 a
+        500-step fit can move ``V`` by 0.5 at most, and only weights whose fractional part is
+        near 1/2 can flip (``V`` starts at the logit of that part, within +-2.4). On the
+        quickstart (W3, one 500-step fit per block) 1e-3 gave 90.14 %, 3e-3 90.84 %, 1e-2
+        90.96 %, 3e-2 90.98 % (BENCHMARKS.md, issue #20).
+
+        Example:
+            >>> AdaroundConfig().lr_for(10000), AdaroundConfig().lr_for(500)
+            (0.001, 0.02)
+            >>> AdaroundConfig(lr=0.001).lr_for(500)
+            0.001
+        """
+        if self.lr is not None:
+            return self.lr
+        return min(MAX_DEFAULT_LR, max(PAPER_LR, PAPER_LR * PAPER_ITERS / steps))

@@ -8,7 +8,8 @@ block. It walks nothing, caches nothing and writes no files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,10 +32,33 @@ from adaround_lightning.calibration.trainer import (
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
-__all__ = ["CURVE_POINTS", "FitSettings", "fit_block", "fit_layer"]
+__all__ = ["CURVE_POINTS", "FitOutcome", "FitSettings", "fit_block", "fit_layer"]
+
+log = logging.getLogger(__name__)
 
 #: Points kept of each fit's loss curve in the report.
 CURVE_POINTS = 200
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What one fit did.
+
+    Attributes:
+        steps: The steps the fit was planned for (its loss schedule's length).
+        steps_run: The optimizer steps it took: fewer than ``steps`` when every ``h(V)`` was
+            binary before the end (``adaround.stop_when_binary``).
+        curve: ``[step, reconstruction, regularization]`` rows, at most :data:`CURVE_POINTS`.
+    """
+
+    steps: int
+    steps_run: int
+    curve: list[list[float]] = field(default_factory=list)
+
+    @property
+    def stopped_early(self) -> bool:
+        """The fit ended before its last planned step."""
+        return self.steps_run < self.steps
 
 
 @dataclass(frozen=True)
@@ -71,7 +95,7 @@ def _run(
     steps: int,
     settings: FitSettings,
     bar: CalibrationProgress,
-) -> list[list[float]]:
+) -> FitOutcome:
     # A fresh Trainer per fit: a reused one keeps global_step and the next fit does nothing.
     bar.start_layer(module.name, steps)
     cache.num_steps = steps
@@ -82,7 +106,16 @@ def _run(
         trainer.fit(module, datamodule=cache)
     # Lightning's teardown may move the fitted module to the CPU: put it back.
     module.to(settings.device).eval()
-    return module.loss_curve(CURVE_POINTS)
+    outcome = FitOutcome(steps, module.steps_run, module.loss_curve(CURVE_POINTS))
+    if outcome.stopped_early:
+        log.info(
+            "%s: every h(V) binary after %d of %d steps; the rest skipped (they cannot change "
+            "a rounding)",
+            module.name,
+            outcome.steps_run,
+            steps,
+        )
+    return outcome
 
 
 def fit_layer(
@@ -94,11 +127,11 @@ def fit_layer(
     settings: FitSettings,
     name: str,
     bar: CalibrationProgress,
-) -> list[list[float]]:
+) -> FitOutcome:
     """Learn ``quantizer``'s ``V`` on the cached ``(x~, f_a(W x))`` of one layer (eq. 25).
 
     Returns:
-        The loss curve, ``[step, reconstruction, regularization]`` rows.
+        The steps taken and the loss curve.
 
     Example:
         >>> from adaround_lightning.quant.factory import quantizer_for_weight
@@ -110,9 +143,9 @@ def fit_layer(
         >>> cpu = FitSettings(AdaroundConfig(iters=4, batch_size=8, steps_per_batch=1),
         ...                   {"accelerator": "cpu", "devices": 1}, None, torch.device("cpu"))
         >>> with CalibrationProgress(1, 0, False) as bar:
-        ...     curve = fit_layer(layer, fq, None, None, cache, cpu, "fc", bar)
-        >>> layer.weight.equal(fq.hard_weight())
-        True
+        ...     outcome = fit_layer(layer, fq, None, None, cache, cpu, "fc", bar)
+        >>> layer.weight.equal(fq.hard_weight()), outcome.steps_run <= 4
+        (True, True)
     """
     config = settings.config
     module = LayerReconstruction(
@@ -120,10 +153,11 @@ def fit_layer(
         quantizer,
         settings.loss(config.iters),
         activation,
-        config.lr,
+        config.lr_for(config.iters),
         name=name,
         steps_per_batch=config.steps_per_batch,
         input_quantizer=input_quantizer,
+        stop_when_binary=config.stop_when_binary,
     )
     return _run(module, cache, config.iters, settings, bar)
 
@@ -136,7 +170,7 @@ def fit_block(
     settings: FitSettings,
     name: str,
     bar: CalibrationProgress,
-) -> list[list[float]]:
+) -> FitOutcome:
     """Learn every ``V`` of a block together on the cached ``(x~, B(x))`` (the block output).
 
     Args:
@@ -149,15 +183,16 @@ def fit_block(
         bar: Progress display.
 
     Returns:
-        The loss curve, ``[step, reconstruction, regularization]`` rows.
+        The steps taken and the loss curve.
     """
     config = settings.config
     module = BlockReconstruction(
         block,
         quantizers,
         settings.loss(steps),
-        config.lr,
+        config.lr_for(steps),
         name=name,
         steps_per_batch=config.steps_per_batch,
+        stop_when_binary=config.stop_when_binary,
     )
     return _run(module, cache, steps, settings, bar)

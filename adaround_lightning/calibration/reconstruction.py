@@ -9,7 +9,13 @@ from torch import nn
 from adaround_lightning.graph.bias_correction import channel_dim
 from adaround_lightning.graph.functional import forward_with_weight, functional_activation
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss
-from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer, rectified_sigmoid
+from adaround_lightning.quant.quantizer import (
+    GAMMA,
+    ZETA,
+    AdaroundFakeQuantizer,
+    rectified_sigmoid,
+)
+from adaround_lightning.quant.soft_rounding import soft_weight_and_regularizer
 
 __all__ = ["BlockReconstruction", "LayerReconstruction", "RoundingReconstruction"]
 
@@ -22,6 +28,14 @@ class RoundingReconstruction(L.LightningModule):
     ``beta`` and the regularizer weight come from device tensors indexed by the step (fixed
     shapes, no host sync); both terms are kept per step in ``history`` (shape ``(max_iter, 2)``)
     and logged once per fit (their means), so logging costs nothing per step.
+
+    With ``stop_when_binary``, the fit ends as soon as every ``h(V)`` is clipped to exactly 0
+    or 1 (checked once per training step, after the warm start). The clip of eq. (23) then
+    passes no gradient from either term (``torch.clamp`` passes none at its bounds either).
+    Adam's later updates keep the sign of its decaying first moment, the outward direction
+    that clipped each element, so no element leaves the clip again and no rounding
+    ``1[V >= 0]`` can change: the remaining steps are skipped with the same result.
+    :attr:`steps_run` records where the fit stopped.
     """
 
     def __init__(
@@ -32,6 +46,7 @@ class RoundingReconstruction(L.LightningModule):
         lr: float,
         name: str,
         steps_per_batch: int = 1,
+        stop_when_binary: bool = False,
     ) -> None:
         super().__init__()
         # K > 1: each training step runs K optimizer steps on a (K, batch, ...) batch under
@@ -45,6 +60,9 @@ class RoundingReconstruction(L.LightningModule):
         self.channel_dim = 1  # the output-channel axis of the reconstruction (subclasses set it)
         self.lr = lr
         self.name = name
+        self.stop_when_binary = stop_when_binary
+        #: Optimizer steps taken (fewer than ``loss.max_iter`` after an early stop).
+        self.steps_run = 0
         for parameter in frozen.parameters():
             parameter.requires_grad_(False)
         for quantizer in quantizers:
@@ -70,8 +88,14 @@ class RoundingReconstruction(L.LightningModule):
         self.network_part().eval()
         return self
 
-    def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """The output with soft-quantized weights (``h``: one ``h(V)`` per quantizer)."""
+    def soft_output(
+        self, x: torch.Tensor, weights: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """The output with soft-quantized weights.
+
+        ``weights``: one ``W~`` per quantizer, in :meth:`rounding_quantizers` order; None
+        computes them from ``V``.
+        """
         raise NotImplementedError
 
     def apply_hard_weights(self) -> None:
@@ -85,7 +109,11 @@ class RoundingReconstruction(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor | None:
         inputs, targets = batch
+        if self.stop_when_binary and self._rounding_settled():
+            self.trainer.should_stop = True
+            return None
         if self.automatic_optimization:
+            self.steps_run = self.trainer.global_step + 1
             return self._loss(inputs, targets, self.trainer.global_step)
         optimizer = self.optimizers()
         for k in range(inputs.shape[0]):
@@ -96,7 +124,24 @@ class RoundingReconstruction(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
+            self.steps_run = curr_iter + 1
         return None
+
+    @torch.no_grad()
+    def _rounding_settled(self) -> bool:
+        """Past the warm start, every ``h(V)`` clipped: no later step can change a rounding.
+
+        Clipped means outside the open interval (0, 1) before the clip: ``torch.clamp`` passes
+        no gradient at its bounds either (an element whose weight lies on the grid starts at
+        exactly 0). One host sync per training step (``steps_per_batch`` optimizer steps).
+        """
+        if self.trainer.global_step < self.loss.warm_start_end:
+            return False
+        for quantizer in self.rounding_quantizers():
+            unclipped = torch.sigmoid(quantizer.V) * (ZETA - GAMMA) + GAMMA
+            if bool(((unclipped > 0.0) & (unclipped < 1.0)).any()):
+                return False
+        return True
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor, curr_iter: int) -> torch.Tensor:
         """Both terms at ``curr_iter`` (0 in the first step); returns their sum."""
@@ -104,18 +149,20 @@ class RoundingReconstruction(L.LightningModule):
             raise ValueError(
                 f"step {curr_iter} is past the loss schedule ({self.loss.max_iter} steps)"
             )
-        h = [rectified_sigmoid(q.V) for q in self.rounding_quantizers()]
-        outputs = self.soft_output(inputs, h)
+        # Warm start: no regularizer. A Python-int comparison, so no host sync.
+        regularized = curr_iter >= self.loss.warm_start_end
+        beta = self.beta[curr_iter] if regularized else None
+        # W~ and f_reg of every quantizer in one fused op each (quant/soft_rounding.py).
+        soft = [soft_weight_and_regularizer(q, beta) for q in self.rounding_quantizers()]
+        outputs = self.soft_output(inputs, [weight for weight, _ in soft])
         reconstruction = self.loss.reconstruction_loss(
             outputs, targets.to(outputs.dtype), self.output_channel_dim(targets.shape)
         )
-        if curr_iter < self.loss.warm_start_end:
-            # Warm start: no regularizer. A Python-int comparison, so no host sync.
-            regularization = reconstruction.new_zeros(())
-        else:
-            beta = self.beta[curr_iter]
-            f_reg = sum(AdaptiveRoundingLoss.regularizer_of_h(h_V, beta) for h_V in h)
+        if regularized:
+            f_reg = sum(regularizer for _, regularizer in soft)
             regularization = self.reg_weight[curr_iter] * f_reg
+        else:
+            regularization = reconstruction.new_zeros(())
         self.history[curr_iter, 0] = reconstruction.detach()
         self.history[curr_iter, 1] = regularization.detach()
         return reconstruction + regularization
@@ -127,7 +174,7 @@ class RoundingReconstruction(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         # One log call per fit, not per step (self.log costs Python time on every call): the
         # means over all steps, computed on the device from history; under DDP one all-reduce.
-        steps = max(1, min(self.trainer.global_step, self.loss.max_iter))
+        steps = max(1, self.steps_run)
         means = self.history[:steps].mean(0)
         for index, term in enumerate(("reconstruction", "regularization")):
             self.log(
@@ -140,8 +187,9 @@ class RoundingReconstruction(L.LightningModule):
 
     def loss_curve(self, points: int = 200) -> list[list[float]]:
         """``[step, reconstruction, regularization]`` rows, at most ``points`` (one host copy)."""
-        stride = max(1, self.history.shape[0] // points)
-        rows = self.history[::stride].cpu().tolist()
+        steps = max(1, self.steps_run)
+        stride = max(1, steps // points)
+        rows = self.history[:steps:stride].cpu().tolist()
         return [[float(i * stride), r[0], r[1]] for i, r in enumerate(rows)]
 
     def on_train_end(self) -> None:
@@ -182,6 +230,7 @@ class LayerReconstruction(RoundingReconstruction):
             ``(K, batch, ...)``); 1 is plain automatic optimization.
         input_quantizer: Fake-quantizes the cached inputs in every step (activation
             quantization in the loop; its ``drop_prob`` gives QDrop), or None.
+        stop_when_binary: End the fit once every ``h(V)`` is clipped to 0 or 1 (same result).
 
     Example:
         >>> layer = nn.Linear(4, 3)
@@ -200,8 +249,9 @@ class LayerReconstruction(RoundingReconstruction):
         name: str = "layer",
         steps_per_batch: int = 1,
         input_quantizer: nn.Module | None = None,
+        stop_when_binary: bool = False,
     ) -> None:
-        super().__init__([quantizer], layer, loss, lr, name, steps_per_batch)
+        super().__init__([quantizer], layer, loss, lr, name, steps_per_batch, stop_when_binary)
         self.layer = layer
         self.quantizer = quantizer
         self.channel_dim = channel_dim(layer)
@@ -214,12 +264,15 @@ class LayerReconstruction(RoundingReconstruction):
     def network_part(self) -> nn.Module:
         return self.layer
 
-    def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def soft_output(
+        self, x: torch.Tensor, weights: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """``f_a(W~ x)`` with the soft-quantized weight ``W~`` of eq. (22)."""
-        h_V = rectified_sigmoid(self.quantizer.V) if h is None else h[0]
+        if weights is None:
+            weights = [self.quantizer.quantize_with(rectified_sigmoid(self.quantizer.V))]
         if self.input_quantizer is not None:
             x = self.input_quantizer(x)
-        out = forward_with_weight(self.layer, x, self.quantizer.quantize_with(h_V))
+        out = forward_with_weight(self.layer, x, weights[0])
         return self.activation(out) if self.activation is not None else out
 
     def apply_hard_weights(self) -> None:
@@ -240,6 +293,7 @@ class BlockReconstruction(RoundingReconstruction):
         lr: Adam's learning rate.
         name: Prefix of the logged metrics (the block's name).
         steps_per_batch: Optimizer steps per Lightning training step.
+        stop_when_binary: End the fit once every ``h(V)`` is clipped to 0 or 1 (same result).
 
     Example:
         >>> block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -258,8 +312,11 @@ class BlockReconstruction(RoundingReconstruction):
         lr: float = 1e-3,
         name: str = "block",
         steps_per_batch: int = 1,
+        stop_when_binary: bool = False,
     ) -> None:
-        super().__init__(list(quantizers.values()), block, loss, lr, name, steps_per_batch)
+        super().__init__(
+            list(quantizers.values()), block, loss, lr, name, steps_per_batch, stop_when_binary
+        )
         self.block = block
         # The block output's channel axis is read from its shape (output_channel_dim): a
         # transformer block outputs (N, ..., C), a CNN block or MaxViT's attention (N, C, ...).
@@ -289,16 +346,16 @@ class BlockReconstruction(RoundingReconstruction):
     def network_part(self) -> nn.Module:
         return self.block
 
-    def soft_output(self, x: torch.Tensor, h: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def soft_output(
+        self, x: torch.Tensor, weights: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
         """``B~(x)``: the block with every quantized weight soft-quantized."""
-        quantizers = self.rounding_quantizers()
-        if h is None:
-            h = [rectified_sigmoid(q.V) for q in quantizers]
-        weights = {
-            f"{n}.weight": q.quantize_with(h_V)
-            for n, q, h_V in zip(self.layer_names, quantizers, h, strict=True)
+        if weights is None:
+            weights = [q.quantize_with(rectified_sigmoid(q.V)) for q in self.rounding_quantizers()]
+        by_name = {
+            f"{n}.weight": weight for n, weight in zip(self.layer_names, weights, strict=True)
         }
-        return torch.func.functional_call(self.block, weights, (x,), strict=False)
+        return torch.func.functional_call(self.block, by_name, (x,), strict=False)
 
     def apply_hard_weights(self) -> None:
         for name, quantizer in zip(self.layer_names, self.rounding_quantizers(), strict=True):

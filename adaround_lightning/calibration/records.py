@@ -38,8 +38,11 @@ class LayerReport:
         mse_adaround: The same with AdaRound's hard-rounded weights.
         flipped_fraction: Fraction of weights rounded differently from nearest.
         seconds: Wall time of this layer: caching, fit and evaluation.
-        iters: Optimisation steps of the fit that learned this layer's rounding (block-wise:
-            the block fit's, shared by its layers).
+        iters: Optimisation steps planned for the fit that learned this layer's rounding
+            (block-wise: the block fit's, shared by its layers).
+        steps_run: The steps that fit took: fewer than ``iters`` when every ``h(V)`` was
+            binary before the end (``adaround.stop_when_binary``); None in reports written
+            before this field existed.
         loss_curve: ``[step, reconstruction, regularization]`` rows, at most 200.
         block: The block whose joint fit learned this layer's rounding, None when the layer
             was fitted on its own (layer-wise, or a layer outside any block).
@@ -58,6 +61,7 @@ class LayerReport:
     iters: int
     loss_curve: list[list[float]] = field(default_factory=list)
     block: str | None = None
+    steps_run: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""

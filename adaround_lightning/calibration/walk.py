@@ -35,7 +35,7 @@ from adaround_lightning.calibration.checkpoint import (
     save_layer_progress,
 )
 from adaround_lightning.calibration.config import AdaroundConfig, Granularity
-from adaround_lightning.calibration.fit import FitSettings, fit_block, fit_layer
+from adaround_lightning.calibration.fit import FitOutcome, FitSettings, fit_block, fit_layer
 from adaround_lightning.calibration.layer_report import layer_report, output_mse
 from adaround_lightning.calibration.plan import CalibrationPlan
 from adaround_lightning.calibration.progress import CalibrationProgress
@@ -330,7 +330,7 @@ class CalibrationWalk:
         start = time.perf_counter()
         new = {info.name: self.new_quantizer(info) for info in todo}
         prefix = f"{block.name}."
-        steps = config.block_iters or config.iters * len(todo)
+        steps = config.block_steps(len(todo))
         self.cache.cache_block_output(fp_block, len(self.state.reports))
         self.cache.keep_block_output()  # the next block's float input, when it is B(x)
         if context.act_in_loop:
@@ -341,7 +341,7 @@ class CalibrationWalk:
             attach_input_quantizers(context.q_model, in_loop)
             self.state.act_quantizers.update(in_loop)
         relative = {name[len(prefix) :]: quantizer for name, quantizer in new.items()}
-        curve = fit_block(q_block, relative, steps, self.cache, context.fit, block.name, self.bar)
+        outcome = fit_block(q_block, relative, steps, self.cache, context.fit, block.name, self.bar)
         for name in new if context.act_in_loop else ():
             self.state.act_quantizers[name].drop_prob = 0.0
         seconds = (time.perf_counter() - start) / len(todo)
@@ -351,7 +351,7 @@ class CalibrationWalk:
             self.cache_layer(info, fp_block, q_block, correction)
             if correction is not None:
                 correction.apply()
-            self.finish_layer(info, new[info.name], seconds, curve, steps, block.name)
+            self.finish_layer(info, new[info.name], seconds, outcome, block.name)
 
     def fit_one_layer(self, info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
         """One fit of one layer on its output error."""
@@ -369,7 +369,7 @@ class CalibrationWalk:
             act_quantizer.drop_prob = context.config.drop_prob
         q_layer = context.q_model.get_submodule(info.name)
         activation = context.activation_of(info)
-        curve = fit_layer(
+        outcome = fit_layer(
             q_layer,
             quantizer,
             activation,
@@ -387,7 +387,7 @@ class CalibrationWalk:
         if correction is not None:
             self.correct_layer_bias(info, fp_block, correction, act_quantizer)
         seconds = time.perf_counter() - start
-        self.finish_layer(info, quantizer, seconds, curve, context.config.iters)
+        self.finish_layer(info, quantizer, seconds, outcome)
 
     def input_quantizers(
         self, names: list[str], network: nn.Module, inputs: torch.Tensor, prefix: str = ""
@@ -487,21 +487,22 @@ class CalibrationWalk:
         info: LayerInfo,
         quantizer: AdaroundFakeQuantizer,
         seconds: float,
-        curve: list[list[float]],
-        steps: int,
+        outcome: FitOutcome,
         block: str | None = None,
     ) -> None:
         """Report the layer, check the processes agree, checkpoint it, log it.
 
-        ``steps`` is the length of the fit the layer was in: ``iters`` layer-wise, the block
-        fit's steps (``iters`` times its layers, or ``block_iters``) block-wise.
+        ``outcome`` is the fit the layer was in: its own (layer-wise) or its block's.
         """
         context = self.context
         q_layer = context.q_model.get_submodule(info.name)
         mse = self.layer_mse(info, quantizer)
         check_same_on_all_ranks(quantizer.integer_weight(), info.name, context.process)
         activation = info.activation if context.activation_of(info) is not None else None
-        report = layer_report(info.name, q_layer, quantizer, mse, activation, seconds, steps, curve)
+        report = layer_report(
+            info.name, q_layer, quantizer, mse, activation, seconds, outcome.steps, outcome.curve
+        )
+        report.steps_run = outcome.steps_run
         report.block = block  # fitted jointly with the other layers of that block, or alone
         self.state.quantizers[info.name] = quantizer
         self.state.reports.append(report)

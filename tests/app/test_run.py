@@ -161,9 +161,9 @@ def test_cli_quickstart_writes_results(tmp_path: Path) -> None:
         assert 0 <= results[key]["top1"] <= 100 and results[key]["top5"] >= results[key]["top1"]
     assert results["recipe"] == "quickstart" and results["finished"] is True
     assert len(results["layers"]) == 29 and results["seconds"] > 0
-    # Block-wise, a layer reports the steps of its block's joint fit: 10 per layer fitted.
-    assert {layer["iters"] for layer in results["layers"]} <= {10, 20, 30}
-    assert min(layer["iters"] for layer in results["layers"]) == 10
+    # Block-wise, a layer reports the steps of its block's joint fit: iters (10) per fit.
+    assert {layer["iters"] for layer in results["layers"]} == {10}
+    assert all(0 < layer["steps_run"] <= 10 for layer in results["layers"])
     for name in (
         "quantized_model.pt",
         "config.yaml",

@@ -207,11 +207,12 @@ def test_other_torchvision_classifiers_calibrate_block_by_block(arch: str) -> No
         assert torch.isfinite(result.model(images)).all()
 
 
-def test_a_block_reports_the_steps_of_its_joint_fit() -> None:
+@pytest.mark.parametrize("budget", ["fit", "layer"])
+def test_a_block_reports_the_steps_of_its_joint_fit(budget: str) -> None:
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
     images = torch.randn(32, 3, 32, 32)
-    config = AdaroundConfig(iters=3, batch_size=16, steps_per_batch=1)
+    config = AdaroundConfig(iters=3, batch_size=16, steps_per_batch=1, block_budget=budget)
     result = adaround(model, images, config=config, trainer={"accelerator": "cpu"}, progress=False)
     trace_blocks = {}
     for report in result.layers:
@@ -220,6 +221,7 @@ def test_a_block_reports_the_steps_of_its_joint_fit() -> None:
     multi = [reports for reports in trace_blocks.values() if len(reports) > 1]
     assert multi, "mobilenet_v3_small has multi-layer blocks"
     for reports in multi:
-        assert {r.iters for r in reports} == {3 * len(reports)}
+        assert {r.iters for r in reports} == {3 * len(reports) if budget == "layer" else 3}
+        assert len({r.steps_run for r in reports}) == 1  # one fit
     singles = [reports[0] for reports in trace_blocks.values() if len(reports) == 1]
     assert singles and all(r.iters == 3 for r in singles)
