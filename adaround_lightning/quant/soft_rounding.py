@@ -9,8 +9,9 @@ and the gradient of both with respect to ``V``. Written with autograd ops that i
 elementwise kernels over every weight, four of them ``pow`` with a tensor exponent (the
 exponent's own backward included); in the late MobileNetV2 blocks and ResNet layers, where the
 activations are small and the weights large, those kernels are most of a step.
-:func:`soft_weight_and_regularizer` computes the same values in one ``pow`` and a hand-written
-backward (``d/dV`` only): the same function, as a property test checks against autograd.
+:func:`soft_weight_and_regularizer` computes the same values with one ``exp(beta log)`` and a
+hand-written backward (``d/dV`` only): the same function, as a property test checks against
+float64 autograd.
 
 Gradients at the clip bounds follow ``torch.clamp``'s: none at ``h = 0`` or ``1`` exactly, none
 where ``floor(W / s) + h`` sits on ``q_min`` or ``q_max``.
@@ -43,25 +44,29 @@ class _SoftRounding(torch.autograd.Function):
         sig = torch.sigmoid(V)
         unclipped = sig * (ZETA - GAMMA) + GAMMA
         h = unclipped.clamp(0.0, 1.0)
-        level = weight_floor + h
-        soft_weight = level.clamp(quant_min, quant_max) * scale
-        # The gradient of eq. (23) w.r.t. V where h is not clipped (torch.clamp: none at the
-        # bounds), times the mask of the grid clip: what d/dV of both terms shares.
-        inside = (unclipped > 0.0) & (unclipped < 1.0)
-        dh_dV = sig * (1.0 - sig) * (ZETA - GAMMA) * inside
-        grid_inside = (level > quant_min) & (level < quant_max)
+        soft_weight = (weight_floor + h).clamp(quant_min, quant_max) * scale
+        # Masks become floats before they multiply: float * bool is a slow path on the CPU
+        # (2.9 ms against 0.1 ms for 410k elements on this project's machine).
+        # d h / d V where h is not clipped (torch.clamp passes no gradient at its bounds).
+        inside = ((unclipped > 0.0) & (unclipped < 1.0)).to(sig.dtype)
+        dh_dV = sig * (1.0 - sig) * inside * (ZETA - GAMMA)
+        # d W~ / d h = s where the grid clip passes it; with 0 < h < 1 (else dh_dV is 0),
+        # floor + h lies inside (q_min, q_max) exactly when q_min <= floor < q_max.
+        in_grid = ((weight_floor >= quant_min) & (weight_floor < quant_max)).to(sig.dtype)
+        dW_dh = scale * in_grid
         if beta is None:
-            ctx.save_for_backward(dh_dV, grid_inside, scale)
+            ctx.save_for_backward(dh_dV, dW_dh)
             ctx.regularized = False
             return soft_weight, V.new_zeros(())
         signed = 2.0 * h - 1.0  # in [-1, 1]
-        magnitude = signed.abs()
-        powered = magnitude.pow(beta)  # |2h - 1|^beta
+        # |2h - 1|^beta as exp(beta log|2h - 1|): 0 at h = 1/2 (log 0 = -inf), and about twice
+        # as fast as pow with a float exponent here.
+        powered = torch.exp(signed.abs().log() * beta)
         regularizer = powered.numel() - powered.sum()
         # d f_reg / dh = -2 beta |2h - 1|^(beta - 1) sign(2h - 1) = -2 beta powered / (2h - 1),
-        # and 0 at h = 1/2 (powered = 0 there: dividing by 1 instead keeps it 0).
-        dreg_dh = powered.div_(signed + (signed == 0)).mul_(-2.0 * beta)
-        ctx.save_for_backward(dh_dV, grid_inside, scale, dreg_dh)
+        # and 0 at h = 1/2 (0 / 0 there, replaced by 0).
+        dreg_dh = powered.div_(signed).nan_to_num_(nan=0.0).mul_(-2.0 * beta)
+        ctx.save_for_backward(dh_dV, dW_dh, dreg_dh)
         ctx.regularized = True
         return soft_weight, regularizer
 
@@ -69,8 +74,8 @@ class _SoftRounding(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_weight: torch.Tensor, grad_regularizer: torch.Tensor
     ) -> tuple[torch.Tensor | None, ...]:
-        dh_dV, grid_inside, scale, *reg = ctx.saved_tensors
-        grad_h = grad_weight * scale * grid_inside
+        dh_dV, dW_dh, *reg = ctx.saved_tensors
+        grad_h = grad_weight * dW_dh
         if ctx.regularized:
             grad_h = grad_h + grad_regularizer * reg[0]
         return grad_h * dh_dV, None, None, None, None, None
