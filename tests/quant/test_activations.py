@@ -154,25 +154,26 @@ def test_walk_attaches_a_calibrated_quantizer_to_every_layer(
     assert set(input_quantizers_of(result.nearest_model())) == set(attached)
 
 
-def test_block_fit_takes_iters_steps_per_layer(images: torch.Tensor) -> None:
+@pytest.mark.parametrize(("budget", "block_steps"), [("fit", 6), ("layer", 12)])
+def test_block_fit_takes_its_step_budget(
+    images: torch.Tensor, budget: str, block_steps: int
+) -> None:
     from torchvision.models.resnet import BasicBlock
 
     torch.manual_seed(5)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), BasicBlock(8, 8), nn.Flatten(), nn.Linear(8 * 64, 4)
     ).eval()
-    result = adaround(
-        model,
-        images,
-        QuantConfig(weight_bits=4),
-        AdaroundConfig(iters=6, batch_size=16, granularity="block"),
-        {"accelerator": "cpu"},
-        progress=False,
+    config = AdaroundConfig(
+        iters=6, batch_size=16, granularity="block", block_budget=budget, stop_when_binary=False
     )
-    # The block's two convs are fitted together for 2 x 6 steps; the others for 6 each. A loss
-    # curve this short has one row per step.
+    result = adaround(
+        model, images, QuantConfig(weight_bits=4), config, {"accelerator": "cpu"}, progress=False
+    )
+    # The block's two convs are fitted together for 6 steps (budget fit) or 2 x 6 (budget
+    # layer); the others for 6 each. A loss curve this short has one row per step.
     steps = {report.name: len(report.loss_curve) for report in result.layers}
-    assert steps == {"0": 6, "1.conv1": 12, "1.conv2": 12, "3": 6}
+    assert steps == {"0": 6, "1.conv1": block_steps, "1.conv2": block_steps, "3": 6}
 
 
 def test_attach_replaces_an_existing_quantizer() -> None:
