@@ -14,6 +14,8 @@ from typing import Any
 from adaround_lightning.calibration.api import adaround
 from adaround_lightning.calibration.config import AdaroundConfig, Granularity
 from adaround_lightning.calibration.records import AdaroundResult, LayerReport
+from adaround_lightning.onnx_model.calibrate import OnnxAdaroundResult, adaround_onnx
+from adaround_lightning.onnx_model.export import write_quantized_onnx
 from adaround_lightning.quant.config import QuantConfig
 from adaround_lightning.quant.grids import ScaleMethod
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss, Reconstruction
@@ -26,11 +28,14 @@ __all__ = [
     "AdaroundResult",
     "Granularity",
     "LayerReport",
+    "OnnxAdaroundResult",
     "QuantConfig",
     "Reconstruction",
     "ScaleMethod",
     "adaround",
+    "adaround_onnx",
     "load_quantized",
+    "write_quantized_onnx",
 ]
 __version__ = "0.1.0"
 

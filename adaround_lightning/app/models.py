@@ -75,6 +75,8 @@ class ModelConfig:
             through torchvision's own cache; None for none (then give ``checkpoint``).
         checkpoint: A ``state_dict`` file or a Lightning checkpoint, loaded after ``weights``.
         kwargs: Extra keyword arguments of the torchvision builder (e.g. ``width_mult``).
+        onnx: A float ONNX classifier to quantize instead (the ONNX path); ``name`` is then
+            only its label and the torchvision settings are not used.
     """
 
     name: str = "mobilenet_v2"
@@ -82,16 +84,22 @@ class ModelConfig:
     weights: str | None = None
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    onnx: str | None = None
 
     def __post_init__(self) -> None:
+        if self.onnx is not None and not Path(self.onnx).is_file():
+            raise UserError(
+                f"model.onnx={self.onnx}: no such file; pass the path of a float .onnx model"
+            )
         available = torchvision.models.list_models(module=torchvision.models)
-        if self.name not in available and _model_class(self.name) is None:
+        known = self.name in available or _model_class(self.name) is not None
+        if self.onnx is None and not known:
             raise UserError(
                 f"model.name={self.name!r} is not a torchvision classification model; "
                 f"choose one of torchvision.models.list_models(), e.g. resnet18, mobilenet_v2, "
                 "or a torchvision model class such as VisionTransformer"
             )
-        if _model_class(self.name) is not None and self.weights is not None:
+        if self.onnx is None and _model_class(self.name) is not None and self.weights is not None:
             raise UserError(
                 f"model.name={self.name} is a class, built from model.kwargs: it has no "
                 "torchvision weights; set model.weights=null and model.checkpoint=PATH"

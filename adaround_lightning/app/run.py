@@ -6,100 +6,56 @@ tests call directly with a composed config.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import Dataset
 
 from adaround_lightning import export
 from adaround_lightning.app.evaluate import evaluate, evaluate_with_onnx
 from adaround_lightning.app.models import build_model
-from adaround_lightning.app.report import write_report
+from adaround_lightning.app.phases import (
+    CHECKPOINT_DIR,
+    RESULTS_FILE,
+    output_dir_of,
+    prepare_run,
+    quant_summary,
+    run_loggers,
+    task_overrides,
+    write_results_file,
+)
+from adaround_lightning.app.run_onnx import run_onnx
 from adaround_lightning.app.settings import RunConfig, fingerprint, run_config_from
 from adaround_lightning.calibration.api import adaround
 from adaround_lightning.calibration.records import AdaroundResult
-from adaround_lightning.calibration.trainer import (
-    process_context,
-    quiet_lightning,
-    trainer_kwargs_with_defaults,
-)
-from adaround_lightning.core.atomic import atomic_write_text
 from adaround_lightning.core.distributed import ProcessContext
-from adaround_lightning.core.errors import UserError
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
 
 __all__ = [
+    "CHECKPOINT_DIR",
+    "RESULTS_FILE",
     "RunSetup",
     "calibrate",
     "evaluate_models",
     "output_dir_of",
+    "prepare_run",
+    "quant_summary",
     "run",
+    "run_loggers",
     "setup",
     "summary_table",
+    "task_overrides",
     "write_results",
+    "write_results_file",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Per-layer progress checkpoints inside the run dir (:mod:`~.calibration.checkpoint`).
-CHECKPOINT_DIR = "checkpoints"
-#: Written last: a run dir is finished when this file says so.
-RESULTS_FILE = "results.json"
-
-
-def output_dir_of(settings: RunConfig) -> Path:
-    """``resume`` or ``output_dir`` if set, else Hydra's run dir (in a Hydra app) or the cwd."""
-    if settings.resume:
-        return Path(settings.resume)
-    if settings.output_dir:
-        return Path(settings.output_dir)
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except (ImportError, ValueError):
-        return Path.cwd()
-
-
-def run_loggers(out_dir: Path) -> list[Logger]:
-    """One run, one log dir: Lightning's CSV logger, plus TensorBoard when it is installed.
-
-    Every layer's fit uses these same loggers; metrics are prefixed with the layer's name.
-    """
-    loggers: list[Logger] = [CSVLogger(save_dir=str(out_dir), name="logs", version="")]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(save_dir=str(out_dir), name="logs", version="tensorboard"))
-    return loggers
-
-
-def _is_multirun() -> bool:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except (ImportError, ValueError):
-        return False
-
-
-def _task_overrides() -> list[str]:
-    """The command-line overrides of this Hydra job (empty outside Hydra)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return list(HydraConfig.get().overrides.task)
-    except (ImportError, ValueError):
-        return []
 
 
 def summary_table(results: dict[str, Any]) -> str:
@@ -149,38 +105,13 @@ class RunSetup:
     eval_set: Dataset
 
 
-def _write_config(cfg: DictConfig | dict[str, Any], out_dir: Path) -> None:
-    """``config.yaml`` (resolved) in a fresh or resumed run dir; a stale ``results.json`` goes."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    values = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
-    atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(values)))
-    results_path = out_dir / RESULTS_FILE
-    if results_path.exists():
-        results_path.unlink()  # a stale results.json must never describe this run
-
-
 def setup(cfg: DictConfig | dict[str, Any]) -> RunSetup:
     """Validate the settings, prepare the run dir, seed, build the model and load the data.
 
     Raises:
         UserError: On a bad setting, a ``resume`` that is not a run dir, or multirun with DDP.
     """
-    settings = run_config_from(cfg)
-    out_dir = output_dir_of(settings)
-    if settings.resume and not (out_dir / "config.yaml").is_file():
-        raise UserError(
-            f"resume={settings.resume} is not a run dir (no config.yaml): pass a run dir"
-        )
-    process = process_context(trainer_kwargs_with_defaults(settings.trainer))
-    if process.world_size > 1 and _is_multirun():
-        raise UserError(
-            "Hydra multirun with DDP is unsupported upstream: run each job as its own command, "
-            "or sweep with trainer.devices=1 (see the README)"
-        )
-    if process.is_main:  # under DDP, only rank 0 writes
-        _write_config(cfg, out_dir)
-    with quiet_lightning():
-        L.seed_everything(settings.seed, verbose=False)
+    settings, out_dir, process = prepare_run(cfg)
     model = build_model(settings.model)
     images = calibration_images(settings.data)
     eval_set = evaluation_dataset(settings.data)
@@ -232,22 +163,6 @@ def evaluate_models(
     return accuracy
 
 
-def _quant_summary(settings: RunConfig) -> dict[str, Any]:
-    quant, config = settings.quant, settings.adaround
-    return {
-        "weight_bits": quant.weight_bits,
-        "per_channel": quant.per_channel,
-        "first_layer_bits": quant.first_layer_bits,
-        "last_layer_bits": quant.last_layer_bits,
-        "scale_method": str(quant.scale_method),
-        "act_bits": quant.act_bits,
-        "act_observer": str(quant.act_observer),
-        "act_in_loop": config.act_in_loop,
-        "granularity": str(config.granularity),
-        "bias_correction": config.bias_correction,
-    }
-
-
 def write_results(
     run_setup: RunSetup,
     result: AdaroundResult,
@@ -259,10 +174,10 @@ def write_results(
     settings, images = run_setup.settings, run_setup.images
     results: dict[str, Any] = {
         "recipe": settings.name,
-        "overrides": _task_overrides(),
+        "overrides": task_overrides(),
         "model": settings.model.name,
         **accuracy,
-        "quant": _quant_summary(settings),
+        "quant": quant_summary(settings),
         "input_shape": list(images.shape[1:]),
         "calibration_images": int(images.shape[0]),
         "eval_images": len(run_setup.eval_set),  # type: ignore[arg-type]
@@ -275,9 +190,7 @@ def write_results(
         **exported,
         "finished": True,
     }
-    results["outputs"]["report"] = write_report(results, run_setup.out_dir).name
-    atomic_write_text(run_setup.out_dir / RESULTS_FILE, json.dumps(results, indent=2))
-    return results
+    return write_results_file(results, run_setup.out_dir)
 
 
 def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
@@ -299,6 +212,8 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         ...     results = run(compose("config", ["adaround.iters=10"]))
     """
     start = time.perf_counter()
+    if run_config_from(cfg).model.onnx:
+        return run_onnx(cfg)
     run_setup = setup(cfg)
     result = calibrate(run_setup)
     if not run_setup.process.is_main:

@@ -18,6 +18,7 @@ from torch import nn
 
 from adaround_lightning.calibration.cache import CalibrationCache
 from adaround_lightning.calibration.config import AdaroundConfig
+from adaround_lightning.calibration.pairs import LayerPairs
 from adaround_lightning.calibration.progress import CalibrationProgress
 from adaround_lightning.calibration.reconstruction import (
     BlockReconstruction,
@@ -91,7 +92,7 @@ class FitSettings:
 
 def _run(
     module: RoundingReconstruction,
-    cache: CalibrationCache,
+    cache: CalibrationCache | LayerPairs,
     steps: int,
     settings: FitSettings,
     bar: CalibrationProgress,
@@ -123,7 +124,7 @@ def fit_layer(
     quantizer: AdaroundFakeQuantizer,
     activation: nn.Module | None,
     input_quantizer: nn.Module | None,
-    cache: CalibrationCache,
+    cache: CalibrationCache | LayerPairs,
     settings: FitSettings,
     name: str,
     bar: CalibrationProgress,

@@ -18,7 +18,15 @@ from torch import nn
 
 from adaround_lightning.export.integers import GridCheckError, QuantizedLayer
 
-__all__ = ["OnnxWeight", "export_onnx", "onnx_integers", "onnx_logits", "onnx_weights"]
+__all__ = [
+    "OnnxWeight",
+    "export_float_onnx",
+    "export_onnx",
+    "onnx_integers",
+    "onnx_logits",
+    "onnx_weights",
+    "weight_dequantize",
+]
 
 
 #: The deprecation notices of the TorchScript exporter (``torch.onnx.export(dynamo=False)``).
@@ -44,6 +52,28 @@ def _torchscript_export(
     )
 
 
+def export_float_onnx(
+    model: nn.Module, example_input: torch.Tensor, path: Path, opset: int = 17
+) -> None:
+    """The float network as ONNX (input ``input``, output ``logits``, dynamic batch axis).
+
+    What a deployment team would hand over: the input of the ONNX path (``model.onnx=PATH``).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "float.onnx"
+        >>> export_float_onnx(nn.Linear(3, 2).eval(), torch.randn(1, 3), path)
+        >>> path.is_file()
+        True
+    """
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        for notice in _EXPORTER_NOTICES:
+            warnings.filterwarnings("ignore", message=notice, category=DeprecationWarning)
+        _torchscript_export(model.eval().cpu(), example_input, buffer, opset)
+    Path(path).write_bytes(buffer.getvalue())
+
+
 def _weight_forms(
     layers: list[QuantizedLayer],
 ) -> dict[tuple[tuple[int, ...], bytes], tuple[QuantizedLayer, bool]]:
@@ -62,7 +92,7 @@ def _weight_forms(
     return forms
 
 
-def _dequantize(layer: QuantizedLayer, transposed: bool, output: str) -> tuple[list, object]:
+def weight_dequantize(layer: QuantizedLayer, transposed: bool, output: str) -> tuple[list, object]:
     """The int8 initializers of ``layer`` and the ``DequantizeLinear`` that gives ``output``.
 
     ``transposed``: the graph reads ``W^T``, shape ``(in, out)``, so the integers are
@@ -133,7 +163,7 @@ def export_onnx(
             kept.append(init)
             continue
         replaced.add(found[0].name)
-        initializers, node = _dequantize(found[0], found[1], init.name)
+        initializers, node = weight_dequantize(found[0], found[1], init.name)
         kept += initializers
         nodes.append(node)
     missing = sorted({layer.name for layer in layers} - replaced)

@@ -40,6 +40,7 @@ __all__ = [
     "FLOAT_WEIGHTS_FILE",
     "MODEL_FILE",
     "ONNX_FILE",
+    "ONNX_LAYERS_FILE",
     "STATE_FILE",
     "WEIGHTS_FILE",
     "ExportConfig",
@@ -52,6 +53,8 @@ ONNX_FILE = "model.onnx"
 STATE_FILE = "adaround_state.pt"
 MODEL_FILE = "quantized_model.pt"
 FLOAT_WEIGHTS_FILE = "float_weights.safetensors"
+#: ONNX-path runs: per layer, its op and the tensor names of its weight, bias and input.
+ONNX_LAYERS_FILE = "onnx_layers.json"
 
 
 @dataclass

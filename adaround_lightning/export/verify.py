@@ -35,6 +35,7 @@ from adaround_lightning.export.run_dir import (
     FLOAT_WEIGHTS_FILE,
     MODEL_FILE,
     ONNX_FILE,
+    ONNX_LAYERS_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
 )
@@ -57,11 +58,27 @@ class _RunFiles:
 
     layers: list[QuantizedLayer]
     states: dict[str, dict[str, torch.Tensor]]
-    model_state: dict[str, torch.Tensor]
+    model_state: dict[str, torch.Tensor] | None
     float_weights: dict[str, torch.Tensor] | None
     onnx: dict[str, OnnxWeight] | None
     encodings: dict[str, Any] | None
     results: dict[str, Any] | None
+    onnx_layers: dict[str, dict[str, Any]] | None = None
+
+    def param_key(self, layer: QuantizedLayer) -> str:
+        """The layer's weight in ``encodings.json``: its ONNX tensor name, else ``NAME.weight``."""
+        if self.onnx_layers is not None:
+            return str(self.onnx_layers[layer.name]["weight"])
+        return f"{layer.name}.weight"
+
+    def input_entry(self, name: str) -> dict[str, Any] | None:
+        """A layer's input grid in ``encodings.json`` (ONNX runs: keyed by the input tensor)."""
+        assert self.encodings is not None
+        activations = self.encodings["activation_encodings"]
+        if self.onnx_layers is not None:
+            entries = activations.get(self.onnx_layers[name]["input"]) or [None]
+            return entries[0]
+        return activations.get(name, {}).get("input", {}).get("0")
 
     @classmethod
     def read(cls, run_dir: Path) -> _RunFiles:
@@ -70,14 +87,23 @@ class _RunFiles:
         def optional(name: str, load: Any) -> Any:
             return load(run_dir / name) if (run_dir / name).is_file() else None
 
+        onnx_layers = optional(ONNX_LAYERS_FILE, lambda p: json.loads(p.read_text()))
+
+        # An ONNX-path run has no PyTorch model; every other run must have one.
+        def load_model(path: Path) -> Any:
+            return torch.load(path, map_location="cpu", weights_only=True)
+
         return cls(
             layers=load_quantized_weights(run_dir / WEIGHTS_FILE),
             states=torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True),
-            model_state=torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True),
+            model_state=optional(MODEL_FILE, load_model)
+            if onnx_layers is not None
+            else load_model(run_dir / MODEL_FILE),
             float_weights=optional(FLOAT_WEIGHTS_FILE, lambda p: load_file(str(p))),
             onnx=optional(ONNX_FILE, onnx_weights),
             encodings=optional(ENCODINGS_FILE, lambda p: json.loads(p.read_text())),
             results=optional("results.json", lambda p: json.loads(p.read_text())),
+            onnx_layers=onnx_layers,
         )
 
 
@@ -162,13 +188,14 @@ def _check_layer(files: _RunFiles, layer: QuantizedLayer) -> None:
         _rounding_from_state(layer, state)
     if not torch.equal(state["scale"].flatten().float(), layer.scale.flatten()):
         raise GridCheckError(f"{layer.name}: scales differ between {STATE_FILE} and {WEIGHTS_FILE}")
-    model_weight = files.model_state.get(f"{layer.name}.weight")
-    if model_weight is None or not torch.equal(model_weight.float(), layer.dequantized()):
-        raise GridCheckError(f"{layer.name}: {MODEL_FILE} does not hold exactly s * q")
+    if files.model_state is not None:
+        model_weight = files.model_state.get(f"{layer.name}.weight")
+        if model_weight is None or not torch.equal(model_weight.float(), layer.dequantized()):
+            raise GridCheckError(f"{layer.name}: {MODEL_FILE} does not hold exactly s * q")
     if files.onnx is not None:
         _check_onnx(layer, files.onnx.get(layer.name))
     if files.encodings is not None:
-        _check_encodings(layer, files.encodings["param_encodings"].get(f"{layer.name}.weight"))
+        _check_encodings(layer, files.encodings["param_encodings"].get(files.param_key(layer)))
 
 
 def _check_input_grids(files: _RunFiles, run_dir: Path) -> int:
@@ -177,7 +204,7 @@ def _check_input_grids(files: _RunFiles, run_dir: Path) -> int:
         if name not in files.states:
             raise GridCheckError(f"{name}: an activation grid for a layer that is not quantized")
         if files.encodings is not None:
-            entry = files.encodings["activation_encodings"].get(name, {}).get("input", {}).get("0")
+            entry = files.input_entry(name)
             if (
                 entry is None
                 or entry["scale"] != float(quantizer.scale)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import run_cli
+from tests.onnx_model.helpers import small_cnn_onnx
 
 FAST = ["adaround.iters=2", "data.eval_size=20", "export.onnx=false", "trainer.accelerator=cpu"]
 
@@ -75,6 +76,18 @@ CASES: list[tuple[str, list[str], str]] = [
     ("strategy", ["trainer.strategy=ddp_spawn"], "use trainer.strategy=ddp"),
     ("seed", ["seed=abc"], "seed must be a non-negative integer"),
     ("recipe", ["recipe=not_a_recipe"], "unknown recipe 'not_a_recipe'"),
+    ("onnx-missing", ["model.onnx={tmp}/none.onnx"], "none.onnx: no such file"),
+    ("onnx-not-onnx", ["model.onnx={tmp}/text.pt"], "is not an ONNX model"),
+    (
+        "onnx-act-in-loop",
+        ["model.onnx={tmp}/small_cnn.onnx", "quant.act_bits=8", "adaround.act_in_loop=true"],
+        "adaround.act_in_loop needs the graph in PyTorch",
+    ),
+    (
+        "onnx-input-shape",  # exported for 8 px inputs; the data is 32 px
+        ["model.onnx={tmp}/small_cnn.onnx", "model.num_classes=10"],
+        "onnxruntime cannot run the model on inputs of shape",
+    ),
 ]
 
 
@@ -82,6 +95,7 @@ def _prepare(folder: Path) -> None:
     from PIL import Image
 
     (folder / "text.pt").write_text("not a checkpoint")
+    small_cnn_onnx(folder, image_size=8, num_classes=10)
     for split in ("train", "val"):
         for index, size in enumerate((8, 12, 16)):
             image_dir = folder / "mixed" / split / f"class{index % 2}"

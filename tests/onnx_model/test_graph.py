@@ -1,0 +1,91 @@
+"""Which nodes of an ONNX graph are quantizable layers, what follows them, what stays float."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from adaround_lightning.core.errors import UserError
+from adaround_lightning.onnx_model.graph import find_layers
+from adaround_lightning.onnx_model.loading import load_onnx
+from tests.onnx_model.helpers import small_cnn_onnx
+
+
+def test_torch_export_layers_and_their_activations(tmp_path) -> None:
+    graph = find_layers(onnx.load(str(small_cnn_onnx(tmp_path))))
+    kinds = [(layer.op_type, layer.activation) for layer in graph.layers]
+    # stem: Conv (BN folded) + Clip(0, 6); depthwise + Relu; pointwise feeds the Add; fc.
+    assert kinds == [("Conv", "Clip"), ("Conv", "Relu"), ("Conv", None), ("Gemm", None)]
+    assert graph.layers[0].activation_attributes == {"min": 0.0, "max": 6.0}
+    assert graph.left_in_float == {}
+    assert len({layer.name for layer in graph.layers}) == 4
+
+
+def _graph(nodes, initializers, inputs=("x",)):
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in inputs],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for n, a in initializers.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_what_stays_float_is_listed_with_a_reason() -> None:
+    w = np.ones((4, 4), np.float32)
+    model = _graph(
+        [
+            helper.make_node("MatMul", ["x", "shared"], ["a"], name="first"),
+            helper.make_node("MatMul", ["a", "shared"], ["b"], name="second"),
+            helper.make_node("Identity", ["w"], ["w_copy"]),
+            helper.make_node("Gemm", ["b", "w_copy"], ["c"], name="computed"),
+            helper.make_node("MatMul", ["c", "c"], ["d"], name="scores"),  # no weight at all
+            helper.make_node("MatMul", ["d", "own"], ["out"], name="fine"),
+        ],
+        {"shared": w, "w": w, "own": w},
+    )
+    graph = find_layers(model)
+    assert [layer.name for layer in graph.layers] == ["fine"]
+    assert set(graph.left_in_float) == {"first", "second", "computed"}
+    assert "shared" in graph.left_in_float["first"]
+    assert "computed in the graph" in graph.left_in_float["computed"]
+
+
+def test_an_activation_with_two_readers_is_not_folded() -> None:
+    model = _graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"),
+            helper.make_node("Relu", ["y"], ["r"]),
+            helper.make_node("Add", ["y", "r"], ["out"]),
+        ],
+        {"w": np.ones((4, 4), np.float32)},
+    )
+    assert find_layers(model).layers[0].activation is None
+
+
+def test_two_data_inputs_are_refused() -> None:
+    model = _graph(
+        [helper.make_node("MatMul", ["x", "z"], ["out"])],
+        {},
+        inputs=("x", "z"),
+    )
+    with pytest.raises(ValueError, match="2 data inputs"):
+        find_layers(model)
+
+
+def test_an_old_opset_is_converted(tmp_path) -> None:
+    old = onnx.load(str(small_cnn_onnx(tmp_path, opset=11)))
+    assert next(o.version for o in old.opset_import if o.domain == "") == 11
+    graph = load_onnx(old)
+    assert next(o.version for o in graph.model.opset_import if o.domain == "") >= 13
+    assert len(graph.layers) == 4
+
+
+def test_a_file_that_is_not_onnx(tmp_path) -> None:
+    path = tmp_path / "text.onnx"
+    path.write_text("not a model")
+    with pytest.raises(UserError, match="is not an ONNX model"):
+        load_onnx(path)
