@@ -81,6 +81,8 @@ _LATER_DEFAULTS = {
     "cache_dtype": "float32",
     "channels_last": True,
     "blocks": [],
+    "learn_scale": False,
+    "scale_lr": 1e-3,
 }
 
 

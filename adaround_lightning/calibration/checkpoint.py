@@ -74,6 +74,7 @@ class LayerCheckpoint:
         report: The layer's report.
         bias: The bias after bias correction (None without it, or without a bias).
         act_state: The layer's input grid with activation quantization in the loop, or None.
+        floor_scale: With a learned scale, the grid ``floor(W/s)`` was taken on (else None).
 
     Example:
         >>> report = LayerReport("fc", "Linear", [2, 3], 4, True, None, 0.2, 0.1, 0.0, 1.0, 10)
@@ -88,6 +89,7 @@ class LayerCheckpoint:
     report: LayerReport
     bias: torch.Tensor | None = None
     act_state: ActivationGrid | None = None
+    floor_scale: torch.Tensor | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types and tensors only (``torch.load(weights_only=True)`` reads them)."""
@@ -101,6 +103,7 @@ class LayerCheckpoint:
             "act_state": None
             if act is None
             else {"bits": act.bits, "scale": act.scale, "zero_point": act.zero_point},
+            "floor_scale": self.floor_scale,
         }
 
     @classmethod
@@ -116,6 +119,7 @@ class LayerCheckpoint:
             act_state=None
             if act is None
             else ActivationGrid(act["bits"], act["scale"], act["zero_point"]),
+            floor_scale=entry.get("floor_scale"),
         )
 
     def quantizer(self, device: torch.device) -> AdaroundFakeQuantizer:
@@ -123,6 +127,8 @@ class LayerCheckpoint:
         quantizer = make_quantizer(self.bits, self.per_channel).to(device)
         quantizer.load_state_dict(self.state)
         quantizer.use_soft_rounding = False
+        if self.floor_scale is not None:
+            quantizer.floor_scale = self.floor_scale.to(device)
         return quantizer
 
 

@@ -108,6 +108,12 @@ class AdaroundConfig:
             class names (``["EncoderBlock"]``, ``["encoder.layers.*"]``); each matching
             module's layers are fitted together on its output. torchvision's residual blocks
             are blocks already. Each layer's report names the block it was fitted in.
+        learn_scale: Learn each quantizer's scale with its ``V`` (issue #23): a per-channel
+            (or per-tensor) log-ratio ``rho``, ``W~ = exp(rho) s0 clip(floor(W/s0) + h(V))``,
+            trained by the same reconstruction loss. The grid stays symmetric with integer
+            points; exports carry ``s0 exp(rho)`` and the grid check reads ``floor(W/s0)``
+            on ``s0`` (``floor_scale``). Off: AdaRound's fixed grid.
+        scale_lr: Adam's learning rate of ``rho`` with ``learn_scale``.
     """
 
     iters: int = 10000
@@ -136,6 +142,8 @@ class AdaroundConfig:
     channels_last: bool = True
     reuse_host_memory: bool = True
     blocks: list[str] = field(default_factory=list)
+    learn_scale: bool = False
+    scale_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.block_iters is not None and (
@@ -154,6 +162,8 @@ class AdaroundConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"adaround.{name} must be a positive integer, got {value!r}")
+        if not self.scale_lr > 0:
+            raise ValueError(f"adaround.scale_lr must be > 0, got {self.scale_lr}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"adaround.lr must be > 0 or null, got {self.lr}")
         self.beta_range = tuple(float(b) for b in self.beta_range)  # type: ignore[assignment]
@@ -178,6 +188,7 @@ class AdaroundConfig:
             "channels_last",
             "reuse_host_memory",
             "stop_when_binary",
+            "learn_scale",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(

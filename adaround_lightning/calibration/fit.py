@@ -159,6 +159,7 @@ def fit_layer(
         steps_per_batch=config.steps_per_batch,
         input_quantizer=input_quantizer,
         stop_when_binary=config.stop_when_binary,
+        scale_lr=config.scale_lr if config.learn_scale else None,
     )
     return _run(module, cache, config.iters, settings, bar)
 
@@ -195,5 +196,6 @@ def fit_block(
         name=name,
         steps_per_batch=config.steps_per_batch,
         stop_when_binary=config.stop_when_binary,
+        scale_lr=config.scale_lr if config.learn_scale else None,
     )
     return _run(module, cache, steps, settings, bar)

@@ -47,6 +47,7 @@ class RoundingReconstruction(L.LightningModule):
         name: str,
         steps_per_batch: int = 1,
         stop_when_binary: bool = False,
+        scale_lr: float | None = None,
     ) -> None:
         super().__init__()
         # K > 1: each training step runs K optimizer steps on a (K, batch, ...) batch under
@@ -68,6 +69,12 @@ class RoundingReconstruction(L.LightningModule):
         for quantizer in quantizers:
             quantizer.V.requires_grad_(True)
             quantizer.use_soft_rounding = True
+        # With a learned scale (scale_lr set): one log-ratio rho per quantizer, shaped like its
+        # scale (C, 1, ...) or (), so W~ = exp(rho) * s0 * clip(floor(W/s0) + h(V)).
+        self.scale_lr = scale_lr
+        self.log_scale_ratios = nn.ParameterList(
+            [nn.Parameter(torch.zeros_like(q.scale)) for q in quantizers] if scale_lr else []
+        )
         beta, reg_weight = loss.schedule()
         self.register_buffer("beta", beta, persistent=False)
         self.register_buffer("reg_weight", reg_weight, persistent=False)
@@ -103,7 +110,10 @@ class RoundingReconstruction(L.LightningModule):
         raise NotImplementedError
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam([q.V for q in self.rounding_quantizers()], lr=self.lr)
+        groups: list[dict] = [{"params": [q.V for q in self.rounding_quantizers()]}]
+        if self.scale_lr:
+            groups.append({"params": list(self.log_scale_ratios), "lr": self.scale_lr})
+        return torch.optim.Adam(groups, lr=self.lr)
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
@@ -154,7 +164,10 @@ class RoundingReconstruction(L.LightningModule):
         beta = self.beta[curr_iter] if regularized else None
         # W~ and f_reg of every quantizer in one fused op each (quant/soft_rounding.py).
         soft = [soft_weight_and_regularizer(q, beta) for q in self.rounding_quantizers()]
-        outputs = self.soft_output(inputs, [weight for weight, _ in soft])
+        weights = [weight for weight, _ in soft]
+        if self.scale_lr:
+            weights = [w * rho.exp() for w, rho in zip(weights, self.log_scale_ratios, strict=True)]
+        outputs = self.soft_output(inputs, weights)
         reconstruction = self.loss.reconstruction_loss(
             outputs, targets.to(outputs.dtype), self.output_channel_dim(targets.shape)
         )
@@ -207,6 +220,8 @@ class RoundingReconstruction(L.LightningModule):
         for quantizer in self.rounding_quantizers():
             quantizer.use_soft_rounding = False
             quantizer.V.requires_grad_(False)
+        for quantizer, rho in zip(self.rounding_quantizers(), self.log_scale_ratios, strict=False):
+            quantizer.rescale(rho.detach().exp())
         with torch.no_grad():
             self.apply_hard_weights()
 
@@ -231,6 +246,7 @@ class LayerReconstruction(RoundingReconstruction):
         input_quantizer: Fake-quantizes the cached inputs in every step (activation
             quantization in the loop; its ``drop_prob`` gives QDrop), or None.
         stop_when_binary: End the fit once every ``h(V)`` is clipped to 0 or 1 (same result).
+        scale_lr: Learn each scale's log-ratio with this learning rate (None: fixed grid).
 
     Example:
         >>> layer = nn.Linear(4, 3)
@@ -250,8 +266,11 @@ class LayerReconstruction(RoundingReconstruction):
         steps_per_batch: int = 1,
         input_quantizer: nn.Module | None = None,
         stop_when_binary: bool = False,
+        scale_lr: float | None = None,
     ) -> None:
-        super().__init__([quantizer], layer, loss, lr, name, steps_per_batch, stop_when_binary)
+        super().__init__(
+            [quantizer], layer, loss, lr, name, steps_per_batch, stop_when_binary, scale_lr
+        )
         self.layer = layer
         self.quantizer = quantizer
         self.channel_dim = channel_dim(layer)
@@ -294,6 +313,7 @@ class BlockReconstruction(RoundingReconstruction):
         name: Prefix of the logged metrics (the block's name).
         steps_per_batch: Optimizer steps per Lightning training step.
         stop_when_binary: End the fit once every ``h(V)`` is clipped to 0 or 1 (same result).
+        scale_lr: Learn each scale's log-ratio with this learning rate (None: fixed grid).
 
     Example:
         >>> block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -313,9 +333,17 @@ class BlockReconstruction(RoundingReconstruction):
         name: str = "block",
         steps_per_batch: int = 1,
         stop_when_binary: bool = False,
+        scale_lr: float | None = None,
     ) -> None:
         super().__init__(
-            list(quantizers.values()), block, loss, lr, name, steps_per_batch, stop_when_binary
+            list(quantizers.values()),
+            block,
+            loss,
+            lr,
+            name,
+            steps_per_batch,
+            stop_when_binary,
+            scale_lr,
         )
         self.block = block
         # The block output's channel axis is read from its shape (output_channel_dim): a

@@ -143,7 +143,7 @@ class AdaroundResult:
         with torch.no_grad():
             for name, quantizer in self.quantizers.items():
                 layer = nearest.get_submodule(name)
-                weight = quantizer.nearest_integer_weight().float() * quantizer.scale
+                weight = quantizer.nearest_weight()
                 layer.weight.copy_(weight.to(layer.weight.dtype))
         if self.act_quantizers:
             copies = {n: copy.deepcopy(q) for n, q in self.act_quantizers.items()}

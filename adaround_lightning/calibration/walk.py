@@ -468,7 +468,7 @@ class CalibrationWalk:
         layer_wise = context.config.granularity == Granularity.LAYER
         quantize_cached = act_quantizer if layer_wise else None
         weights = {
-            "nearest": quantizer.nearest_integer_weight().float() * quantizer.scale,
+            "nearest": quantizer.nearest_weight(),
             "adaround": q_layer.weight,
         }
         return output_mse(
@@ -536,6 +536,7 @@ class CalibrationWalk:
             bits=context.plan.bits[info.name],
             per_channel=context.quant.per_channel,
             report=report,
+            floor_scale=None if quantizer.floor_scale is None else quantizer.floor_scale.cpu(),
             bias=q_layer.bias.detach().cpu() if corrected else None,
             act_state=None if act_quantizer is None else ActivationGrid.of(act_quantizer),
         )

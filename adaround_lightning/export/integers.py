@@ -200,14 +200,20 @@ def load_input_quantizers(path: Path) -> dict[str, ActivationQuantizer]:
 
 
 def quantizer_states(quantizers: dict[str, AdaroundFakeQuantizer]) -> dict[str, dict[str, Any]]:
-    """What the grid check needs per layer: ``V``, ``floor(W/s)``, scale and range (CPU)."""
-    return {
-        name: {
+    """What the grid check needs per layer: ``V``, ``floor(W/s)``, scale and range (CPU).
+
+    With a learned scale (``adaround.learn_scale``) also ``floor_scale``, the grid that
+    ``floor(W/s)`` was taken on.
+    """
+    states = {}
+    for name, fq in quantizers.items():
+        states[name] = {
             "V": fq.V.detach().cpu(),
             "weight_floor": fq.weight_floor.cpu(),
             "scale": fq.scale.cpu(),
             "quant_min": int(fq.quant_min),
             "quant_max": int(fq.quant_max),
         }
-        for name, fq in quantizers.items()
-    }
+        if fq.floor_scale is not None:
+            states[name]["floor_scale"] = fq.floor_scale.cpu()
+    return states

@@ -107,9 +107,20 @@ class _RunFiles:
         )
 
 
-def _rounding_from_float(layer: QuantizedLayer, weight: torch.Tensor, V: torch.Tensor) -> None:
-    """Every integer is ``clamp(floor(W/s) + 1[V >= 0])``, ``floor(W/s)`` recomputed in float64."""
-    ratio = weight.double() / layer.broadcast_scale().double()
+def _rounding_from_float(
+    layer: QuantizedLayer, weight: torch.Tensor, V: torch.Tensor, floor_scale: torch.Tensor | None
+) -> None:
+    """Every integer is ``clamp(floor(W/s) + 1[V >= 0])``, ``floor(W/s)`` recomputed in float64.
+
+    ``s`` is the exported scale, or ``floor_scale`` where a learned ratio moved it after
+    ``floor(W/s)`` was taken.
+    """
+    grid = (
+        layer.broadcast_scale()
+        if floor_scale is None
+        else floor_scale.reshape(layer.broadcast_scale().shape)
+    )
+    ratio = weight.double() / grid.double()
     floor = torch.floor(ratio)
     up = (V >= 0).double()
     expected = torch.clamp(floor + up, layer.quant_min, layer.quant_max)
@@ -183,7 +194,7 @@ def _check_layer(files: _RunFiles, layer: QuantizedLayer) -> None:
         weight = files.float_weights.get(f"{layer.name}.weight")
         if weight is None or weight.shape != layer.q.shape:
             raise GridCheckError(f"{layer.name}: {FLOAT_WEIGHTS_FILE} lacks the float weight")
-        _rounding_from_float(layer, weight, state["V"])
+        _rounding_from_float(layer, weight, state["V"], state.get("floor_scale"))
     else:
         _rounding_from_state(layer, state)
     if not torch.equal(state["scale"].flatten().float(), layer.scale.flatten()):

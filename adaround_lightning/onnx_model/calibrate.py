@@ -100,7 +100,7 @@ class OnnxAdaroundResult:
         """Float weights with each quantized one rounded to nearest on its grid (no correction)."""
         values = dict(self.float_values)
         for name, quantizer in self.quantizers.items():
-            nearest = quantizer.nearest_integer_weight().float() * quantizer.scale
+            nearest = quantizer.nearest_weight()
             values[self.layer(name).weight] = self.forms[name].onnx_weight(nearest)
         return values
 
@@ -229,7 +229,7 @@ def _fit(
     if config.bias_correction and getattr(module, "bias", None) is not None:
         _correct_bias(form, inputs, float_output, walk)
     weights = {
-        "nearest": quantizer.nearest_integer_weight().float() * quantizer.scale,
+        "nearest": quantizer.nearest_weight(),
         "adaround": module.weight,
     }
     mse = output_mse(
@@ -277,6 +277,7 @@ def _save(
         bits=quantizer.bits,
         per_channel=walk.quant.per_channel,
         report=report,
+        floor_scale=None if quantizer.floor_scale is None else quantizer.floor_scale.cpu(),
         bias=None if bias is None else bias.detach().cpu(),
     )
     save_layer_progress(walk.checkpoint, walk.checkpoint_tag, order, layer.name, entry)

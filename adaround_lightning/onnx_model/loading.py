@@ -1,4 +1,9 @@
-"""Load a float ONNX model for the ONNX path: checked, at opset 13 or newer, its layers found."""
+"""Load a float ONNX model for the ONNX path: checked, at opset 13 or newer, its layers found.
+
+Weights and biases that an exporter wrote as ``Identity``/``Constant`` outputs or shared between
+layers are normalized into initializers of their own first (:func:`_normalized`, logged): the
+quantized graph is written into that normalized copy.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +61,81 @@ def _upgraded(model: Any) -> Any:
     return upgraded
 
 
+#: The inputs of each layer op that hold its weight and bias.
+_PARAMETER_SLOTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}
+
+
+def _constant_producers(graph: Any) -> dict[str, Any]:
+    """Per tensor made by ``Identity(initializer)`` or ``Constant``, its value as an initializer."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    produced = {}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in initializers:
+            array = numpy_helper.to_array(initializers[node.input[0]])
+            produced[node.output[0]] = (node, numpy_helper.from_array(array, node.output[0]))
+        elif node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            value = numpy_helper.to_array(node.attribute[0].t)
+            produced[node.output[0]] = (node, numpy_helper.from_array(value, node.output[0]))
+    return produced
+
+
+def _normalized(model: Any) -> Any:
+    """Weights and biases as initializers of their own layer (a copy of the model; logged).
+
+    Exporters deduplicate equal tensors: torch's gives two layers with equal (e.g. zero)
+    biases one initializer behind ``Identity`` nodes, and some write weights as ``Constant``
+    nodes. Such a producer feeding a layer's weight or bias slot becomes an initializer of the
+    same name (the node goes; every reader reads the initializer); a bias read by several nodes
+    gets one copy per layer.
+    """
+    import copy
+
+    model = copy.deepcopy(model)
+    graph = model.graph
+    producers = _constant_producers(graph)
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    inlined, copies = set(), []
+    for node in graph.node:
+        for slot in _PARAMETER_SLOTS.get(node.op_type, ()):
+            name = node.input[slot] if len(node.input) > slot else ""
+            if name in producers:  # its readers read the initializer of that name instead
+                inlined.add(name)
+            if slot == 2 and readers.get(name, 0) > 1:
+                copies.append((node, name))
+    kept = [node for node in graph.node if not set(node.output) & inlined]
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(producers[name][1] for name in sorted(inlined))
+    _copy_shared_biases(graph, copies)
+    if inlined or copies:
+        log.info(
+            "model.onnx: %d constant weight/bias producers made initializers, %d shared biases "
+            "copied per layer",
+            len(inlined),
+            len(copies),
+        )
+    return model
+
+
+def _copy_shared_biases(graph: Any, copies: list[tuple[Any, str]]) -> None:
+    """Give each layer reading a shared bias initializer a copy of its own."""
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    for index, (node, name) in enumerate(copies):
+        if name not in initializers:
+            continue  # computed in the graph: the layer stays float, with that reason
+        own = f"{name}.{node.name or node.op_type}_{index}"
+        array = numpy_helper.to_array(initializers[name])
+        graph.initializer.append(numpy_helper.from_array(array, own))
+        node.input[2] = own
+
+
 def load_onnx(model: Any) -> OnnxGraph:
     """A checked float ONNX model (path or ``ModelProto``) and its quantizable layers.
 
@@ -71,7 +151,7 @@ def load_onnx(model: Any) -> OnnxGraph:
     """
     import onnx
 
-    proto = _upgraded(_read(model))
+    proto = _normalized(_upgraded(_read(model)))
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:

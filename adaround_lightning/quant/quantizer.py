@@ -185,6 +185,10 @@ class AdaroundFakeQuantizer(nn.Module):
         self.zeta = ZETA
         self.gamma = GAMMA
         self.use_soft_rounding = True
+        #: The scale ``floor(W/s)`` was taken with, when a learned ratio has moved ``scale``
+        #: since (:meth:`rescale`); None while they are the same. Not in the state_dict, so the
+        #: seed's state layout is unchanged; checkpoints and exports carry it themselves.
+        self.floor_scale: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -356,6 +360,30 @@ class AdaroundFakeQuantizer(nn.Module):
         """
         q = self.weight_floor + self.nearest_round_up.to(self.weight_floor.dtype)
         return torch.clamp(q, self.quant_min, self.quant_max).to(torch.int8)
+
+    @torch.no_grad()
+    def rescale(self, ratio: torch.Tensor) -> None:
+        """Multiply the scale by a learned ``ratio`` (broadcast like it), integers unchanged.
+
+        ``floor(W/s)`` and ``V`` keep the grid they were taken on, :attr:`floor_scale`; the
+        integers stay ``clip(floor(W/s0) + 1[V >= 0])`` and the weight becomes ``s0 r q``.
+
+        Example:
+            >>> fq = AdaroundFakeQuantizer(quant_min=-8, quant_max=7)
+            >>> _ = fq(torch.tensor([[1.0, -0.5]]))
+            >>> q = fq.integer_weight()
+            >>> fq.rescale(torch.tensor(2.0))
+            >>> bool(fq.integer_weight().equal(q)), float(fq.scale / fq.floor_scale)
+            (True, 2.0)
+        """
+        if self.floor_scale is None:
+            self.floor_scale = self.scale.clone()
+        self.scale = (self.scale * ratio.to(self.scale)).reshape(self.scale.shape)
+
+    def nearest_weight(self) -> torch.Tensor:
+        """Round-to-nearest on the grid ``floor(W/s)`` was taken on, dequantized (float32)."""
+        grid = self.scale if self.floor_scale is None else self.floor_scale
+        return self.nearest_integer_weight().float() * grid
 
     @torch.no_grad()
     def hard_weight(self) -> torch.Tensor:

@@ -77,5 +77,6 @@ def test_entries_written_before_the_typed_record_are_read(tmp_path: Path) -> Non
     }
     record = LayerCheckpoint.from_dict(old)
     assert record.bias is None and record.act_state is None and record.report == entry.report
-    # And the dict form is exactly the keys that release wrote, plus the two later ones.
-    assert list(entry.to_dict()) == [*old, "bias", "act_state"]
+    assert record.floor_scale is None
+    # And the dict form is exactly the keys that release wrote, plus the three later ones.
+    assert list(entry.to_dict()) == [*old, "bias", "act_state", "floor_scale"]

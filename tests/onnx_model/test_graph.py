@@ -89,3 +89,27 @@ def test_a_file_that_is_not_onnx(tmp_path) -> None:
     path.write_text("not a model")
     with pytest.raises(UserError, match="is not an ONNX model"):
         load_onnx(path)
+
+
+def test_deduplicated_constants_are_normalized_without_changing_the_function(tmp_path) -> None:
+    # Untrained BatchNorms fold into equal (zero) biases: torch's exporter keeps one
+    # initializer behind Identity nodes, which would leave every layer float.
+    import torch
+    from torch import nn
+
+    from adaround_lightning.export.onnx import export_float_onnx
+    from tests.onnx_model.helpers import ort_run
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(4, 4, 3, bias=False), nn.BatchNorm2d(4),
+    ).eval()  # fmt: skip
+    path = tmp_path / "dedup.onnx"
+    export_float_onnx(net, torch.randn(2, 3, 8, 8), path)
+    original = onnx.load(str(path))
+    assert "Identity" in {node.op_type for node in original.graph.node}
+    graph = load_onnx(original)
+    assert len(graph.layers) == 2 and not graph.left_in_float
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(ort_run(graph.model, x), ort_run(original, x))
