@@ -8,6 +8,10 @@ Random-init models at a small input (the numbers are about coverage and export, 
 16 random images, ``adaround()`` with ``iters=1`` (W4 per-channel, the default block-wise fit with
 bias correction), exported with ONNX, run by onnxruntime on 2 fresh inputs, ``verify_grid`` on
 the files. Prints one JSON line per model (BENCHMARKS.md, "The torchvision zoo").
+
+With ``--onnx``, the ONNX path instead: each model exported to float ONNX, calibrated by
+``adaround_onnx`` (``iters=1``), written back as QDQ, the written graph's logits against the
+calibration's simulation, ``verify_grid`` on the run files (BENCHMARKS.md, issue #22).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from torch import nn
 from adaround_lightning import AdaroundConfig, QuantConfig, adaround
 from adaround_lightning.export import ExportConfig, export_run, onnx_logits, verify_grid
 
-__all__ = ["ZOO", "main", "zoo_row"]
+__all__ = ["ZOO", "main", "onnx_zoo_row", "zoo_row"]
 
 #: Model -> (builder kwargs, input size): small inputs, except MaxViT's partitions need 224 px.
 ZOO: dict[str, tuple[dict[str, Any], int]] = {
@@ -90,10 +94,58 @@ def zoo_row(name: str, out_dir: Path) -> dict[str, Any]:
     }
 
 
+def onnx_zoo_row(name: str, out_dir: Path) -> dict[str, Any]:
+    """The ONNX path on one model of :data:`ZOO`: coverage, QDQ-vs-simulation gap, grid check."""
+    from adaround_lightning import adaround_onnx
+    from adaround_lightning.export.onnx import export_float_onnx
+    from adaround_lightning.onnx_model.export import export_onnx_run
+    from adaround_lightning.onnx_model.sampler import ort_session
+
+    kwargs, size = ZOO[name]
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, **kwargs).eval()
+    if name.startswith("vit_"):
+        nn.init.normal_(model.heads.head.weight, std=0.02)
+    path = out_dir / "float.onnx"
+    export_float_onnx(model, torch.randn(2, 3, size, size), path)
+    images = torch.randn(16, 3, size, size)
+    started = time.perf_counter()
+    result = adaround_onnx(
+        path,
+        images,
+        QuantConfig(weight_bits=4),
+        AdaroundConfig(iters=1, batch_size=8, granularity="layer"),
+        {"accelerator": "cpu"},
+        progress=False,
+    )
+    seconds = time.perf_counter() - started
+    export_onnx_run(result, out_dir)
+    x = torch.randn(2, 3, size, size).numpy()
+    session = ort_session((out_dir / "model.onnx").read_bytes())
+    written = session.run(None, {session.get_inputs()[0].name: x})[0]
+    (simulated,) = result.sampler.run(x, [result.graph.output_name], result.values)
+    initializers = result.graph.initializers
+    weights = [n.weight for n in result.graph.layers]
+    total = sum(initializers[w].size for w in weights)
+    quantized = sum(initializers[result.layer(n).weight].size for n in result.quantizers)
+    return {
+        "model": name,
+        "size": size,
+        "layers": len(result.quantizers),
+        "left_in_float": result.left_in_float,
+        "coverage": quantized / total if total else 1.0,
+        "calibration_s": round(seconds, 1),
+        "qdq_vs_simulation": float(np.abs(written - simulated).max()),
+        "max_logit": float(np.abs(simulated).max()),
+        "verify": verify_grid(out_dir)["passed"],
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Print one JSON line per model named (default: all of :data:`ZOO`)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", help=f"some of {', '.join(ZOO)} (default: all)")
+    parser.add_argument("--onnx", action="store_true", help="the ONNX path (issue #22)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.models) - set(ZOO))
     if unknown:
@@ -102,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     for name in args.models or ZOO:
         with tempfile.TemporaryDirectory(prefix=f"zoo_{name}_") as tmp:
-            sys.stdout.write(json.dumps(zoo_row(name, Path(tmp))) + "\n")
+            row = onnx_zoo_row(name, Path(tmp)) if args.onnx else zoo_row(name, Path(tmp))
+            sys.stdout.write(json.dumps(row) + "\n")
             sys.stdout.flush()
     return 0
 

@@ -107,11 +107,12 @@ def _normalized(model: Any) -> Any:
                 inlined.add(name)
             if slot == 2 and readers.get(name, 0) > 1:
                 copies.append((node, name))
+    graph.initializer.extend(producers[name][1] for name in sorted(inlined))
+    # Before the node list is rebuilt: extend() copies messages, so edits must come first.
+    _copy_shared_biases(graph, copies)
     kept = [node for node in graph.node if not set(node.output) & inlined]
     del graph.node[:]
     graph.node.extend(kept)
-    graph.initializer.extend(producers[name][1] for name in sorted(inlined))
-    _copy_shared_biases(graph, copies)
     if inlined or copies:
         log.info(
             "model.onnx: %d constant weight/bias producers made initializers, %d shared biases "

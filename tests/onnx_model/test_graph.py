@@ -28,7 +28,7 @@ def _graph(nodes, initializers, inputs=("x",)):
         nodes,
         "g",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in inputs],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4])],
         [numpy_helper.from_array(a, n) for n, a in initializers.items()],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -113,3 +113,28 @@ def test_deduplicated_constants_are_normalized_without_changing_the_function(tmp
     assert len(graph.layers) == 2 and not graph.left_in_float
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(ort_run(graph.model, x), ort_run(original, x))
+
+
+def test_a_bias_read_by_several_nodes_gets_a_copy_per_layer() -> None:
+    from tests.onnx_model.helpers import ort_run
+
+    rng = np.random.default_rng(1)
+    model = _graph(
+        [
+            helper.make_node("Gemm", ["x", "w1", "b"], ["y"], name="first", transB=1),
+            helper.make_node("Identity", ["b"], ["b_alias"]),
+            helper.make_node("Gemm", ["y", "w2", "b_alias"], ["z"], name="second", transB=1),
+            helper.make_node("Add", ["z", "b"], ["out"]),
+        ],
+        {
+            "w1": rng.standard_normal((4, 4)).astype(np.float32),
+            "w2": rng.standard_normal((4, 4)).astype(np.float32),
+            "b": rng.standard_normal(4).astype(np.float32),
+        },
+    )
+    graph = load_onnx(model)
+    assert [layer.name for layer in graph.layers] == ["first", "second"]
+    assert not graph.left_in_float
+    assert len({layer.bias for layer in graph.layers}) == 2
+    x = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(ort_run(graph.model, x), ort_run(model, x))
