@@ -175,6 +175,29 @@ def _activation_after(
     return node.op_type, attributes, node.output[0]
 
 
+#: Ops that only move or cut a tensor: a weight read through them is still a weight.
+_RESHAPING_OPS = ("Transpose", "Reshape", "Slice", "Split", "Squeeze", "Unsqueeze", "Identity")
+
+
+def _weight_behind(
+    name: str, initializers: dict[str, np.ndarray], producers: dict[str, Any]
+) -> str | None:
+    """The float initializer of rank >= 2 that ``name`` is cut or reshaped from, or None.
+
+    ``nn.MultiheadAttention`` exports its packed ``in_proj_weight`` as an initializer sliced
+    and transposed in the graph: such a MatMul has a weight, computed, and is listed.
+    """
+    for _ in range(8):  # a short chain of reshaping ops at most
+        if name in initializers:
+            array = initializers[name]
+            return name if array.dtype == np.float32 and array.ndim >= 2 else None
+        node = producers.get(name)
+        if node is None or node.op_type not in _RESHAPING_OPS:
+            return None
+        name = node.input[0]
+    return None
+
+
 def _unique_name(node: Any, index: int, taken: set[str]) -> str:
     name = node.name or f"{node.op_type}_{index}"
     while name in taken:
@@ -214,6 +237,7 @@ def find_layers(model: Any) -> OnnxGraph:
         raise ValueError(f"the model has {len(data_inputs)} data inputs, one image input expected")
     found = OnnxGraph(model, initializers, data_inputs[0], graph.output[0].name)
     readers, constants = _consumers(graph), _constant_values(graph, initializers)
+    producers = {output: node for node in graph.node for output in node.output}
     graph_outputs = {o.name for o in graph.output}
     taken: set[str] = set()
     for index, node in enumerate(graph.node):
@@ -222,8 +246,10 @@ def find_layers(model: Any) -> OnnxGraph:
         name = _unique_name(node, index, taken)
         reason = _why_float(node, initializers, readers)
         if reason is not None:
-            if node.op_type != "MatMul" or (len(node.input) > 1 and node.input[1] in initializers):
-                found.left_in_float[name] = reason
+            behind = [_weight_behind(i, initializers, producers) for i in node.input[:2]]
+            if node.op_type != "MatMul" or any(behind):
+                weight = next((b for b in behind if b), None)
+                found.left_in_float[name] = reason + (f" (from {weight})" if weight else "")
             continue  # a MatMul of two activations (attention scores) has no weight
         data, weight, bias = _weight_inputs(node)
         activation, attributes, activation_output = _activation_after(

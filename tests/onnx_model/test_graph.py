@@ -43,13 +43,16 @@ def test_what_stays_float_is_listed_with_a_reason() -> None:
             helper.make_node("Identity", ["w"], ["w_copy"]),
             helper.make_node("Gemm", ["b", "w_copy"], ["c"], name="computed"),
             helper.make_node("MatMul", ["c", "c"], ["d"], name="scores"),  # no weight at all
-            helper.make_node("MatMul", ["d", "own"], ["out"], name="fine"),
+            helper.make_node("Transpose", ["packed"], ["packed_t"]),
+            helper.make_node("MatMul", ["d", "packed_t"], ["e"], name="sliced"),
+            helper.make_node("MatMul", ["e", "own"], ["out"], name="fine"),
         ],
-        {"shared": w, "w": w, "own": w},
+        {"shared": w, "w": w, "own": w, "packed": w},
     )
     graph = find_layers(model)
     assert [layer.name for layer in graph.layers] == ["fine"]
-    assert set(graph.left_in_float) == {"first", "second", "computed"}
+    assert set(graph.left_in_float) == {"first", "second", "computed", "sliced"}
+    assert "from packed" in graph.left_in_float["sliced"]
     assert "shared" in graph.left_in_float["first"]
     assert "computed in the graph" in graph.left_in_float["computed"]
 
