@@ -11,8 +11,9 @@ from torch import nn
 
 from adaround_lightning.app.models import ModelConfig, build_model
 from adaround_lightning.calibration.networks import expose_functional_weights
+from adaround_lightning.core.errors import UserError
 from adaround_lightning.export.integers import load_input_quantizers, load_quantized_weights
-from adaround_lightning.export.run_dir import MODEL_FILE, WEIGHTS_FILE
+from adaround_lightning.export.run_dir import MODEL_FILE, ONNX_FILE, ONNX_LAYERS_FILE, WEIGHTS_FILE
 from adaround_lightning.graph.bn_fold import fold_batch_norms
 from adaround_lightning.quant.activations import attach_input_quantizers
 
@@ -31,6 +32,11 @@ def load_quantized(run_dir: Path) -> nn.Module:
         >>> model = load_quantized(Path("outputs/quickstart/2026-01-01_00-00-00"))  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
+    if (run_dir / ONNX_LAYERS_FILE).is_file():
+        raise UserError(
+            f"{run_dir} is a run of the ONNX path (model.onnx): its quantized model is "
+            f"{run_dir / ONNX_FILE}; load it with onnxruntime"
+        )
     config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
     assert isinstance(config, dict)
     results = json.loads((run_dir / "results.json").read_text())

@@ -53,3 +53,19 @@ def test_the_output_graph_runs_and_keeps_the_input_names(onnx_run) -> None:
     assert [i.name for i in quantized.graph.input] == [i.name for i in original.graph.input]
     assert [o.name for o in quantized.graph.output] == [o.name for o in original.graph.output]
     assert {n.name for n in original.graph.node} <= {n.name for n in quantized.graph.node}
+
+
+def test_load_quantized_points_to_the_onnx_file(onnx_run) -> None:
+    from adaround_lightning.app.loading import load_quantized
+    from adaround_lightning.core.errors import UserError
+
+    _, run_dir, _ = onnx_run
+    with pytest.raises(UserError, match="a run of the ONNX path"):
+        load_quantized(run_dir)
+
+
+def test_the_grid_check_command_reads_an_onnx_run(onnx_run) -> None:
+    from adaround_lightning.export.verify import verify_grid
+
+    _, run_dir, _ = onnx_run
+    assert verify_grid(run_dir)["passed"]  # parity read from results.json this time
