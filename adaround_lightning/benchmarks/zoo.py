@@ -50,6 +50,16 @@ ZOO: dict[str, tuple[dict[str, Any], int]] = {
 }
 
 
+def _zoo_model(name: str) -> tuple[nn.Module, int]:
+    """A seeded random-init model of :data:`ZOO` and its input size."""
+    kwargs, size = ZOO[name]
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, **kwargs).eval()
+    if name.startswith("vit_"):  # torchvision starts the head at zero: give it logits
+        nn.init.normal_(model.heads.head.weight, std=0.02)
+    return model, size
+
+
 def zoo_row(name: str, out_dir: Path) -> dict[str, Any]:
     """Calibrate, export and check one model of :data:`ZOO`; its JSON-line fields.
 
@@ -57,11 +67,7 @@ def zoo_row(name: str, out_dir: Path) -> dict[str, Any]:
         >>> zoo_row("resnet50", Path("/tmp/zoo"))["coverage"]  # doctest: +SKIP
         1.0
     """
-    kwargs, size = ZOO[name]
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(name, **kwargs).eval()
-    if name.startswith("vit_"):  # torchvision starts the head at zero: give it logits
-        nn.init.normal_(model.heads.head.weight, std=0.02)
+    model, size = _zoo_model(name)
     images = torch.randn(16, 3, size, size)
     started = time.perf_counter()
     result = adaround(
@@ -101,11 +107,7 @@ def onnx_zoo_row(name: str, out_dir: Path) -> dict[str, Any]:
     from adaround_lightning.onnx_model.export import export_onnx_run
     from adaround_lightning.onnx_model.sampler import ort_session
 
-    kwargs, size = ZOO[name]
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(name, **kwargs).eval()
-    if name.startswith("vit_"):
-        nn.init.normal_(model.heads.head.weight, std=0.02)
+    model, size = _zoo_model(name)
     path = out_dir / "float.onnx"
     export_float_onnx(model, torch.randn(2, 3, size, size), path)
     images = torch.randn(16, 3, size, size)

@@ -158,12 +158,8 @@ def _selected(graph: OnnxGraph, quant: QuantConfig) -> tuple[list[OnnxLayer], di
     return kept, bits
 
 
-def _form_error(
-    form: TorchForm, layer: OnnxLayer, walk: _Walk, sampler: OnnxSampler, float_values: Any
-) -> float:
-    """The largest gap of the PyTorch form to onnxruntime on float inputs, relative."""
-    images = walk.images[:_FORM_CHECK_SAMPLES]
-    x, y = sampler.run(images, [layer.input, layer.output], float_values)
+def _form_error(form: TorchForm, x: np.ndarray, y: np.ndarray) -> float:
+    """The largest gap of the PyTorch form to onnxruntime's output ``y`` on ``x``, relative."""
     with torch.no_grad():
         out = form.module(form.prepare(torch.from_numpy(x))).numpy()
     if out.shape != y.shape:
@@ -305,12 +301,15 @@ def _calibrate_layer(
 ) -> None:
     """Restore, or check and fit, one layer; log and checkpoint it."""
     sampler = result.sampler.up_to([layer.input, layer.output])  # the nodes up to the layer
-    shape = list(sampler.run(walk.images[:1], [layer.input], result.float_values)[0].shape)
-    form = torch_form(layer, result.graph.initializers, shape)
+    # One float run of a few samples gives the input's shape and checks the PyTorch form.
+    float_check = sampler.run(
+        walk.images[:_FORM_CHECK_SAMPLES], [layer.input, layer.output], result.float_values
+    )
+    form = torch_form(layer, result.graph.initializers, list(float_check[0].shape))
     if layer.name in finished:
         _restore(layer, form, finished[layer.name], result)
         return
-    error = _form_error(form, layer, walk, sampler, result.float_values)
+    error = _form_error(form, *float_check)
     if not error <= FORM_TOLERANCE:
         result.left_in_float[layer.name] = (
             f"its PyTorch form differs from onnxruntime by {error:.3g} of the output range"

@@ -70,23 +70,13 @@ def _input_qdq(name: str, source: str, quantizer: ActivationQuantizer) -> tuple[
             )
         )
         current = f"{base}_clipped"
+    grid = [f"{base}_scale", f"{base}_zero_point"]
     quantized, dequantized = f"{base}_quantized", f"{base}_dequantized"
-    nodes.append(
-        helper.make_node(
-            "QuantizeLinear",
-            [current, f"{base}_scale", f"{base}_zero_point"],
-            [quantized],
-            name=f"{base}_quantize",
-        )
-    )
-    nodes.append(
-        helper.make_node(
-            "DequantizeLinear",
-            [quantized, f"{base}_scale", f"{base}_zero_point"],
-            [dequantized],
-            name=f"{base}_dequantize",
-        )
-    )
+    for op, source, target, step in (
+        ("QuantizeLinear", current, quantized, "quantize"),
+        ("DequantizeLinear", quantized, dequantized, "dequantize"),
+    ):
+        nodes.append(helper.make_node(op, [source, *grid], [target], name=f"{base}_{step}"))
     return initializers, nodes, dequantized
 
 
