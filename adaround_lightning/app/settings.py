@@ -73,9 +73,10 @@ def _build(cls: type, section: str, values: Any) -> Any:
         raise UserError(str(error)) from None
 
 
-#: adaround settings that never change the integers (where the cache lives, how it is filled),
+#: adaround settings that never change the integers (where the cache lives, how it is filled,
+#: which settled elements a step skips),
 #: and those that do only away from a default that runs before them did not have.
-_PLACEMENT_KEYS = ("cache_device", "stream", "reuse_host_memory")
+_PLACEMENT_KEYS = ("cache_device", "stream", "reuse_host_memory", "skip_settled")
 _LATER_DEFAULTS = {
     "cache_budget_gb": None,
     "cache_dtype": "float32",

@@ -77,6 +77,11 @@ class AdaroundConfig:
         stop_when_binary: End a fit once every ``h(V)`` is clipped to exactly 0 or 1: no later
             step can change a rounding then, so the result is the same and the rest of the
             steps are saved (logged, and ``steps_run`` in the layer report).
+        skip_settled: Once an element's ``h(V)`` is clipped to 0 or 1 (its rounding final,
+            as for ``stop_when_binary``), later steps compute the soft rounding and Adam's
+            update of the other elements only
+            (:mod:`~adaround_lightning.calibration.active_set`): the same integers, less
+            elementwise work per step as the fit goes on. Off under DDP (logged).
         drop_prob: QDrop: during an in-loop reconstruction, each input element keeps its float
             value with this probability (0: always quantized, as in BRECQ).
         bias_correction: After each layer is rounded, shift its bias by the mean per-channel
@@ -134,6 +139,7 @@ class AdaroundConfig:
     block_iters: int | None = None
     block_budget: BlockBudget = BlockBudget.FIT
     stop_when_binary: bool = True
+    skip_settled: bool = True
     bias_correction: bool = True
     cache_device: CacheDevice = CacheDevice.AUTO
     cache_budget_gb: float | None = None
@@ -188,6 +194,7 @@ class AdaroundConfig:
             "channels_last",
             "reuse_host_memory",
             "stop_when_binary",
+            "skip_settled",
             "learn_scale",
         ):
             if not isinstance(getattr(self, name), bool):

@@ -160,6 +160,7 @@ def fit_layer(
         input_quantizer=input_quantizer,
         stop_when_binary=config.stop_when_binary,
         scale_lr=config.scale_lr if config.learn_scale else None,
+        skip_settled=config.skip_settled,
     )
     return _run(module, cache, config.iters, settings, bar)
 
@@ -197,5 +198,6 @@ def fit_block(
         steps_per_batch=config.steps_per_batch,
         stop_when_binary=config.stop_when_binary,
         scale_lr=config.scale_lr if config.learn_scale else None,
+        skip_settled=config.skip_settled,
     )
     return _run(module, cache, steps, settings, bar)

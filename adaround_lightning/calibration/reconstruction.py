@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
 import torch
 from torch import nn
 
+from adaround_lightning.calibration.active_set import COMPACT_BELOW, ActiveRounding, swap_parameter
 from adaround_lightning.graph.bias_correction import channel_dim
 from adaround_lightning.graph.functional import forward_with_weight, functional_activation
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss
-from adaround_lightning.quant.quantizer import (
-    GAMMA,
-    ZETA,
-    AdaroundFakeQuantizer,
-    rectified_sigmoid,
-)
-from adaround_lightning.quant.soft_rounding import soft_weight_and_regularizer
+from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer, rectified_sigmoid
+from adaround_lightning.quant.soft_rounding import unsettled
 
-__all__ = ["BlockReconstruction", "LayerReconstruction", "RoundingReconstruction"]
+__all__ = [
+    "SETTLE_CHECK_EVERY",
+    "BlockReconstruction",
+    "LayerReconstruction",
+    "RoundingReconstruction",
+]
+
+log = logging.getLogger(__name__)
+
+#: Optimizer steps between two looks at which elements are settled (one host sync each).
+SETTLE_CHECK_EVERY = 16
 
 
 class RoundingReconstruction(L.LightningModule):
@@ -29,13 +37,17 @@ class RoundingReconstruction(L.LightningModule):
     shapes, no host sync); both terms are kept per step in ``history`` (shape ``(max_iter, 2)``)
     and logged once per fit (their means), so logging costs nothing per step.
 
-    With ``stop_when_binary``, the fit ends as soon as every ``h(V)`` is clipped to exactly 0
-    or 1 (checked once per training step, after the warm start). The clip of eq. (23) then
-    passes no gradient from either term (``torch.clamp`` passes none at its bounds either).
-    Adam's later updates keep the sign of its decaying first moment, the outward direction
-    that clipped each element, so no element leaves the clip again and no rounding
-    ``1[V >= 0]`` can change: the remaining steps are skipped with the same result.
-    :attr:`steps_run` records where the fit stopped.
+    An element whose ``h(V)`` is clipped to exactly 0 or 1 is settled: the clip of eq. (23)
+    passes it no gradient from either term (``torch.clamp`` passes none at its bounds either),
+    and Adam's later updates keep the sign of its decaying first moment, the outward direction
+    that clipped it, so it never leaves the clip again and its rounding ``1[V >= 0]`` cannot
+    change. Every :data:`SETTLE_CHECK_EVERY` steps the fit looks which elements are settled:
+
+    * with ``skip_settled``, the later steps compute the soft rounding and Adam's update of
+      the unsettled elements only (:mod:`~adaround_lightning.calibration.active_set`; the
+      same integers);
+    * with ``stop_when_binary``, the fit ends once every element is settled (after the warm
+      start); :attr:`steps_run` records where.
     """
 
     def __init__(
@@ -48,6 +60,7 @@ class RoundingReconstruction(L.LightningModule):
         steps_per_batch: int = 1,
         stop_when_binary: bool = False,
         scale_lr: float | None = None,
+        skip_settled: bool = False,
     ) -> None:
         super().__init__()
         # K > 1: each training step runs K optimizer steps on a (K, batch, ...) batch under
@@ -62,6 +75,9 @@ class RoundingReconstruction(L.LightningModule):
         self.lr = lr
         self.name = name
         self.stop_when_binary = stop_when_binary
+        self.skip_settled = skip_settled
+        #: Per quantizer, the elements of ``V`` still trained (all of them until a compaction).
+        self.roundings = [ActiveRounding(q, q.V) for q in quantizers]
         #: Optimizer steps taken (fewer than ``loss.max_iter`` after an early stop).
         self.steps_run = 0
         for parameter in frozen.parameters():
@@ -115,20 +131,30 @@ class RoundingReconstruction(L.LightningModule):
             groups.append({"params": list(self.log_scale_ratios), "lr": self.scale_lr})
         return torch.optim.Adam(groups, lr=self.lr)
 
+    def on_train_start(self) -> None:
+        if self.skip_settled and self.trainer.world_size > 1:
+            # DDP's reducer all-reduces the module's own parameters: a compacted V is not one.
+            self.skip_settled = False
+            log.info("%s: adaround.skip_settled is off under DDP (all elements trained)", self.name)
+
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor | None:
         inputs, targets = batch
-        if self.stop_when_binary and self._rounding_settled():
-            self.trainer.should_stop = True
-            return None
         if self.automatic_optimization:
-            self.steps_run = self.trainer.global_step + 1
-            return self._loss(inputs, targets, self.trainer.global_step)
+            curr_iter = self.trainer.global_step
+            if self._settled_at(curr_iter):
+                self.trainer.should_stop = True
+                return None
+            self.steps_run = curr_iter + 1
+            return self._loss(inputs, targets, curr_iter)
         optimizer = self.optimizers()
         for k in range(inputs.shape[0]):
             curr_iter = self.trainer.global_step  # advanced by every optimizer.step()
             if curr_iter >= self.loss.max_iter:
+                break
+            if self._settled_at(curr_iter):
+                self.trainer.should_stop = True
                 break
             loss = self._loss(inputs[k], targets[k], curr_iter)
             optimizer.zero_grad(set_to_none=True)
@@ -137,21 +163,31 @@ class RoundingReconstruction(L.LightningModule):
             self.steps_run = curr_iter + 1
         return None
 
-    @torch.no_grad()
-    def _rounding_settled(self) -> bool:
-        """Past the warm start, every ``h(V)`` clipped: no later step can change a rounding.
-
-        Clipped means outside the open interval (0, 1) before the clip: ``torch.clamp`` passes
-        no gradient at its bounds either (an element whose weight lies on the grid starts at
-        exactly 0). One host sync per training step (``steps_per_batch`` optimizer steps).
-        """
-        if self.trainer.global_step < self.loss.warm_start_end:
+    def _settled_at(self, curr_iter: int) -> bool:
+        """Every :data:`SETTLE_CHECK_EVERY` steps: compact; True to stop (all settled)."""
+        if curr_iter == 0 or curr_iter % SETTLE_CHECK_EVERY:
             return False
-        for quantizer in self.rounding_quantizers():
-            unclipped = torch.sigmoid(quantizer.V) * (ZETA - GAMMA) + GAMMA
-            if bool(((unclipped > 0.0) & (unclipped < 1.0)).any()):
-                return False
-        return True
+        if not (self.skip_settled or self.stop_when_binary):
+            return False
+        all_settled = self._track_settled()
+        return self.stop_when_binary and all_settled and curr_iter >= self.loss.warm_start_end
+
+    @torch.no_grad()
+    def _track_settled(self) -> bool:
+        """Compact the roundings that shrank enough (``skip_settled``); True if all settled.
+
+        One host sync per quantizer (the count of unsettled elements).
+        """
+        optimizer = self.trainer.optimizers[0]
+        remaining = 0
+        for rounding in self.roundings:
+            keep = unsettled(rounding.parameter)
+            count = int(keep.sum())
+            remaining += count
+            if self.skip_settled and count <= COMPACT_BELOW * rounding.tracked:
+                old = rounding.parameter
+                swap_parameter(optimizer, old, rounding.compact(keep), keep)
+        return remaining == 0
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor, curr_iter: int) -> torch.Tensor:
         """Both terms at ``curr_iter`` (0 in the first step); returns their sum."""
@@ -163,7 +199,7 @@ class RoundingReconstruction(L.LightningModule):
         regularized = curr_iter >= self.loss.warm_start_end
         beta = self.beta[curr_iter] if regularized else None
         # W~ and f_reg of every quantizer in one fused op each (quant/soft_rounding.py).
-        soft = [soft_weight_and_regularizer(q, beta) for q in self.rounding_quantizers()]
+        soft = [rounding.soft(beta) for rounding in self.roundings]
         weights = [weight for weight, _ in soft]
         if self.scale_lr:
             weights = [w * rho.exp() for w, rho in zip(weights, self.log_scale_ratios, strict=True)]
@@ -217,6 +253,8 @@ class RoundingReconstruction(L.LightningModule):
                     logger.log_metrics(metrics, step=int(step))
             for logger in self.loggers:
                 logger.save()
+        for rounding in self.roundings:
+            rounding.sync()
         for quantizer in self.rounding_quantizers():
             quantizer.use_soft_rounding = False
             quantizer.V.requires_grad_(False)
@@ -247,6 +285,7 @@ class LayerReconstruction(RoundingReconstruction):
             quantization in the loop; its ``drop_prob`` gives QDrop), or None.
         stop_when_binary: End the fit once every ``h(V)`` is clipped to 0 or 1 (same result).
         scale_lr: Learn each scale's log-ratio with this learning rate (None: fixed grid).
+        skip_settled: Train only the elements whose ``h(V)`` is not yet clipped (same result).
 
     Example:
         >>> layer = nn.Linear(4, 3)
@@ -267,9 +306,18 @@ class LayerReconstruction(RoundingReconstruction):
         input_quantizer: nn.Module | None = None,
         stop_when_binary: bool = False,
         scale_lr: float | None = None,
+        skip_settled: bool = False,
     ) -> None:
         super().__init__(
-            [quantizer], layer, loss, lr, name, steps_per_batch, stop_when_binary, scale_lr
+            [quantizer],
+            layer,
+            loss,
+            lr,
+            name,
+            steps_per_batch,
+            stop_when_binary,
+            scale_lr,
+            skip_settled,
         )
         self.layer = layer
         self.quantizer = quantizer
@@ -314,6 +362,7 @@ class BlockReconstruction(RoundingReconstruction):
         steps_per_batch: Optimizer steps per Lightning training step.
         stop_when_binary: End the fit once every ``h(V)`` is clipped to 0 or 1 (same result).
         scale_lr: Learn each scale's log-ratio with this learning rate (None: fixed grid).
+        skip_settled: Train only the elements whose ``h(V)`` is not yet clipped (same result).
 
     Example:
         >>> block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -334,6 +383,7 @@ class BlockReconstruction(RoundingReconstruction):
         steps_per_batch: int = 1,
         stop_when_binary: bool = False,
         scale_lr: float | None = None,
+        skip_settled: bool = False,
     ) -> None:
         super().__init__(
             list(quantizers.values()),
@@ -344,6 +394,7 @@ class BlockReconstruction(RoundingReconstruction):
             steps_per_batch,
             stop_when_binary,
             scale_lr,
+            skip_settled,
         )
         self.block = block
         # The block output's channel axis is read from its shape (output_channel_dim): a

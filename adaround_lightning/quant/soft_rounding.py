@@ -25,7 +25,7 @@ import torch
 
 from adaround_lightning.quant.quantizer import GAMMA, ZETA, AdaroundFakeQuantizer
 
-__all__ = ["soft_weight_and_regularizer"]
+__all__ = ["soft_rounding", "soft_weight_and_regularizer", "unsettled"]
 
 
 class _SoftRounding(torch.autograd.Function):
@@ -81,6 +81,44 @@ class _SoftRounding(torch.autograd.Function):
         return grad_h * dh_dV, None, None, None, None, None
 
 
+def unsettled(V: torch.Tensor) -> torch.Tensor:
+    """Where ``h(V)`` is not clipped: ``gamma < (zeta - gamma) sigmoid(V) + gamma ... < 1``.
+
+    The same test, in the same float operations, as the gradient mask of the fused op: an
+    element outside it gets no gradient from either loss term, and no later Adam step brings
+    it back (see :class:`~adaround_lightning.calibration.reconstruction.RoundingReconstruction`),
+    so its rounding is settled.
+
+    Example:
+        >>> unsettled(torch.tensor([-10.0, 0.0, 10.0]))
+        tensor([False,  True, False])
+    """
+    unclipped = torch.sigmoid(V) * (ZETA - GAMMA) + GAMMA
+    return (unclipped > 0.0) & (unclipped < 1.0)
+
+
+def soft_rounding(
+    V: torch.Tensor,
+    weight_floor: torch.Tensor,
+    scale: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    beta: torch.Tensor | float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W~, f_reg)`` of eqs. (22) and (24) from tensors that broadcast against ``V``.
+
+    The elementwise form of :func:`soft_weight_and_regularizer`: ``V``, ``floor(W / s)`` and
+    ``s`` may be any broadcastable shapes, e.g. the unsettled elements of a weight gathered
+    into 1-D tensors.
+
+    Example:
+        >>> weight, f_reg = soft_rounding(torch.zeros(3), torch.zeros(3), torch.ones(3), -2, 1, 2.0)
+        >>> weight, float(f_reg)
+        (tensor([0.5000, 0.5000, 0.5000]), 3.0)
+    """
+    return _SoftRounding.apply(V, weight_floor, scale, quant_min, quant_max, beta)
+
+
 def soft_weight_and_regularizer(
     quantizer: AdaroundFakeQuantizer, beta: torch.Tensor | float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,7 +139,7 @@ def soft_weight_and_regularizer(
         >>> weight.shape, bool(f_reg >= 0)
         (torch.Size([3, 4]), True)
     """
-    return _SoftRounding.apply(
+    return soft_rounding(
         quantizer.V,
         quantizer.weight_floor,
         quantizer.scale,
