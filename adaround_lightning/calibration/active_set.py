@@ -44,7 +44,7 @@ __all__ = ["COMPACT_BELOW", "ActiveRounding", "swap_parameter"]
 #: Compact once the unsettled elements are at most this fraction of those tracked: each
 #: compaction costs a few passes over the tracked elements, and a sparse step a scatter and a
 #: gather over the unsettled ones plus one copy of the weight.
-COMPACT_BELOW = 0.8
+COMPACT_BELOW = 0.9
 
 
 class _Scatter(torch.autograd.Function):
