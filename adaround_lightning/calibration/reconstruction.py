@@ -42,6 +42,8 @@ def fused_adam_supported(device: torch.device) -> bool:
 
 #: Optimizer steps between two looks at which elements are settled (one host sync each).
 SETTLE_CHECK_EVERY = 16
+#: Once per process: the log line that DDP turns ``skip_settled`` off.
+_SKIP_SETTLED_OFF_LOGGED: list[bool] = []
 
 
 class RoundingReconstruction(L.LightningModule):
@@ -154,7 +156,9 @@ class RoundingReconstruction(L.LightningModule):
         if self.skip_settled and self.trainer.world_size > 1:
             # DDP's reducer all-reduces the module's own parameters: a compacted V is not one.
             self.skip_settled = False
-            log.info("%s: adaround.skip_settled is off under DDP (all elements trained)", self.name)
+            if not _SKIP_SETTLED_OFF_LOGGED:
+                _SKIP_SETTLED_OFF_LOGGED.append(True)
+                log.info("adaround.skip_settled is off under DDP: every fit trains all elements")
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
