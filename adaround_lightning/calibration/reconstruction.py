@@ -63,7 +63,7 @@ class RoundingReconstruction(L.LightningModule):
 
     * with ``skip_settled``, the later steps compute the soft rounding and Adam's update of
       the unsettled elements only (:mod:`~adaround_lightning.calibration.active_set`; the
-      same integers);
+      same integers up to float rounding);
     * with ``stop_when_binary``, the fit ends once every element is settled (after the warm
       start); :attr:`steps_run` records where.
     """
