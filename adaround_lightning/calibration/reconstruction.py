@@ -199,18 +199,16 @@ class RoundingReconstruction(L.LightningModule):
     def _track_settled(self) -> bool:
         """Compact the roundings that shrank enough (``skip_settled``); True if all settled.
 
-        One host sync per quantizer (the count of unsettled elements).
+        One host sync for all quantizers (their counts of unsettled elements).
         """
         optimizer = self.trainer.optimizers[0]
-        remaining = 0
-        for rounding in self.roundings:
-            keep = unsettled(rounding.parameter)
-            count = int(keep.sum())
-            remaining += count
+        keeps = [unsettled(rounding.parameter) for rounding in self.roundings]
+        counts = torch.stack([keep.sum() for keep in keeps]).tolist()
+        for rounding, keep, count in zip(self.roundings, keeps, counts, strict=True):
             if self.skip_settled and count <= COMPACT_BELOW * rounding.tracked:
                 old = rounding.parameter
                 swap_parameter(optimizer, old, rounding.compact(keep), keep)
-        return remaining == 0
+        return sum(counts) == 0
 
     def _loss(self, inputs: torch.Tensor, targets: torch.Tensor, curr_iter: int) -> torch.Tensor:
         """Both terms at ``curr_iter`` (0 in the first step); returns their sum."""
