@@ -533,7 +533,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     calib, test = fashion_mnist_data(args.source, args.root, args.num_samples, args.calib_seed)
     log.info("calibration %s, test %d images", tuple(calib.shape), len(test))  # type: ignore[arg-type]
     settings = AdaroundSettings(iters=args.iters, batch_size=args.batch_size, seed=args.seed)
-    record = {"arch": args.arch, "checkpoint": str(args.checkpoint), "source": args.source}
+    record = {
+        "arch": args.arch,
+        "checkpoint": str(args.checkpoint),
+        "source": args.source,
+        "calib_seed": args.calib_seed,
+    }
     run_grid(
         model,
         calib,

@@ -214,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "arch": args.arch,
         "checkpoint": str(args.checkpoint),
         "source": args.source,
+        "calib_seed": args.calib_seed,
         "settings": extra,
     }
     run_grid(

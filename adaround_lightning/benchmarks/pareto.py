@@ -11,7 +11,8 @@ the seconds as a multiple of AIMET's in the same cell and seed (the runners of a
 side, one thread each), and whether the run is on the Pareto front (no other run is at least as
 accurate and at least as fast). Then one summary line per cell: our default against AIMET, mean
 over the seeds run, with the seed-to-seed spread and the verdict on the goal (at least as
-accurate within the spread, at most 0.5x AIMET's time).
+accurate within the spread, at most 0.5x AIMET's time). Lines of another calibration draw
+(``calib_seed`` other than 0) are left out.
 """
 
 from __future__ import annotations
@@ -83,10 +84,16 @@ def run_label(row: dict[str, Any]) -> str:
         >>> run_label({"tool": "adaround_lightning", "granularity": "layer",
         ...            "settings": {"lr": "0.01"}})
         'ours, layer-wise lr=0.01'
+        >>> run_label({"tool": "adaround_lightning", "granularity": "block", "settings": {},
+        ...            "scale_method": "minmax"})
+        'ours, block-wise scale_method=minmax'
     """
     if row["tool"] == "aimet":
         return AIMET
-    settings = tuple(sorted((k, _parsed(v)) for k, v in (row.get("settings") or {}).items()))
+    overrides = {k: _parsed(v) for k, v in (row.get("settings") or {}).items()}
+    if row.get("scale_method", "auto") != "auto":
+        overrides["scale_method"] = row["scale_method"]
+    settings = tuple(sorted(overrides.items()))
     granularity = row.get("granularity", "layer")
     named = _NAMED.get((granularity, settings))
     if named is not None:
@@ -180,8 +187,10 @@ def pareto_tables(rows: Sequence[dict[str, Any]]) -> str:
         ...     pareto_tables(rows))
         True
     """
-    # The last line of a (cell, run, seed) wins: re-runs append.
-    latest = {(r.cell, r.label, r.seed): r for r in map(Run.of, rows)}
+    # The last line of a (cell, run, seed) wins: re-runs append. Another calibration draw is
+    # another experiment, not a seed of this one: left out.
+    drawn = [row for row in rows if int(row.get("calib_seed", 0)) == 0]
+    latest = {(r.cell, r.label, r.seed): r for r in map(Run.of, drawn)}
     runs = list(latest.values())
     cells = sorted({r.cell for r in runs}, key=lambda c: (c[0], -c[1], not c[2], -c[3]))
     lines: list[str] = []

@@ -34,9 +34,9 @@ class QuantConfig:
         layer_bits: Per-layer bit widths, pattern -> bits; the first matching pattern wins.
         first_layer_bits: Bits of the first quantizable layer in execution order (None: default).
         last_layer_bits: Bits of the last quantizable layer in execution order (None: default).
-        scale_method: How the grid's scale is chosen: ``auto`` (default: ``full`` at 2 bits,
-            ``minmax`` above), ``minmax``, ``maxabs``, ``half``, ``full`` or ``mse`` (see
-            :mod:`adaround_lightning.quant.grids`).
+        scale_method: How the grid's scale is chosen: ``auto`` (default: ``mse``, the clipping
+            ratio with the least round-to-nearest error), ``minmax``, ``maxabs``, ``half``,
+            ``full`` or ``mse`` (see :mod:`adaround_lightning.quant.grids`).
         act_bits: Bits of the activations feeding every quantized layer (2 to 8), None for
             float activations (see :mod:`adaround_lightning.quant.activations`).
         act_observer: How activation ranges are calibrated: ``minmax`` or ``mse``.

@@ -31,17 +31,28 @@ def test_scale_formulas(bits: int) -> None:
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_mse_search_picks_the_best_of_its_candidates(bits: int) -> None:
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_mse_search_is_no_worse_than_any_coarse_candidate(bits: int, per_channel: bool) -> None:
     g = torch.Generator().manual_seed(10 + bits)
     w = torch.randn(5, 64, generator=g) * torch.rand(5, 1, generator=g)
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    best = weight_scale(w, qmin, qmax, True, "mse")
-    m = w.abs().amax(1)
-    # The documented search: 100 clipping ratios in [0.5, 1], recomputed in float64.
-    candidates = [alpha * m / qmax for alpha in torch.linspace(0.5, 1.0, 100)]
-    errors = torch.stack([_error(w, c, qmin, qmax) for c in candidates])
-    assert torch.allclose(_error(w, best, qmin, qmax), errors.min(0).values, rtol=1e-4)
-    assert (_error(w, best, qmin, qmax) <= _error(w, m / qmax, qmin, qmax) + 1e-9).all()
+    flat = w if per_channel else w.reshape(1, -1)
+    best = weight_scale(w, qmin, qmax, per_channel, "mse")
+    m = flat.abs().amax(1)
+    alpha = best / (m / qmax)
+    # The documented range: alpha down to 0.5 at 2 bits, to 0.1 above.
+    low = 0.5 if bits == 2 else 0.1
+    assert (alpha >= low - 1e-6).all() and (alpha <= 1.0 + 1e-6).all()
+    # The documented search, recomputed in float64: the coarse ratios low, low + 0.025, ..., 1,
+    # then the 0.005 neighbours of the result (a local minimum of the fine grid).
+    coarse = [a * m / qmax for a in torch.arange(low, 1.0 + 1e-9, 0.025)]
+    errors = torch.stack([_error(flat, c, qmin, qmax) for c in coarse])
+    found = _error(flat, best, qmin, qmax)
+    assert (found <= errors.min(0).values * (1 + 1e-5)).all()
+    for step in (-0.005, 0.005):
+        neighbour = ((alpha + step).clamp(low, 1.0) * m / qmax).float()
+        assert (found <= _error(flat, neighbour, qmin, qmax) * (1 + 1e-5)).all()
+    assert (found <= _error(flat, m / qmax, qmin, qmax) + 1e-9).all()
 
 
 def test_unknown_method_is_rejected() -> None:
@@ -69,13 +80,13 @@ def test_minmax_is_the_finest_grid_that_clips_nothing(bits: int, per_channel: bo
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_auto_uses_all_four_levels_at_two_bits_and_minmax_above(bits: int) -> None:
+def test_auto_is_the_mse_search_and_uses_all_four_levels_at_two_bits(bits: int) -> None:
     g = torch.Generator().manual_seed(30 + bits)
     w = torch.randn(5, 16, generator=g)
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     auto = weight_scale(w, qmin, qmax, True, "auto")
+    assert torch.equal(auto, weight_scale(w, qmin, qmax, True, "mse"))
     if bits == 2:
-        # s = max|W| / 2: the levels -2s, -s, 0, s all lie inside [-max|W|, max|W|].
-        assert torch.allclose(auto.double(), w.abs().amax(1).double() / 2)
-    else:
-        assert torch.equal(auto, weight_scale(w, qmin, qmax, True, "minmax"))
+        # Between full (max|W| / 2: all four levels inside the range) and maxabs (max|W|).
+        m = w.abs().amax(1).double()
+        assert (auto.double() >= m / 2 * (1 - 1e-6)).all() and (auto.double() <= m + 1e-6).all()
