@@ -18,12 +18,25 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torchvision
+from safetensors.torch import load_file
 from torch import nn
+
+from adaround_lightning.benchmarks.aimet_adaround import (
+    INPUT_SHAPE,
+    _aimet,
+    _remove_activation_quantizers,
+    _write_config,
+    quiet_aimet,
+)
+from adaround_lightning.benchmarks.train_quickstart import build_quickstart_model
+from adaround_lightning.graph.bn_fold import fold_batch_norms
 
 __all__ = ["Agreement", "agreement", "integers_of", "main"]
 
@@ -95,41 +108,34 @@ def agreement(
 
 def _folded_network(arch: str, num_classes: int) -> nn.Module:
     """The run's network with its BatchNorms folded away (the structure of the saved weights)."""
-    from adaround_lightning.benchmarks.train_quickstart import build_quickstart_model
-    from adaround_lightning.graph.bn_fold import fold_batch_norms
-
     if arch == "quickstart":
         model = build_quickstart_model()
     else:
-        import torchvision
-
         model = getattr(torchvision.models, arch)(num_classes=num_classes)
     model.eval()
-    fold_batch_norms(model, torch.randn(2, 3, 32, 32))
+    fold_batch_norms(model, torch.randn(2, *INPUT_SHAPE[1:]))
     return model
 
 
 def check_run(run_dir: Path, arch: str, num_classes: int = 10) -> Agreement:
     """Compare AIMET's reading of a run's encodings with the run's integers."""
-    from aimet_torch.common.defs import QuantScheme
-    from aimet_torch.quantsim import QuantizationSimModel
-    from safetensors.torch import load_file
-
+    aimet = _aimet()
     model = _folded_network(arch, num_classes)
     model.load_state_dict(torch.load(run_dir / "quantized_model.pt", weights_only=True))
     ours = load_file(str(run_dir / "quantized_weights.safetensors"))
     encodings = json.loads((run_dir / "encodings.json").read_text())["param_encodings"]
     bits = max(entry[0]["bitwidth"] for entry in encodings.values())
-    sim = QuantizationSimModel(
-        model,
-        dummy_input=torch.zeros(1, 3, 32, 32),
-        quant_scheme=QuantScheme.post_training_tf,
-        default_param_bw=bits,
-        default_output_bw=8,
-    )
-    for qmodule in sim.qmodules():  # weights only, as AIMET's AdaRound
-        qmodule.input_quantizers = nn.ModuleList([None for _ in qmodule.input_quantizers])
-        qmodule.output_quantizers = nn.ModuleList([None for _ in qmodule.output_quantizers])
+    per_channel = any(len(entry) > 1 for entry in encodings.values())
+    with tempfile.TemporaryDirectory() as workdir:
+        sim = aimet.QuantizationSimModel(  # the benchmark's QuantSim (aimet_adaround)
+            model,
+            dummy_input=torch.zeros(INPUT_SHAPE),
+            quant_scheme=aimet.QuantScheme.post_training_tf,
+            default_param_bw=bits,
+            default_output_bw=8,
+            config_file=str(_write_config(Path(workdir), per_channel)),
+        )
+    _remove_activation_quantizers(sim)
     sim.load_encodings(
         str(run_dir / "encodings.json"), strict=True, partial=True, requires_grad=False
     )
@@ -154,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--arch", default="quickstart", help="quickstart or a torchvision name")
     parser.add_argument("--num-classes", type=int, default=10)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_aimet()  # AIMET configures logging when imported: configure ours after it
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     result = check_run(args.run, args.arch, args.num_classes)
     log.info(
         "layers %d, integers %d, identical %d, largest |Q_aimet(W) - s q| %.2e grid steps",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import lightning as L
@@ -42,8 +43,12 @@ def fused_adam_supported(device: torch.device) -> bool:
 
 #: Optimizer steps between two looks at which elements are settled (one host sync each).
 SETTLE_CHECK_EVERY = 16
-#: Once per process: the log line that DDP turns ``skip_settled`` off.
-_SKIP_SETTLED_OFF_LOGGED: list[bool] = []
+
+
+@functools.cache
+def _log_skip_settled_off() -> None:
+    """Say once per process that DDP turns ``skip_settled`` off (not once per fit)."""
+    log.info("adaround.skip_settled is off under DDP: every fit trains all elements")
 
 
 class RoundingReconstruction(L.LightningModule):
@@ -156,9 +161,7 @@ class RoundingReconstruction(L.LightningModule):
         if self.skip_settled and self.trainer.world_size > 1:
             # DDP's reducer all-reduces the module's own parameters: a compacted V is not one.
             self.skip_settled = False
-            if not _SKIP_SETTLED_OFF_LOGGED:
-                _SKIP_SETTLED_OFF_LOGGED.append(True)
-                log.info("adaround.skip_settled is off under DDP: every fit trains all elements")
+            _log_skip_settled_off()
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
