@@ -84,6 +84,8 @@ _LATER_DEFAULTS = {
     "blocks": [],
     "learn_scale": False,
     "scale_lr": 1e-3,
+    "fisher": False,
+    "fisher_damping": 1.0,
 }
 
 

@@ -32,6 +32,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from adaround_lightning.calibration.fisher import FisherWeights
 from adaround_lightning.calibration.storage import (
     FORWARD_SHARE,
     CacheAllocator,
@@ -50,6 +51,9 @@ __all__ = ["CachePasses", "CalibrationCache", "RandomBatches"]
 
 class RandomBatches:
     """``num_steps`` batches of ``(inputs[idx], targets[idx])`` with random ``idx`` on their device.
+
+    With ``weights`` (per-element weights of the targets' error, shaped like them), each batch
+    is ``(inputs[idx], targets[idx], weights[idx])``.
 
     The indices for all steps are drawn up front (``num_steps x batch_size`` int64, 2.5 MB for
     10k steps of 32), from a generator seeded with ``seed``: the batches are reproducible and the
@@ -77,11 +81,15 @@ class RandomBatches:
         seed: int,
         steps_per_batch: int = 1,
         stack: bool | None = None,
+        weights: FisherWeights | None = None,
     ) -> None:
         if inputs.shape[0] != targets.shape[0]:
             raise ValueError("inputs and targets must have the same number of samples")
+        if weights is not None and tuple(weights.shape) != tuple(targets.shape):
+            raise ValueError("weights must have the targets' shape")
         self.inputs = inputs
         self.targets = targets
+        self.weights = weights
         self.batch_size = batch_size
         self.num_steps = num_steps
         self.seed = seed
@@ -91,7 +99,12 @@ class RandomBatches:
     def __len__(self) -> int:
         return -(-self.num_steps // self.steps_per_batch)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.weights is None:
+            return self.inputs[idx], self.targets[idx]
+        return self.inputs[idx], self.targets[idx], self.weights[idx]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         device = self.inputs.device
         generator = torch.Generator(device=device).manual_seed(self.seed)
         indices = torch.randint(
@@ -103,12 +116,10 @@ class RandomBatches:
         )
         if not self.stack:
             for step in range(self.num_steps):
-                idx = indices[step]
-                yield self.inputs[idx], self.targets[idx]
+                yield self._rows(indices[step])
             return
         for first in range(0, self.num_steps, self.steps_per_batch):
-            idx = indices[first : first + self.steps_per_batch]  # (K, batch_size)
-            yield self.inputs[idx], self.targets[idx]
+            yield self._rows(indices[first : first + self.steps_per_batch])  # (K, batch_size)
 
 
 @dataclass
@@ -234,11 +245,16 @@ class CalibrationCache(L.LightningDataModule):
         # The float block's output B(x) (a block-wise fit's targets), kept when it is exactly
         # the next block's float input (StreamPlan.direct): that block's input costs no pass.
         self.fp_block_outputs: CachedTensor | None = None
+        #: Per-element weights of a block fit's error (``adaround.fisher``), or None.
+        self.weights: FisherWeights | None = None
         self.layer_index = 0
 
     # ------------------------------------------------------------------ filling
-    def _fill(self, rows: _Rows) -> CachedTensor:
-        """A new buffer of ``N`` rows, filled chunk by chunk (preallocated, no ``torch.cat``)."""
+    def _fill(self, rows: _Rows, dtype: torch.dtype | None = None) -> CachedTensor:
+        """A new buffer of ``N`` rows, filled chunk by chunk (preallocated, no ``torch.cat``).
+
+        ``dtype``: the buffer's storage dtype (None: the cache's).
+        """
         count, chunk = self.calibration_images.shape[0], self.forward_batch_size
         started = time.perf_counter()
         buffer: CachedTensor | None = None
@@ -247,7 +263,7 @@ class CalibrationCache(L.LightningDataModule):
             if not _all_finite(values):
                 raise UserError("non-finite activations in the calibration data")
             if buffer is None:
-                buffer = self.allocator.allocate((count, *values.shape[1:]))
+                buffer = self.allocator.allocate((count, *values.shape[1:]), dtype)
             buffer.write(start, values)
         assert buffer is not None
         release_freed_host_memory()  # the next pass starts from what is live (no creep)
@@ -370,6 +386,26 @@ class CalibrationCache(L.LightningDataModule):
         self.inputs = self.q_block_inputs
         self.layer_index = layer_index
 
+    def cache_fisher_weights(
+        self, squared_gradients: _Rows, mean: Callable[[], float], damping: float
+    ) -> bool:
+        """Weigh the block fit's error by :class:`FisherWeights` of ``g^2`` rows.
+
+        ``squared_gradients(start, stop)`` gives rows of ``g^2`` (kept in float32, whatever
+        the cache dtype: ``g^2`` underflows in float16); ``mean()``, called once they are all
+        filled, their mean. Returns False, and weighs nothing, when that mean is 0 (the block's
+        output does not move the network's output on the calibration data).
+        """
+        if self.targets is None:
+            raise RuntimeError("call cache_block_output before cache_fisher_weights")
+        buffer = self._fill(squared_gradients, torch.float32)
+        m = mean()
+        if not m > 0:
+            self._free(buffer)
+            return False
+        self.weights = FisherWeights(buffer, m, damping)
+        return True
+
     def keep_block_output(self) -> None:
         """Keep the block-wise targets ``B(x)`` for the next block, whose float input they are.
 
@@ -389,7 +425,9 @@ class CalibrationCache(L.LightningDataModule):
             self._free(self.inputs)
         if self.targets is not self.fp_block_outputs:
             self._free(self.targets)
-        self.inputs = self.targets = None
+        if self.weights is not None:
+            self._free(self.weights.squared_gradients)  # type: ignore[arg-type]
+        self.inputs = self.targets = self.weights = None
 
     def release(self) -> None:
         """Drop every cached buffer (the calibration images stay)."""
@@ -410,6 +448,7 @@ class CalibrationCache(L.LightningDataModule):
             self.seed + self.layer_index,
             self.steps_in_one_batch(),
             stack=self.steps_per_batch > 1,
+            weights=self.weights,
         )
 
     def steps_in_one_batch(self) -> int:
@@ -423,6 +462,8 @@ class CalibrationCache(L.LightningDataModule):
         if budget is None or self.steps_per_batch == 1 or self.inputs is None:
             return self.steps_per_batch
         assert self.targets is not None
-        row_bytes = 4 * (math.prod(self.inputs.shape[1:]) + math.prod(self.targets.shape[1:]))
+        weighted = 2 if self.weights is not None else 1  # weights are shaped like the targets
+        target_elements = weighted * math.prod(self.targets.shape[1:])
+        row_bytes = 4 * (math.prod(self.inputs.shape[1:]) + target_elements)
         fits = int(budget * FORWARD_SHARE) // max(1, row_bytes * self.batch_size)
         return max(1, min(self.steps_per_batch, fits))

@@ -119,6 +119,15 @@ class AdaroundConfig:
             points; exports carry ``s0 exp(rho)`` and the grid check reads ``floor(W/s0)``
             on ``s0`` (``floor_scale``). Off: AdaRound's fixed grid.
         scale_lr: Adam's learning rate of ``rho`` with ``learn_scale``.
+        fisher: Weigh each element of a block fit's output error by the Fisher information of
+            the block's output (BRECQ): the squared gradient of the KL divergence between the
+            float and the quantized network's output distributions, normalised to mean 1
+            (:mod:`~adaround_lightning.calibration.fisher`). Costs one forward pass of the
+            network and a backward pass of its tail per block. Needs ``granularity=block``
+            and a network whose output is ``(N, classes)`` scores; layers fitted alone keep
+            the plain error (logged).
+        fisher_damping: ``delta`` of the Fisher weight ``(g^2 + delta m) / ((1 + delta) m)``:
+            0 is the Fisher weight alone, large values the plain error.
     """
 
     iters: int = 10000
@@ -150,6 +159,8 @@ class AdaroundConfig:
     blocks: list[str] = field(default_factory=list)
     learn_scale: bool = False
     scale_lr: float = 1e-3
+    fisher: bool = False
+    fisher_damping: float = 1.0
 
     def __post_init__(self) -> None:
         if self.block_iters is not None and (
@@ -196,6 +207,7 @@ class AdaroundConfig:
             "stop_when_binary",
             "skip_settled",
             "learn_scale",
+            "fisher",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
@@ -207,6 +219,14 @@ class AdaroundConfig:
                 f"got {self.blocks!r}"
             )
         self.blocks = list(self.blocks)
+        if isinstance(self.fisher_damping, bool) or not float(self.fisher_damping) >= 0:
+            raise ValueError(f"adaround.fisher_damping must be >= 0, got {self.fisher_damping!r}")
+        self.fisher_damping = float(self.fisher_damping)
+        if self.fisher and self.granularity == Granularity.LAYER:
+            raise ValueError(
+                "adaround.fisher weighs block fits, and adaround.granularity=layer has none: "
+                "set adaround.granularity=block or adaround.fisher=false"
+            )
         if self.reg_param is not None and self.reg_param < 0:
             raise ValueError(f"adaround.reg_param must be >= 0, got {self.reg_param}")
 

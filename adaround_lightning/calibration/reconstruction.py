@@ -163,17 +163,17 @@ class RoundingReconstruction(L.LightningModule):
             self.skip_settled = False
             _log_skip_settled_off()
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor | None:
-        inputs, targets = batch
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor | None:
+        # (inputs, targets) or, with Fisher weights (adaround.fisher), (inputs, targets, weights).
+        inputs, targets, *weighted = batch
+        error_weights = weighted[0] if weighted else None
         if self.automatic_optimization:
             curr_iter = self.trainer.global_step
             if self._settled_at(curr_iter):
                 self.trainer.should_stop = True
                 return None
             self.steps_run = curr_iter + 1
-            return self._loss(inputs, targets, curr_iter)
+            return self._loss(inputs, targets, curr_iter, error_weights)
         optimizer = self.optimizers()
         for k in range(inputs.shape[0]):
             curr_iter = self.trainer.global_step  # advanced by every optimizer.step()
@@ -182,7 +182,8 @@ class RoundingReconstruction(L.LightningModule):
             if self._settled_at(curr_iter):
                 self.trainer.should_stop = True
                 break
-            loss = self._loss(inputs[k], targets[k], curr_iter)
+            step_weights = None if error_weights is None else error_weights[k]
+            loss = self._loss(inputs[k], targets[k], curr_iter, step_weights)
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
@@ -213,8 +214,17 @@ class RoundingReconstruction(L.LightningModule):
                 swap_parameter(optimizer, old, rounding.compact(keep), keep)
         return sum(counts) == 0
 
-    def _loss(self, inputs: torch.Tensor, targets: torch.Tensor, curr_iter: int) -> torch.Tensor:
-        """Both terms at ``curr_iter`` (0 in the first step); returns their sum."""
+    def _loss(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        curr_iter: int,
+        error_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Both terms at ``curr_iter`` (0 in the first step); returns their sum.
+
+        ``error_weights``: per-element weights of the reconstruction error (Fisher), or None.
+        """
         if curr_iter >= self.loss.max_iter:
             raise ValueError(
                 f"step {curr_iter} is past the loss schedule ({self.loss.max_iter} steps)"
@@ -229,7 +239,10 @@ class RoundingReconstruction(L.LightningModule):
             weights = [w * rho.exp() for w, rho in zip(weights, self.log_scale_ratios, strict=True)]
         outputs = self.soft_output(inputs, weights)
         reconstruction = self.loss.reconstruction_loss(
-            outputs, targets.to(outputs.dtype), self.output_channel_dim(targets.shape)
+            outputs,
+            targets.to(outputs.dtype),
+            self.output_channel_dim(targets.shape),
+            error_weights,
         )
         if regularized:
             f_reg = sum(regularizer for _, regularizer in soft)

@@ -20,8 +20,10 @@ Later layers see the rounded earlier ones: asymmetric reconstruction, paper eq. 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,11 @@ from adaround_lightning.calibration.checkpoint import (
     save_layer_progress,
 )
 from adaround_lightning.calibration.config import AdaroundConfig, Granularity
+from adaround_lightning.calibration.fisher import (
+    FisherSums,
+    block_output_sensitivity,
+    float_log_probabilities,
+)
 from adaround_lightning.calibration.fit import FitOutcome, FitSettings, fit_block, fit_layer
 from adaround_lightning.calibration.layer_report import layer_report, output_mse
 from adaround_lightning.calibration.plan import CalibrationPlan
@@ -154,6 +161,38 @@ class _AgainstQuantized:
         self.correction.add(float_output, forward_with_weight(self.q_layer, x, self.q_layer.weight))
 
 
+@contextlib.contextmanager
+def _at_nearest(q_model: nn.Module, quantizers: dict[str, AdaroundFakeQuantizer]) -> Iterator[None]:
+    """The layers of ``quantizers`` hold their round-to-nearest weights inside the block."""
+    layers = {name: q_model.get_submodule(name) for name in quantizers}
+    floats = {name: layer.weight.detach().clone() for name, layer in layers.items()}
+    try:
+        with torch.no_grad():
+            for name, layer in layers.items():
+                layer.weight.copy_(quantizers[name].nearest_weight().to(layer.weight.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for name, layer in layers.items():
+                layer.weight.copy_(floats[name])
+
+
+@dataclass
+class _FisherPass:
+    """Rows of a block's ``g^2`` for :meth:`CalibrationCache.cache_fisher_weights`."""
+
+    q_model: nn.Module
+    q_block: nn.Module
+    images: torch.Tensor
+    float_log_probs: torch.Tensor
+    sums: FisherSums = field(default_factory=FisherSums)
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        return block_output_sensitivity(
+            self.q_model, self.q_block, self.images, self.float_log_probs, start, stop, self.sums
+        )
+
+
 class CalibrationWalk:
     """Walks the blocks of :attr:`WalkContext.plan` in order and calibrates every layer.
 
@@ -185,6 +224,8 @@ class CalibrationWalk:
             stream=context.stream,
         )
         self.state = WalkState()
+        #: ``log softmax`` of the float network's output on the images (``adaround.fisher``).
+        self.float_log_probs: torch.Tensor | None = None
         self.progress = progress
         self.bar = CalibrationProgress(context.plan.total_layers, 0, False)
 
@@ -333,6 +374,8 @@ class CalibrationWalk:
         steps = config.block_steps(len(todo))
         self.cache.cache_block_output(fp_block, len(self.state.reports))
         self.cache.keep_block_output()  # the next block's float input, when it is B(x)
+        if config.fisher:
+            self.weigh_by_fisher(block.name, q_block, new)
         if context.act_in_loop:
             assert self.cache.q_block_inputs is not None
             in_loop = self.input_quantizers(list(new), q_block, self.cache.q_block_inputs, prefix)
@@ -353,9 +396,46 @@ class CalibrationWalk:
                 correction.apply()
             self.finish_layer(info, new[info.name], seconds, outcome, block.name)
 
+    def weigh_by_fisher(
+        self, name: str, q_block: nn.Module, new: dict[str, AdaroundFakeQuantizer]
+    ) -> None:
+        """Weigh the block fit's error by the Fisher information of the block's output.
+
+        ``g`` comes from one pass of the quantized network with the block at round-to-nearest
+        (BRECQ's state at the start of the fit), differentiated through the network's tail.
+        """
+        context = self.context
+        start = time.perf_counter()
+        try:
+            if self.float_log_probs is None:
+                self.float_log_probs = float_log_probabilities(
+                    context.fp_model, context.images, context.forward_batch_size
+                )
+                self.cache.passes.full += 1
+            rows = _FisherPass(context.q_model, q_block, context.images, self.float_log_probs)
+            with _at_nearest(context.q_model, new):
+                weighted = self.cache.cache_fisher_weights(
+                    rows, lambda: rows.sums.mean(context.process), context.config.fisher_damping
+                )
+        except ValueError as error:
+            raise UserError(f"block {name!r}: {error}") from None
+        except torch.OutOfMemoryError:
+            raise UserError(_oom_message(name, context.images)) from None
+        self.cache.passes.full += 1
+        if weighted:
+            log.debug("%s: Fisher weights in %.2fs", name, time.perf_counter() - start)
+        else:
+            log.info(
+                "%s: the network's output does not move with this block's output on the "
+                "calibration data (all gradients 0): its fit uses the unweighted error",
+                name,
+            )
+
     def fit_one_layer(self, info: LayerInfo, fp_block: nn.Module, q_block: nn.Module) -> None:
         """One fit of one layer on its output error."""
         context = self.context
+        if context.config.fisher:
+            log.info("%s: fitted alone, on its unweighted output error (no Fisher)", info.name)
         start = time.perf_counter()
         self.cache_layer(info, fp_block, q_block)
         quantizer = self.new_quantizer(info)

@@ -126,6 +126,11 @@ def _check_settings(config: AdaroundConfig, quant: QuantConfig, process: Process
             "adaround.act_in_loop needs the graph in PyTorch; with model.onnx the input grids "
             "are calibrated after the weights: set adaround.act_in_loop=false"
         )
+    if config.fisher:
+        raise UserError(
+            "adaround.fisher weighs block fits, and model.onnx is fitted layer by layer: "
+            "set adaround.fisher=false"
+        )
     if config.granularity == Granularity.BLOCK:
         log.warning(
             "model.onnx: every layer is fitted on its own (layer-wise): block reconstruction "

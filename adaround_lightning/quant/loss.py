@@ -152,6 +152,7 @@ class AdaptiveRoundingLoss(torch.nn.Module):
         soft_quantized_output: torch.Tensor,
         original_output: torch.Tensor,
         channel_dim: int = 1,
+        weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Squared output error under the configured convention (see the module docstring).
 
@@ -159,8 +160,12 @@ class AdaptiveRoundingLoss(torch.nn.Module):
             soft_quantized_output: The output with soft-quantized weights.
             original_output: The float target, the same shape.
             channel_dim: The output-channel axis: 1 for convolutions, -1 for a Linear.
+            weights: Per-element weights of the squared error, the same shape (BRECQ's
+                Fisher diagonal, :mod:`~adaround_lightning.calibration.fisher`), or None.
         """
         error = (soft_quantized_output - original_output).pow(2)
+        if weights is not None:
+            error = error * weights
         if self.reconstruction == "mean" or error.dim() < 2:
             return error.mean()
         return error.sum(dim=channel_dim).mean()

@@ -22,7 +22,7 @@ CPU = {"accelerator": "cpu"}
 
 
 def _config(**overrides) -> AdaroundConfig:
-    return AdaroundConfig(iters=16, batch_size=16, granularity="layer", **overrides)
+    return AdaroundConfig(**{"iters": 16, "batch_size": 16, "granularity": "layer", **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,7 @@ def test_a_form_that_differs_from_onnxruntime_stays_float(model_path, images, mo
     ("quant", "config", "fragment"),
     [
         (QuantConfig(act_bits=8), _config(act_in_loop=True), "act_in_loop"),
+        (QuantConfig(), _config(granularity="block", fisher=True), "fisher=false"),
         (QuantConfig(exclude=["*"]), _config(), "no layer is left to quantize"),
     ],
 )
