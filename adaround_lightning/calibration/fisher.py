@@ -80,24 +80,29 @@ class FisherSums:
     """Running ``sum g^2`` and element count over the chunks of one block (all processes).
 
     Attributes:
-        squared: Sum of ``g^2`` so far (this process).
+        squared: Sum of ``g^2`` so far (this process), float64 on the device of the chunks
+            (None before the first): no host sync until :meth:`mean`.
         count: Elements so far (this process).
     """
 
-    squared: float = 0.0
+    squared: torch.Tensor | None = None
     count: int = 0
 
     def add(self, g2: torch.Tensor) -> None:
-        """Count a chunk of ``g^2`` (one host sync)."""
-        self.squared += float(g2.sum())
+        """Count a chunk of ``g^2``."""
+        chunk = g2.sum(dtype=torch.float64)
+        self.squared = chunk if self.squared is None else self.squared + chunk
         self.count += g2.numel()
 
     def mean(self, process: ProcessContext | None = None) -> float:
-        """``m``: the mean of ``g^2`` over every chunk of every process."""
-        totals = torch.tensor([self.squared, float(self.count)], dtype=torch.float64)
+        """``m``: the mean of ``g^2`` over every chunk of every process (one host sync)."""
+        device = process.device if process is not None else None
+        squared = self.squared if self.squared is not None else torch.zeros((), device=device)
+        totals = torch.stack([squared.double(), squared.new_tensor(float(self.count)).double()])
         if process is not None:
-            totals = all_reduce_sum(totals.to(process.device), process).cpu()
-        return float(totals[0] / totals[1]) if totals[1] > 0 else 0.0
+            totals = all_reduce_sum(totals.to(process.device), process)
+        total, count = totals.tolist()
+        return total / count if count > 0 else 0.0
 
 
 class _OutputLeaf:
