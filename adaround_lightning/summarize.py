@@ -2,7 +2,7 @@
 
 import sys
 
-from adaround_lightning.app.summarize import main
+from adaround_lightning.app.summarize_cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,10 +22,14 @@ from typing import Any
 
 import torch
 
-from adaround_lightning.app.models import ModelConfig, build_model, quickstart_model_config
-from adaround_lightning.calibration.api import adaround
-from adaround_lightning.calibration.config import AdaroundConfig
-from adaround_lightning.quant.config import QuantConfig
+from adaround_lightning.engine.adaround_config import AdaroundConfig
+from adaround_lightning.models.model_builder import (
+    ModelConfig,
+    build_model,
+    quickstart_model_config,
+)
+from adaround_lightning.quant.quant_config import QuantConfig
+from adaround_lightning.torch_frontend.torch_adaround import adaround
 
 __all__ = ["run_memory_benchmark"]
 

@@ -16,14 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from adaround_lightning.app.report import write_report
 from adaround_lightning.app.settings import RunConfig, run_config_from
-from adaround_lightning.calibration.trainer import (
+from adaround_lightning.core.atomic import atomic_write_text
+from adaround_lightning.core.distributed import ProcessContext
+from adaround_lightning.core.errors import UserError
+from adaround_lightning.engine.fit.trainer import (
     process_context,
     quiet_lightning,
     trainer_kwargs_with_defaults,
 )
-from adaround_lightning.core.atomic import atomic_write_text
-from adaround_lightning.core.distributed import ProcessContext
-from adaround_lightning.core.errors import UserError
 
 __all__ = [
     "CHECKPOINT_DIR",

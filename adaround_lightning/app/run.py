@@ -19,7 +19,6 @@ from torch.utils.data import Dataset
 
 from adaround_lightning import export
 from adaround_lightning.app.evaluate import evaluate, evaluate_with_onnx
-from adaround_lightning.app.models import build_model
 from adaround_lightning.app.phases import (
     CHECKPOINT_DIR,
     RESULTS_FILE,
@@ -32,10 +31,11 @@ from adaround_lightning.app.phases import (
 )
 from adaround_lightning.app.run_onnx import run_onnx
 from adaround_lightning.app.settings import RunConfig, fingerprint, run_config_from
-from adaround_lightning.calibration.api import adaround
-from adaround_lightning.calibration.records import AdaroundResult
 from adaround_lightning.core.distributed import ProcessContext
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
+from adaround_lightning.engine.records.results import AdaroundResult
+from adaround_lightning.models.model_builder import build_model
+from adaround_lightning.torch_frontend.torch_adaround import adaround
 
 __all__ = [
     "CHECKPOINT_DIR",

@@ -24,10 +24,10 @@ from adaround_lightning.app.phases import (
 )
 from adaround_lightning.app.settings import fingerprint
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
+from adaround_lightning.export.grid_check import verify_grid
 from adaround_lightning.export.run_dir import ONNX_FILE
-from adaround_lightning.export.verify import verify_grid
-from adaround_lightning.onnx_model.calibrate import OnnxAdaroundResult, adaround_onnx
-from adaround_lightning.onnx_model.export import export_onnx_run
+from adaround_lightning.onnx_frontend.onnx_adaround import OnnxAdaroundResult, adaround_onnx
+from adaround_lightning.onnx_frontend.onnx_writer import export_onnx_run
 
 __all__ = ["onnx_coverage", "run_onnx"]
 

@@ -11,13 +11,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from adaround_lightning.app.models import ModelConfig
-from adaround_lightning.calibration.config import AdaroundConfig
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.data.sources import CalibrationConfig, DataConfig
 from adaround_lightning.data.transforms import PreprocessConfig
+from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.export.run_dir import ExportConfig
-from adaround_lightning.quant.config import QuantConfig
+from adaround_lightning.models.model_builder import ModelConfig
+from adaround_lightning.quant.quant_config import QuantConfig
 
 __all__ = ["ExportConfig", "RunConfig", "fingerprint", "run_config_from"]
 

@@ -14,8 +14,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from adaround_lightning.app.models import QUICKSTART_ARCH, ModelConfig
-from adaround_lightning.app.models import build_model as library_build_model
 from adaround_lightning.data.sources import (
     CalibrationConfig,
     DataConfig,
@@ -23,6 +21,8 @@ from adaround_lightning.data.sources import (
     evaluation_dataset,
 )
 from adaround_lightning.data.transforms import PreprocessConfig
+from adaround_lightning.models.model_builder import QUICKSTART_ARCH, ModelConfig
+from adaround_lightning.models.model_builder import build_model as library_build_model
 
 __all__ = [
     "ARCHS",
@@ -71,7 +71,8 @@ def build_model(
 ) -> nn.Module:
     """The ``--arch`` network (``num_classes=10``, ``**arch_kwargs``) with a float32 state_dict.
 
-    Built by the library's own model builder (:func:`adaround_lightning.app.models.build_model`),
+    Built by the library's own model builder
+    (:func:`adaround_lightning.models.model_builder.build_model`),
     so both runners calibrate the network the app would.
 
     Args:

@@ -1,7 +1,8 @@
 r"""Our half of the side-by-side benchmark: the same grid as the AIMET runner, with our driver.
 
 For one checkpoint, calibrates once per (weight bits, per-channel, granularity) with
-:func:`~adaround_lightning.calibration.walk.adaround` (real Lightning Trainers) and evaluates FP32,
+:func:`~adaround_lightning.torch_frontend.torch_adaround.adaround` (real Lightning Trainers) and
+evaluates FP32,
 round-to-nearest and AdaRound top-1 on the full Fashion-MNIST test split, weights only (``A32``)
 and with 8-bit activations (``A8``: input quantizers calibrated afterwards on the calibration
 images, min-max, AIMET's order; round-to-nearest gets its own calibration). One JSON line per
@@ -37,11 +38,11 @@ from adaround_lightning.benchmarks.common import (
     fashion_mnist_data,
     parse_bool,
 )
-from adaround_lightning.calibration.api import adaround
-from adaround_lightning.calibration.config import AdaroundConfig
-from adaround_lightning.calibration.trainer import quiet_lightning
+from adaround_lightning.engine.adaround_config import AdaroundConfig
+from adaround_lightning.engine.fit.trainer import quiet_lightning
 from adaround_lightning.quant.activations import calibrate_input_quantizers
-from adaround_lightning.quant.config import QuantConfig
+from adaround_lightning.quant.quant_config import QuantConfig
+from adaround_lightning.torch_frontend.torch_adaround import adaround
 
 __all__ = ["main", "run_grid"]
 
@@ -200,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    logging.getLogger("adaround_lightning.calibration.walk").setLevel(logging.WARNING)
+    logging.getLogger("adaround_lightning.torch_frontend.torch_walk").setLevel(logging.WARNING)
     model = build_model(args.arch, args.checkpoint, args.arch_kwargs)
     calib, test = fashion_mnist_data(args.source, args.root, args.num_samples, args.calib_seed)
     extra = dict(item.split("=", 1) for item in args.set)

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from adaround_lightning.app.models import QUICKSTART_ARCH
 from adaround_lightning.data.assets import ASSETS_DIR
 from adaround_lightning.data.idx import FASHION_MNIST_DEFAULT_ROOT, load_fashion_mnist
+from adaround_lightning.models.model_builder import QUICKSTART_ARCH
 
 logger = logging.getLogger(__name__)
 

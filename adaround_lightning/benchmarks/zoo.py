@@ -104,8 +104,8 @@ def onnx_zoo_row(name: str, out_dir: Path) -> dict[str, Any]:
     """The ONNX path on one model of :data:`ZOO`: coverage, QDQ-vs-simulation gap, grid check."""
     from adaround_lightning import adaround_onnx
     from adaround_lightning.export.onnx import export_float_onnx
-    from adaround_lightning.onnx_model.export import export_onnx_run
-    from adaround_lightning.onnx_model.sampler import ort_session
+    from adaround_lightning.onnx_frontend.onnx_sampler import ort_session
+    from adaround_lightning.onnx_frontend.onnx_writer import export_onnx_run
 
     model, size = _zoo_model(name)
     path = out_dir / "float.onnx"

@@ -6,6 +6,7 @@ Modules: :mod:`.integers` (the integers and their files), :mod:`.encodings` (AIM
 """
 
 from adaround_lightning.export.encodings import aimet_encodings
+from adaround_lightning.export.grid_check import verify_grid
 from adaround_lightning.export.integers import (
     GridCheckError,
     QuantizedLayer,
@@ -26,7 +27,6 @@ from adaround_lightning.export.run_dir import (
     ExportConfig,
     export_run,
 )
-from adaround_lightning.export.verify import verify_grid
 
 __all__ = [
     "ENCODINGS_FILE",

@@ -8,7 +8,7 @@
   the grid check recomputes ``floor(W/s)`` itself;
 * ``model.onnx``: int8 weights behind ``DequantizeLinear`` (:mod:`.onnx`), with ``export.onnx``.
 
-:func:`~adaround_lightning.export.verify.verify_grid` checks that every exported integer equals
+:func:`~adaround_lightning.export.grid_check.verify_grid` checks that every exported integer equals
 ``clamp(floor(W/s) + 1[V >= 0], q_min, q_max)`` for the float ``W`` and the learned ``V``, that
 the float weights of ``quantized_model.pt`` are exactly ``s * q`` and that ONNX and encodings
 carry the same integers, scales, zero points, axes and ranges.
@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from adaround_lightning.calibration.records import AdaroundResult
 from adaround_lightning.core.atomic import atomic_torch_save, atomic_write, atomic_write_text
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.engine.records.results import AdaroundResult
 from adaround_lightning.export.encodings import aimet_encodings
 from adaround_lightning.export.integers import (
     quantized_layers,

@@ -161,7 +161,7 @@ class AdaptiveRoundingLoss(torch.nn.Module):
             original_output: The float target, the same shape.
             channel_dim: The output-channel axis: 1 for convolutions, -1 for a Linear.
             weights: Per-element weights of the squared error, the same shape (BRECQ's
-                Fisher diagonal, :mod:`~adaround_lightning.calibration.fisher`), or None.
+                Fisher diagonal, :mod:`~adaround_lightning.engine.fit.fisher`), or None.
         """
         error = (soft_quantized_output - original_output).pow(2)
         if weights is not None:

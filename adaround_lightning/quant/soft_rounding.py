@@ -119,7 +119,7 @@ def unsettled(V: torch.Tensor) -> torch.Tensor:
 
     The same test, in the same float operations, as the gradient mask of the fused op: an
     element outside it gets no gradient from either loss term, and no later Adam step brings
-    it back (see :class:`~adaround_lightning.calibration.reconstruction.RoundingReconstruction`),
+    it back (see :class:`~adaround_lightning.engine.fit.reconstruction.RoundingReconstruction`),
     so its rounding is settled.
 
     Example:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import run_cli
-from tests.onnx_model.helpers import small_cnn_onnx
+from tests.onnx_frontend.helpers import small_cnn_onnx
 
 FAST = ["adaround.iters=2", "data.eval_size=20", "export.onnx=false", "trainer.accelerator=cpu"]
 

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from adaround_lightning import AdaroundConfig, adaround
-from adaround_lightning.calibration.cache import CalibrationCache
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.engine.cache.activation_cache import CalibrationCache
 from tests.helpers.cli import start_cli
 
 CPU = {"accelerator": "cpu", "devices": 1}

@@ -10,7 +10,7 @@ from torch import nn
 
 from adaround_lightning import AdaroundConfig, adaround
 from adaround_lightning.app.report import write_report
-from adaround_lightning.calibration.progress import CalibrationProgress
+from adaround_lightning.engine.progress import CalibrationProgress
 
 
 def _results(model: nn.Module, images: torch.Tensor) -> dict:

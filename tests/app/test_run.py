@@ -13,12 +13,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from adaround_lightning.app.cli import CONFIG_DIR, recipes
-from adaround_lightning.app.loading import load_quantized
-from adaround_lightning.app.models import ModelConfig, build_model
 from adaround_lightning.app.run import run
 from adaround_lightning.app.settings import run_config_from
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.export import onnx_logits
+from adaround_lightning.models.model_builder import ModelConfig, build_model
+from adaround_lightning.torch_frontend.load_run import load_quantized
 from tests.helpers.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[1]

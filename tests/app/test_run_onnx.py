@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 
 from adaround_lightning.app.cli import CONFIG_DIR
 from adaround_lightning.app.run import run
-from tests.onnx_model.helpers import small_cnn_onnx
+from tests.onnx_frontend.helpers import small_cnn_onnx
 
 FAST = [
     "adaround.iters=8",
@@ -56,8 +56,8 @@ def test_the_output_graph_runs_and_keeps_the_input_names(onnx_run) -> None:
 
 
 def test_load_quantized_points_to_the_onnx_file(onnx_run) -> None:
-    from adaround_lightning.app.loading import load_quantized
     from adaround_lightning.core.errors import UserError
+    from adaround_lightning.torch_frontend.load_run import load_quantized
 
     _, run_dir, _ = onnx_run
     with pytest.raises(UserError, match="a run of the ONNX path"):
@@ -65,7 +65,7 @@ def test_load_quantized_points_to_the_onnx_file(onnx_run) -> None:
 
 
 def test_the_grid_check_command_reads_an_onnx_run(onnx_run) -> None:
-    from adaround_lightning.export.verify import verify_grid
+    from adaround_lightning.export.grid_check import verify_grid
 
     _, run_dir, _ = onnx_run
     assert verify_grid(run_dir)["passed"]  # parity read from results.json this time

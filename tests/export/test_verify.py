@@ -19,7 +19,7 @@ from torch import nn
 
 from adaround_lightning import AdaroundConfig, QuantConfig, adaround
 from adaround_lightning.export import ExportConfig, GridCheckError, export_run, verify_grid
-from adaround_lightning.export.verify import LOGIT_TOLERANCE
+from adaround_lightning.export.grid_check import LOGIT_TOLERANCE
 
 
 @pytest.fixture

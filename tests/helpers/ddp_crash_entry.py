@@ -12,7 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from adaround_lightning.app import cli
-from adaround_lightning.calibration import cache as datamodule
+from adaround_lightning.engine.cache import activation_cache as datamodule
 
 _original = datamodule.CalibrationCache.cache_layer
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaround_lightning.quant.config import QuantConfig
 from adaround_lightning.quant.grids import weight_scale
+from adaround_lightning.quant.quant_config import QuantConfig
 
 
 def _error(w: torch.Tensor, s: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:

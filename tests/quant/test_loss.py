@@ -119,7 +119,7 @@ def test_the_paper_convention_sums_over_a_linears_last_axis_on_token_outputs() -
 def test_fits_reconstruct_over_the_channels_of_what_they_fit() -> None:
     from torch import nn
 
-    from adaround_lightning.calibration.reconstruction import (
+    from adaround_lightning.engine.fit.reconstruction import (
         BlockReconstruction,
         LayerReconstruction,
     )

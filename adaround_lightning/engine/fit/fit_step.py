@@ -1,0 +1,204 @@
+"""The fit step: learn the rounding of one layer, or of one block jointly, in a fresh Trainer.
+
+Pure in the sense of AutoRound's ``quantize_block``: it reads the cached inputs and targets of
+the :class:`~adaround_lightning.engine.cache.activation_cache.CalibrationCache`, trains the given
+quantizers'
+``V`` and, when the fit ends, writes the hard-rounded weights ``s * q`` into the given layer or
+block. It walks nothing, caches nothing and writes no files.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import Logger
+from torch import nn
+
+from adaround_lightning.engine.adaround_config import AdaroundConfig
+from adaround_lightning.engine.cache.activation_cache import CalibrationCache
+from adaround_lightning.engine.cache.pairs import LayerPairs
+from adaround_lightning.engine.fit.reconstruction import (
+    BlockReconstruction,
+    LayerReconstruction,
+    RoundingReconstruction,
+)
+from adaround_lightning.engine.fit.trainer import (
+    inner_trainer,
+    inner_trainer_kwargs,
+    quiet_lightning,
+)
+from adaround_lightning.engine.progress import CalibrationProgress
+from adaround_lightning.quant.loss import AdaptiveRoundingLoss
+from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
+
+__all__ = ["CURVE_POINTS", "FitOutcome", "FitSettings", "fit_block", "fit_layer"]
+
+log = logging.getLogger(__name__)
+
+#: Points kept of each fit's loss curve in the report.
+CURVE_POINTS = 200
+
+
+@dataclass(frozen=True)
+class FitOutcome:
+    """What one fit did.
+
+    Attributes:
+        steps: The steps the fit was planned for (its loss schedule's length).
+        steps_run: The optimizer steps it took: fewer than ``steps`` when every ``h(V)`` was
+            binary before the end (``adaround.stop_when_binary``).
+        curve: ``[step, reconstruction, regularization]`` rows, at most :data:`CURVE_POINTS`.
+    """
+
+    steps: int
+    steps_run: int
+    curve: list[list[float]] = field(default_factory=list)
+
+    @property
+    def stopped_early(self) -> bool:
+        """The fit ended before its last planned step."""
+        return self.steps_run < self.steps
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """What every fit of a calibration shares.
+
+    Attributes:
+        config: The optimisation settings (loss schedule, learning rate, steps per batch).
+        trainer_kwargs: Keyword arguments of each fit's Lightning ``Trainer``.
+        loggers: Lightning loggers shared by all fits (None: no logging).
+        device: Where the fitted module goes back after Lightning's teardown.
+    """
+
+    config: AdaroundConfig
+    trainer_kwargs: dict[str, Any]
+    loggers: list[Logger] | None
+    device: torch.device
+
+    def loss(self, steps: int) -> AdaptiveRoundingLoss:
+        """The AdaRound loss of a fit of ``steps`` steps (eq. 25 with the schedule of eq. 24)."""
+        config = self.config
+        return AdaptiveRoundingLoss(
+            max_iter=steps,
+            warm_start=config.warm_start,
+            beta_range=config.beta_range,
+            reg_param=config.reg_param,
+            reconstruction=config.reconstruction,
+        )
+
+
+def _run(
+    module: RoundingReconstruction,
+    cache: CalibrationCache | LayerPairs,
+    steps: int,
+    settings: FitSettings,
+    bar: CalibrationProgress,
+) -> FitOutcome:
+    # A fresh Trainer per fit: a reused one keeps global_step and the next fit does nothing.
+    bar.start_layer(module.name, steps)
+    cache.num_steps = steps
+    with quiet_lightning():
+        # DDP without per-step buffer broadcasts: a fresh strategy object per Trainer.
+        kwargs = inner_trainer_kwargs(settings.trainer_kwargs)
+        trainer = inner_trainer(kwargs, steps, settings.loggers, [bar])
+        trainer.fit(module, datamodule=cache)
+    # Lightning's teardown may move the fitted module to the CPU: put it back.
+    module.to(settings.device).eval()
+    outcome = FitOutcome(steps, module.steps_run, module.loss_curve(CURVE_POINTS))
+    if outcome.stopped_early:
+        log.info(
+            "%s: every h(V) binary after %d of %d steps; the rest skipped (they cannot change "
+            "a rounding)",
+            module.name,
+            outcome.steps_run,
+            steps,
+        )
+    return outcome
+
+
+def fit_layer(
+    layer: nn.Module,
+    quantizer: AdaroundFakeQuantizer,
+    activation: nn.Module | None,
+    input_quantizer: nn.Module | None,
+    cache: CalibrationCache | LayerPairs,
+    settings: FitSettings,
+    name: str,
+    bar: CalibrationProgress,
+) -> FitOutcome:
+    """Learn ``quantizer``'s ``V`` on the cached ``(x~, f_a(W x))`` of one layer (eq. 25).
+
+    Returns:
+        The steps taken and the loss curve.
+
+    Example:
+        >>> from adaround_lightning.quant.factory import quantizer_for_weight
+        >>> layer = nn.Linear(4, 3).requires_grad_(False)
+        >>> cache = CalibrationCache(torch.randn(16, 4), batch_size=8, num_steps=4)
+        >>> cache.cache_block(layer, layer, layer, layer)
+        >>> cache.cache_layer(layer, layer, layer, layer, activation=None, layer_index=0)
+        >>> fq = quantizer_for_weight(layer.weight, 4, True, "minmax")
+        >>> cpu = FitSettings(AdaroundConfig(iters=4, batch_size=8, steps_per_batch=1),
+        ...                   {"accelerator": "cpu", "devices": 1}, None, torch.device("cpu"))
+        >>> with CalibrationProgress(1, 0, False) as bar:
+        ...     outcome = fit_layer(layer, fq, None, None, cache, cpu, "fc", bar)
+        >>> layer.weight.equal(fq.hard_weight()), outcome.steps_run <= 4
+        (True, True)
+    """
+    config = settings.config
+    module = LayerReconstruction(
+        layer,
+        quantizer,
+        settings.loss(config.iters),
+        activation,
+        config.lr_for(config.iters),
+        name=name,
+        steps_per_batch=config.steps_per_batch,
+        input_quantizer=input_quantizer,
+        stop_when_binary=config.stop_when_binary,
+        scale_lr=config.scale_lr if config.learn_scale else None,
+        skip_settled=config.skip_settled,
+    )
+    return _run(module, cache, config.iters, settings, bar)
+
+
+def fit_block(
+    block: nn.Module,
+    quantizers: dict[str, AdaroundFakeQuantizer],
+    steps: int,
+    cache: CalibrationCache,
+    settings: FitSettings,
+    name: str,
+    bar: CalibrationProgress,
+) -> FitOutcome:
+    """Learn every ``V`` of a block together on the cached ``(x~, B(x))`` (the block output).
+
+    Args:
+        block: The block of the quantized network.
+        quantizers: Per layer name relative to the block, its initialised quantizer.
+        steps: Optimisation steps of this fit.
+        cache: Holds the block's quantized-network input and float output.
+        settings: Shared fit settings.
+        name: The block's name (prefix of the logged metrics).
+        bar: Progress display.
+
+    Returns:
+        The steps taken and the loss curve.
+    """
+    config = settings.config
+    module = BlockReconstruction(
+        block,
+        quantizers,
+        settings.loss(steps),
+        config.lr_for(steps),
+        name=name,
+        steps_per_batch=config.steps_per_batch,
+        stop_when_binary=config.stop_when_binary,
+        scale_lr=config.scale_lr if config.learn_scale else None,
+        skip_settled=config.skip_settled,
+    )
+    return _run(module, cache, steps, settings, bar)

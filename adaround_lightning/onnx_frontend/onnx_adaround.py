@@ -1,0 +1,435 @@
+"""AdaRound on an ONNX model: :func:`adaround_onnx`, the orchestrator of the ONNX path.
+
+As aimet-onnx does it, layer by layer in graph order (paper eq. 25, asymmetric reconstruction):
+
+1. onnxruntime runs the *partly quantized* graph (the layers before rounded, their biases
+   corrected) for the layer's input ``x~``, and the *float* graph for its output ``W x`` (one
+   session, other feeds: :class:`~.sampler.OnnxSampler`);
+2. the layer's PyTorch form (:mod:`~.torch_form`) is checked against onnxruntime on float
+   inputs, then the project's own quantizer, loss and Lightning fit learn its ``V``
+   (:func:`~adaround_lightning.engine.fit.fit_step.fit_layer`, a fresh Trainer per layer);
+3. bias correction, the layer report and a progress checkpoint, as in the PyTorch path.
+
+Block reconstruction needs the graph between layers in PyTorch: this path fits layer-wise and
+says so. With ``quant.act_bits``, input grids are calibrated afterwards on the quantized graph
+(AIMET's order). A layer whose PyTorch form does not reproduce onnxruntime stays in float and
+is listed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.loggers import Logger
+
+from adaround_lightning.core.distributed import ProcessContext
+from adaround_lightning.core.errors import UserError
+from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
+from adaround_lightning.engine.cache.pairs import LayerPairs
+from adaround_lightning.engine.fit.fit_step import FitSettings, fit_layer
+from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
+from adaround_lightning.engine.progress import CalibrationProgress
+from adaround_lightning.engine.records.checkpoint import (
+    LayerCheckpoint,
+    load_progress,
+    save_layer_progress,
+)
+from adaround_lightning.engine.records.layer_report import layer_report, output_mse
+from adaround_lightning.engine.records.results import LayerReport
+from adaround_lightning.graph.bias_correction import BiasCorrection
+from adaround_lightning.onnx_frontend.onnx_graph import OnnxGraph, OnnxLayer
+from adaround_lightning.onnx_frontend.onnx_loading import load_onnx
+from adaround_lightning.onnx_frontend.onnx_sampler import OnnxSampler
+from adaround_lightning.onnx_frontend.torch_form import TorchForm, activation_module, torch_form
+from adaround_lightning.quant.activations import ActivationQuantizer
+from adaround_lightning.quant.factory import quantizer_for_weight
+from adaround_lightning.quant.quant_config import QuantConfig
+from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
+
+__all__ = ["FORM_TOLERANCE", "OnnxAdaroundResult", "adaround_onnx"]
+
+log = logging.getLogger(__name__)
+
+#: A layer's PyTorch form may differ from onnxruntime by this fraction of the largest output
+#: magnitude (float32 kernels that add in another order); more means the form is wrong.
+FORM_TOLERANCE = 1e-4
+
+#: Samples on which each layer's PyTorch form is checked against onnxruntime.
+_FORM_CHECK_SAMPLES = 32
+
+
+@dataclass
+class OnnxAdaroundResult:
+    """What :func:`adaround_onnx` produced.
+
+    Attributes:
+        graph: The float graph and its layers.
+        sampler: The onnxruntime session, for evaluation with any weights.
+        float_values: The float weights and biases (ONNX layouts), per initializer name.
+        values: The same after calibration: ``s * q`` weights, corrected biases.
+        quantizers: Per layer name, its finished quantizer (PyTorch layout).
+        forms: Per quantized layer name, its PyTorch form (the transpose flags for export).
+        layers: Per-layer reports, in calibration order.
+        left_in_float: Per layer left in float, why.
+        act_quantizers: Per layer name, its input grid (with ``quant.act_bits``).
+        seconds: Wall time of the calibration.
+    """
+
+    graph: OnnxGraph
+    sampler: OnnxSampler
+    float_values: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]
+    quantizers: dict[str, AdaroundFakeQuantizer] = field(default_factory=dict)
+    forms: dict[str, TorchForm] = field(default_factory=dict)
+    layers: list[LayerReport] = field(default_factory=list)
+    left_in_float: dict[str, str] = field(default_factory=dict)
+    act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def layer(self, name: str) -> OnnxLayer:
+        """The ONNX layer called ``name``."""
+        return next(layer for layer in self.graph.layers if layer.name == name)
+
+    def nearest_values(self) -> dict[str, np.ndarray]:
+        """Float weights with each quantized one rounded to nearest on its grid (no correction)."""
+        values = dict(self.float_values)
+        for name, quantizer in self.quantizers.items():
+            nearest = quantizer.nearest_weight()
+            values[self.layer(name).weight] = self.forms[name].onnx_weight(nearest)
+        return values
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """The read-only context of one ONNX calibration."""
+
+    quant: QuantConfig
+    config: AdaroundConfig
+    process: ProcessContext
+    images: np.ndarray
+    fit: FitSettings
+    checkpoint: Path | None
+    checkpoint_tag: str
+
+
+def _check_settings(config: AdaroundConfig, quant: QuantConfig, process: ProcessContext) -> None:
+    if process.world_size > 1:
+        raise UserError("the ONNX path runs in one process: set trainer.devices=1")
+    if quant.act_bits is not None and config.act_in_loop:
+        raise UserError(
+            "adaround.act_in_loop needs the graph in PyTorch; with model.onnx the input grids "
+            "are calibrated after the weights: set adaround.act_in_loop=false"
+        )
+    if config.fisher:
+        raise UserError(
+            "adaround.fisher weighs block fits, and model.onnx is fitted layer by layer: "
+            "set adaround.fisher=false"
+        )
+    if config.granularity == Granularity.BLOCK:
+        log.warning(
+            "model.onnx: every layer is fitted on its own (layer-wise): block reconstruction "
+            "needs the graph between layers in PyTorch (adaround.granularity=layer hides this)"
+        )
+
+
+def _variables(graph: OnnxGraph) -> dict[str, np.ndarray]:
+    """The weights and biases of every layer, float, in ONNX layout."""
+    names = [layer.weight for layer in graph.layers]
+    names += [layer.bias for layer in graph.layers if layer.bias is not None]
+    return {name: graph.initializers[name] for name in names}
+
+
+def _selected(graph: OnnxGraph, quant: QuantConfig) -> tuple[list[OnnxLayer], dict[str, int]]:
+    """The layers to quantize and their bits (``quant.exclude``, ``layer_bits``, first/last)."""
+    kept = [layer for layer in graph.layers if not quant.is_excluded(layer.name)]
+    for layer in graph.layers:
+        if quant.is_excluded(layer.name):
+            graph.left_in_float[layer.name] = "excluded by quant.exclude"
+    if not kept:
+        raise UserError(
+            f"no layer is left to quantize: all {len(graph.layers)} are excluded by "
+            "quant.exclude (patterns match the graph's node names)"
+        )
+    bits = {
+        layer.name: quant.bits_for(layer.name, index == 0, index == len(kept) - 1)
+        for index, layer in enumerate(kept)
+    }
+    return kept, bits
+
+
+def _form_error(form: TorchForm, x: np.ndarray, y: np.ndarray) -> float:
+    """The largest gap of the PyTorch form to onnxruntime's output ``y`` on ``x``, relative."""
+    with torch.no_grad():
+        out = form.module(form.prepare(torch.from_numpy(x))).numpy()
+    if out.shape != y.shape:
+        return float("inf")
+    return float(np.abs(out - y).max() / max(1.0, float(np.abs(y).max())))
+
+
+def _layer_data(
+    layer: OnnxLayer,
+    form: TorchForm,
+    result: OnnxAdaroundResult,
+    walk: _Walk,
+    sampler: OnnxSampler,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x~`` from the partly quantized graph, ``W x`` from the float graph (prepared, device)."""
+    device = walk.process.device
+    (x_tilde,) = sampler.run(walk.images, [layer.input], result.values)
+    (float_output,) = sampler.run(walk.images, [layer.output], result.float_values)
+    inputs = form.prepare(torch.from_numpy(x_tilde)).to(device)
+    return inputs, torch.from_numpy(float_output).to(device)
+
+
+def _correct_bias(
+    form: TorchForm, inputs: torch.Tensor, float_output: torch.Tensor, walk: _Walk
+) -> None:
+    """Move the mean output error of the rounded layer into its bias (chunked)."""
+    correction = BiasCorrection(form.module, walk.process)
+    chunk = walk.config.forward_batch_size
+    with torch.no_grad():
+        for start in range(0, len(inputs), chunk):
+            stop = start + chunk
+            correction.add(float_output[start:stop], form.module(inputs[start:stop]))
+    correction.apply()
+
+
+def _fit(
+    layer: OnnxLayer,
+    form: TorchForm,
+    bits: int,
+    result: OnnxAdaroundResult,
+    walk: _Walk,
+    sampler: OnnxSampler,
+    bar: CalibrationProgress,
+) -> tuple[AdaroundFakeQuantizer, LayerReport]:
+    """Learn one layer's rounding; returns its quantizer and report."""
+    start, config, quant = time.perf_counter(), walk.config, walk.quant
+    inputs, float_output = _layer_data(layer, form, result, walk, sampler)
+    module = form.module.to(walk.process.device)
+    activation = activation_module(layer.activation, layer.activation_attributes)
+    activation = activation if config.include_activation else None
+    targets = activation(float_output) if activation is not None else float_output
+    quantizer = quantizer_for_weight(module.weight, bits, quant.per_channel, quant.scale_method)
+    index = len(result.layers)
+    pairs = LayerPairs(
+        inputs,
+        targets,
+        config.batch_size,
+        config.iters,
+        config.seed + index,
+        config.steps_per_batch,
+    )
+    outcome = fit_layer(module, quantizer, activation, None, pairs, walk.fit, layer.name, bar)
+    if config.bias_correction and getattr(module, "bias", None) is not None:
+        _correct_bias(form, inputs, float_output, walk)
+    weights = {
+        "nearest": quantizer.nearest_weight(),
+        "adaround": module.weight,
+    }
+    mse = output_mse(
+        module, weights, activation, inputs, targets, config.forward_batch_size, walk.process
+    )
+    seconds = time.perf_counter() - start
+    activation_name = layer.activation if activation is not None else None
+    report = layer_report(
+        layer.name, module, quantizer, mse, activation_name, seconds, outcome.steps, outcome.curve
+    )
+    report.steps_run = outcome.steps_run
+    return quantizer, report
+
+
+def _record(
+    layer: OnnxLayer,
+    form: TorchForm,
+    quantizer: AdaroundFakeQuantizer,
+    report: LayerReport,
+    result: OnnxAdaroundResult,
+) -> None:
+    """Keep a finished layer: its ``s * q`` and bias in the graph's values, its quantizer."""
+    result.values[layer.weight] = form.onnx_weight(quantizer.hard_weight())
+    bias = form.onnx_bias()
+    if layer.bias is not None and bias is not None:
+        result.values[layer.bias] = bias
+    result.quantizers[layer.name] = quantizer
+    result.forms[layer.name] = form
+    result.layers.append(report)
+
+
+def _save(
+    layer: OnnxLayer,
+    form: TorchForm,
+    quantizer: AdaroundFakeQuantizer,
+    report: LayerReport,
+    walk: _Walk,
+    order: list[str],
+) -> None:
+    if walk.checkpoint is None:
+        return
+    bias = getattr(form.module, "bias", None)
+    entry = LayerCheckpoint(
+        state={k: v.detach().cpu() for k, v in quantizer.state_dict().items()},
+        bits=quantizer.bits,
+        per_channel=walk.quant.per_channel,
+        report=report,
+        floor_scale=None if quantizer.floor_scale is None else quantizer.floor_scale.cpu(),
+        bias=None if bias is None else bias.detach().cpu(),
+    )
+    save_layer_progress(walk.checkpoint, walk.checkpoint_tag, order, layer.name, entry)
+
+
+def _restore(
+    layer: OnnxLayer, form: TorchForm, entry: LayerCheckpoint, result: OnnxAdaroundResult
+) -> None:
+    """A layer a checkpoint finished: its quantizer, ``s * q`` and corrected bias back."""
+    quantizer = entry.quantizer(torch.device("cpu"))
+    with torch.no_grad():
+        form.module.weight.copy_(quantizer.hard_weight())
+        if entry.bias is not None:
+            form.module.bias.copy_(entry.bias)
+    _record(layer, form, quantizer, entry.report, result)
+
+
+def _calibrate_layer(
+    layer: OnnxLayer,
+    bits: int,
+    result: OnnxAdaroundResult,
+    walk: _Walk,
+    finished: dict[str, LayerCheckpoint],
+    bar: CalibrationProgress,
+) -> None:
+    """Restore, or check and fit, one layer; log and checkpoint it."""
+    sampler = result.sampler.up_to([layer.input, layer.output])  # the nodes up to the layer
+    # One float run of a few samples gives the input's shape and checks the PyTorch form.
+    float_check = sampler.run(
+        walk.images[:_FORM_CHECK_SAMPLES], [layer.input, layer.output], result.float_values
+    )
+    form = torch_form(layer, result.graph.initializers, list(float_check[0].shape))
+    if layer.name in finished:
+        _restore(layer, form, finished[layer.name], result)
+        return
+    error = _form_error(form, *float_check)
+    if not error <= FORM_TOLERANCE:
+        result.left_in_float[layer.name] = (
+            f"its PyTorch form differs from onnxruntime by {error:.3g} of the output range"
+        )
+        log.warning("%s (%s) left in float: %s", layer.name, layer.op_type, error)
+        return
+    quantizer, report = _fit(layer, form, bits, result, walk, sampler, bar)
+    form.module.cpu()
+    quantizer = quantizer.cpu()
+    _record(layer, form, quantizer, report, result)
+    _save(layer, form, quantizer, report, walk, [r.name for r in result.layers])
+    log.info(
+        "[%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
+        len(result.layers),
+        layer.name,
+        layer.op_type,
+        report.bits,
+        report.mse_nearest,
+        report.mse_adaround,
+        100 * report.flipped_fraction,
+        report.seconds,
+    )
+    bar.finish_layer()
+
+
+def calibrate_inputs(result: OnnxAdaroundResult, images: np.ndarray, quant: QuantConfig) -> None:
+    """Input grids of every quantized layer, observed on the quantized graph (AIMET's order)."""
+    assert quant.act_bits is not None
+    names = list(result.quantizers)
+    inputs = [result.layer(name).input for name in names]
+    grids = {name: ActivationQuantizer(quant.act_bits) for name in names}
+    for chunk in result.sampler.chunks(images, inputs, result.values):
+        for name, values in zip(names, chunk, strict=True):
+            grids[name].observe(torch.from_numpy(values))
+    for name, grid in grids.items():
+        try:
+            grid.calibrate(quant.act_observer)
+        except ValueError as error:
+            raise UserError(f"activation calibration of {name!r}: {error}") from None
+    result.act_quantizers = grids
+
+
+def adaround_onnx(
+    model: Any,
+    images: torch.Tensor | np.ndarray,
+    quant: QuantConfig | None = None,
+    config: AdaroundConfig | None = None,
+    trainer: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_tag: str = "",
+    loggers: list[Logger] | None = None,
+    progress: bool | None = None,
+) -> OnnxAdaroundResult:
+    """Quantize the Conv/Gemm/MatMul weights of a float ONNX model with AdaRound, layer-wise.
+
+    Args:
+        model: A path to an ``.onnx`` file or an ``onnx.ModelProto`` (left unchanged).
+        images: Unlabelled calibration inputs ``(N, ...)`` as the model reads them.
+        quant: Bits and layer selection (names are the graph's node names).
+        config: AdaRound's optimisation settings (``granularity`` is layer-wise here).
+        trainer: Keyword arguments of each layer's Lightning ``Trainer``.
+        checkpoint: A folder for per-layer progress; a run with one resumes after its layers.
+        checkpoint_tag: A fingerprint of the settings; a checkpoint with another is refused.
+        loggers: Lightning loggers shared by every fit.
+        progress: Show progress bars (None: on an interactive terminal outside CI).
+
+    Returns:
+        The calibrated values, quantizers and reports; write them with
+        :func:`~adaround_lightning.onnx_frontend.onnx_writer.write_quantized_onnx`.
+
+    Example:
+        >>> from onnx import TensorProto, helper, numpy_helper
+        >>> w = numpy_helper.from_array(np.random.randn(3, 4).astype(np.float32), "w")
+        >>> graph = helper.make_graph(
+        ...     [helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", transB=1)], "g",
+        ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [w])
+        >>> onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        >>> result = adaround_onnx(onnx_model, torch.randn(32, 4), QuantConfig(weight_bits=4),
+        ...     AdaroundConfig(iters=8, batch_size=16, granularity="layer"), {"accelerator": "cpu"})
+        >>> [report.name for report in result.layers]
+        ['fc']
+    """
+    start = time.perf_counter()
+    quant, config = quant or QuantConfig(), config or AdaroundConfig()
+    trainer_kwargs = trainer_kwargs_with_defaults(trainer)
+    process = process_context(trainer_kwargs)
+    _check_settings(config, quant, process)
+    graph = load_onnx(model)
+    array = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    array = np.ascontiguousarray(array[: config.num_samples], dtype=np.float32)
+    sampler = OnnxSampler(graph, list(_variables(graph)), config.forward_batch_size)
+    result = OnnxAdaroundResult(graph, sampler, _variables(graph), _variables(graph))
+    result.left_in_float.update(graph.left_in_float)
+    walk = _Walk(
+        quant,
+        config,
+        process,
+        array,
+        FitSettings(config, trainer_kwargs, loggers, process.device),
+        checkpoint,
+        checkpoint_tag,
+    )
+    layers, bits = _selected(graph, quant)
+    result.left_in_float.update(graph.left_in_float)
+    finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
+    if finished:
+        log.info("resuming after %d finished layers", len(finished))
+    with CalibrationProgress(len(layers), len(finished), progress) as bar:
+        for layer in layers:
+            _calibrate_layer(layer, bits[layer.name], result, walk, finished, bar)
+    if quant.act_bits is not None:
+        calibrate_inputs(result, array, quant)
+    if result.left_in_float:
+        reasons = "; ".join(f"{name} ({why})" for name, why in result.left_in_float.items())
+        log.warning("%d weighted nodes left in float: %s", len(result.left_in_float), reasons)
+    result.seconds = time.perf_counter() - start
+    return result

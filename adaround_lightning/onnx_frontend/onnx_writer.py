@@ -1,0 +1,198 @@
+"""Write an ONNX calibration back into the user's graph, and the run dir's other files.
+
+The quantized graph is the input graph with, per quantized layer, its float weight initializer
+replaced by an int8 one behind a ``DequantizeLinear`` whose output keeps the weight's name (so
+every node and tensor name of the input stays), its bias initializer holding the corrected bias,
+and with ``quant.act_bits`` a ``[Clip ->] QuantizeLinear -> DequantizeLinear`` on its input.
+Encodings are AIMET-ONNX's: keyed by tensor names (weights by initializer, inputs by the tensor
+the layer reads). ``onnx_layers.json`` maps each layer to its tensors for the grid check.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from adaround_lightning.core.atomic import atomic_torch_save, atomic_write, atomic_write_text
+from adaround_lightning.export.encodings import aimet_encodings
+from adaround_lightning.export.integers import (
+    QuantizedLayer,
+    quantized_layers,
+    quantizer_states,
+    save_quantized_weights,
+)
+from adaround_lightning.export.onnx import weight_dequantize
+from adaround_lightning.export.run_dir import (
+    ENCODINGS_FILE,
+    FLOAT_WEIGHTS_FILE,
+    ONNX_FILE,
+    ONNX_LAYERS_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+)
+from adaround_lightning.onnx_frontend.onnx_adaround import OnnxAdaroundResult
+from adaround_lightning.quant.activations import ActivationQuantizer
+
+__all__ = ["LAYERS_FILE", "export_onnx_run", "onnx_encodings", "write_quantized_onnx"]
+
+#: Per layer name: its op, weight, bias and input tensor names in the input graph.
+LAYERS_FILE = ONNX_LAYERS_FILE
+
+
+def _input_qdq(name: str, source: str, quantizer: ActivationQuantizer) -> tuple[list, list, str]:
+    """Initializers and nodes of ``[Clip ->] Q -> DQ`` on ``source``; returns its output name."""
+    from onnx import helper, numpy_helper
+
+    scale, zero = float(quantizer.scale), int(quantizer.zero_point)
+    base = f"{name}.input"
+    initializers = [
+        numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"),
+        numpy_helper.from_array(np.array(zero, np.uint8), f"{base}_zero_point"),
+    ]
+    nodes, current = [], source
+    if quantizer.bits < 8:  # the b-bit range inside uint8's, as the PyTorch export does
+        low, high = (0 - zero) * scale, (quantizer.quant_max - zero) * scale
+        initializers += [
+            numpy_helper.from_array(np.array(low, np.float32), f"{base}_clip_min"),
+            numpy_helper.from_array(np.array(high, np.float32), f"{base}_clip_max"),
+        ]
+        nodes.append(
+            helper.make_node(
+                "Clip",
+                [current, f"{base}_clip_min", f"{base}_clip_max"],
+                [f"{base}_clipped"],
+                name=f"{base}_clip",
+            )
+        )
+        current = f"{base}_clipped"
+    grid = [f"{base}_scale", f"{base}_zero_point"]
+    quantized, dequantized = f"{base}_quantized", f"{base}_dequantized"
+    for op, source, target, step in (
+        ("QuantizeLinear", current, quantized, "quantize"),
+        ("DequantizeLinear", quantized, dequantized, "dequantize"),
+    ):
+        nodes.append(helper.make_node(op, [source, *grid], [target], name=f"{base}_{step}"))
+    return initializers, nodes, dequantized
+
+
+def _replace_initializers(graph: Any, replaced: dict[str, Any], removed: set[str]) -> None:
+    kept = [init for init in graph.initializer if init.name not in removed | set(replaced)]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + list(replaced.values()))
+
+
+def write_quantized_onnx(result: OnnxAdaroundResult, path: Path) -> None:
+    """The input graph with int8 weights behind ``DequantizeLinear`` (and input QDQ), checked.
+
+    Example:
+        >>> # see adaround_onnx's example; then
+        >>> # write_quantized_onnx(result, Path("model.onnx"))
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = copy.deepcopy(result.graph.model)
+    graph = model.graph
+    replaced, removed, weight_nodes = {}, set(), []
+    for quantized in quantized_layers(result.quantizers):
+        layer = result.layer(quantized.name)
+        transposed = result.forms[quantized.name].transposed
+        initializers, node = weight_dequantize(quantized, transposed, layer.weight)
+        removed.add(layer.weight)
+        replaced.update({init.name: init for init in initializers})
+        weight_nodes.append(node)
+        if layer.bias is not None:
+            bias = result.values[layer.bias].astype(np.float32)
+            replaced[layer.bias] = numpy_helper.from_array(bias, layer.bias)
+    nodes = list(weight_nodes)
+    for index, node in enumerate(graph.node):
+        for name, quantizer in result.act_quantizers.items():
+            layer = result.layer(name)
+            if layer.node_index == index:
+                initializers, qdq, output = _input_qdq(name, layer.input, quantizer)
+                replaced.update({init.name: init for init in initializers})
+                nodes += qdq
+                node.input[0] = output
+        nodes.append(node)
+    _replace_initializers(graph, replaced, removed)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def onnx_encodings(result: OnnxAdaroundResult, layers: list[QuantizedLayer]) -> dict[str, Any]:
+    """AIMET-ONNX encodings: weights keyed by initializer name, inputs by tensor name.
+
+    Example:
+        >>> # onnx_encodings(result, quantized_layers(result.quantizers))["param_encodings"]
+    """
+    keyed = aimet_encodings(layers, result.act_quantizers)
+    params = {
+        result.layer(name[: -len(".weight")]).weight: entries
+        for name, entries in keyed["param_encodings"].items()
+    }
+    activations = {
+        result.layer(name).input: [entry["input"]["0"]]
+        for name, entry in keyed["activation_encodings"].items()
+    }
+    return {**keyed, "activation_encodings": activations, "param_encodings": params}
+
+
+def _layer_map(result: OnnxAdaroundResult) -> dict[str, dict[str, Any]]:
+    return {
+        name: {
+            "op_type": result.layer(name).op_type,
+            "weight": result.layer(name).weight,
+            "bias": result.layer(name).bias,
+            "input": result.layer(name).input,
+            "transposed": result.forms[name].transposed,
+        }
+        for name in result.quantizers
+    }
+
+
+def _save_float_weights(result: OnnxAdaroundResult, path: str) -> None:
+    from safetensors.torch import save_file
+
+    weights = {}
+    for name, form in result.forms.items():
+        array = result.float_values[result.layer(name).weight]
+        weights[f"{name}.weight"] = torch.tensor(
+            np.ascontiguousarray(array.T if form.transposed else array)
+        )
+    save_file(weights, path)
+
+
+def export_onnx_run(result: OnnxAdaroundResult, out_dir: Path) -> dict[str, Any]:
+    """Write the quantized graph and the integer files of an ONNX calibration (atomically).
+
+    Returns:
+        ``{"outputs": {kind: file name}}`` for ``results.json``.
+    """
+    layers = quantized_layers(result.quantizers)
+    atomic_write(out_dir / ONNX_FILE, lambda tmp: write_quantized_onnx(result, Path(tmp)))
+    atomic_write(
+        out_dir / WEIGHTS_FILE,
+        lambda tmp: save_quantized_weights(Path(tmp), layers, result.act_quantizers),
+    )
+    encodings = onnx_encodings(result, layers)
+    atomic_write_text(out_dir / ENCODINGS_FILE, json.dumps(encodings, indent=1))
+    atomic_torch_save(out_dir / STATE_FILE, quantizer_states(result.quantizers))
+    atomic_write(out_dir / FLOAT_WEIGHTS_FILE, lambda tmp: _save_float_weights(result, tmp))
+    atomic_write_text(out_dir / LAYERS_FILE, json.dumps(_layer_map(result), indent=1))
+    outputs = {
+        "config": "config.yaml",
+        "onnx": ONNX_FILE,
+        "quantized_weights": WEIGHTS_FILE,
+        "encodings": ENCODINGS_FILE,
+        "adaround_state": STATE_FILE,
+        "float_weights": FLOAT_WEIGHTS_FILE,
+        "onnx_layers": LAYERS_FILE,
+    }
+    return {"outputs": outputs}

@@ -1,0 +1,55 @@
+"""Load a finished run dir back as a network: :func:`load_quantized`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from adaround_lightning.core.errors import UserError
+from adaround_lightning.export.integers import load_input_quantizers, load_quantized_weights
+from adaround_lightning.export.run_dir import MODEL_FILE, ONNX_FILE, ONNX_LAYERS_FILE, WEIGHTS_FILE
+from adaround_lightning.graph.bn_fold import fold_batch_norms
+from adaround_lightning.models.model_builder import ModelConfig, build_model
+from adaround_lightning.quant.activations import attach_input_quantizers
+from adaround_lightning.torch_frontend.networks import expose_functional_weights
+
+__all__ = ["load_quantized"]
+
+
+def load_quantized(run_dir: Path) -> nn.Module:
+    """Rebuild the calibrated network of a run from its files.
+
+    Builds the architecture from ``config.yaml``, exposes its functional weights as the
+    calibration did (``nn.MultiheadAttention`` with separate projections), folds BatchNorm (the
+    saved network is BN-folded), loads ``quantized_model.pt`` and writes ``s * q`` from
+    ``quantized_weights.safetensors`` into the quantized layers.
+
+    Example:
+        >>> model = load_quantized(Path("outputs/quickstart/2026-01-01_00-00-00"))  # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / ONNX_LAYERS_FILE).is_file():
+        raise UserError(
+            f"{run_dir} is a run of the ONNX path (model.onnx): its quantized model is "
+            f"{run_dir / ONNX_FILE}; load it with onnxruntime"
+        )
+    config = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+    assert isinstance(config, dict)
+    results = json.loads((run_dir / "results.json").read_text())
+    model_cfg = dict(config["model"])
+    model_cfg.update(weights=None, checkpoint=None)
+    model = build_model(ModelConfig(**model_cfg))
+    example = torch.zeros(2, *results["input_shape"])
+    expose_functional_weights(model, example)
+    fold_batch_norms(model, example)
+    state = torch.load(run_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        for layer in load_quantized_weights(run_dir / WEIGHTS_FILE):
+            model.get_submodule(layer.name).weight.copy_(layer.dequantized())
+    attach_input_quantizers(model, load_input_quantizers(run_dir / WEIGHTS_FILE))
+    return model.eval()

@@ -1,0 +1,250 @@
+"""The public verb: :func:`adaround` quantizes a network's weights, block by block.
+
+It builds the walk's read-only context (:func:`prepare_walk`: this process's calibration
+shard, the float and quantized networks, the plan, the restored checkpoint) and runs the
+orchestrator, :class:`~adaround_lightning.torch_frontend.torch_walk.CalibrationWalk`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import Logger
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from adaround_lightning.core.host_memory import keep_freed_host_memory
+from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
+from adaround_lightning.engine.cache.inputs import calibration_tensor, shard_for_process
+from adaround_lightning.engine.cache.storage import FORWARD_SHARE, CacheAllocator
+from adaround_lightning.engine.cache.stream import plan_stream
+from adaround_lightning.engine.fit.fit_step import FitSettings
+from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
+from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, load_progress
+from adaround_lightning.engine.records.coverage import WeightCoverage, weight_coverage
+from adaround_lightning.engine.records.results import AdaroundResult, CacheReport
+from adaround_lightning.quant.quant_config import QuantConfig
+from adaround_lightning.torch_frontend.networks import float_and_quantized
+from adaround_lightning.torch_frontend.plan import CalibrationPlan, plan_calibration
+from adaround_lightning.torch_frontend.torch_walk import CalibrationWalk, WalkContext
+
+__all__ = ["adaround", "prepare_walk"]
+
+log = logging.getLogger(__name__)
+
+#: The disk tier's folder, beside the checkpoints (in the app: inside the run dir).
+CACHE_DIR = "cache"
+
+CalibrationData = torch.Tensor | Dataset | DataLoader | Iterable[Any]
+
+
+#: How many of a network's largest activations a forward holds at once (input, output, a
+#: residual); a forward chunk's take of the budget is ``FORWARD_SHARE`` (storage).
+LIVE_ACTIVATIONS = 4
+
+
+def _forward_chunk(config: AdaroundConfig, activation_bytes_per_sample: int) -> int:
+    """``adaround.forward_batch_size``, lowered under a cache budget so a chunk fits its share."""
+    if config.cache_budget_gb is None or activation_bytes_per_sample == 0:
+        return config.forward_batch_size
+    share = config.cache_budget_gb * 2**30 * FORWARD_SHARE
+    fits = int(share // (activation_bytes_per_sample * LIVE_ACTIVATIONS))
+    chunk = max(1, min(config.forward_batch_size, fits))
+    if chunk < config.forward_batch_size:
+        log.info(
+            "forward passes in chunks of %d samples (adaround.forward_batch_size=%d) to stay "
+            "within adaround.cache_budget_gb=%g",
+            chunk,
+            config.forward_batch_size,
+            config.cache_budget_gb,
+        )
+    return chunk
+
+
+def prepare_walk(
+    model: nn.Module,
+    calibration_data: CalibrationData,
+    quant: QuantConfig | None = None,
+    config: AdaroundConfig | None = None,
+    trainer: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_tag: str = "",
+    loggers: list[Logger] | None = None,
+) -> tuple[WalkContext, dict[str, LayerCheckpoint]]:
+    """The walk's context and the layers a checkpoint has already finished.
+
+    Arguments as for :func:`adaround`. Every process reads the checkpoint; only rank 0 writes
+    checkpoints and logs (the context of the others has neither).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+        >>> context, finished = prepare_walk(net, torch.randn(32, 4),
+        ...     config=AdaroundConfig(batch_size=16), trainer={"accelerator": "cpu"})
+        >>> context.plan.total_layers, context.batch_size, finished
+        (2, 16, {})
+    """
+    quant = quant or QuantConfig()
+    config = config or AdaroundConfig()
+    trainer_kwargs = trainer_kwargs_with_defaults(trainer)
+    process = process_context(trainer_kwargs)
+    images = calibration_tensor(calibration_data, config.num_samples)
+    inputs = shard_for_process(images, config.batch_size, process)
+    example = inputs.images[:2]
+    fp_model, q_model = float_and_quantized(model, example)
+    plan = plan_calibration(fp_model, example, quant, tuple(config.blocks))
+    if process.is_main:
+        _log_blocks(plan, config)
+    stream = None
+    if config.stream:
+        stream = plan_stream(fp_model, [block.name for block in plan.trace.blocks], example)
+    cache_folder = checkpoint.parent / CACHE_DIR if checkpoint else None
+    allocator = CacheAllocator(
+        process.device,
+        config.cache_device,
+        None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30),
+        config.cache_dtype,
+        cache_folder,
+        channels_last=config.channels_last,
+    )
+    finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
+    if not process.is_main:  # one process writes
+        checkpoint, loggers = None, None
+    context = WalkContext(
+        quant=quant,
+        config=config,
+        process=process,
+        plan=plan,
+        fp_model=fp_model,
+        q_model=q_model,
+        images=inputs.images,
+        batch_size=inputs.batch_size,
+        fit=FitSettings(config, trainer_kwargs, loggers, process.device),
+        checkpoint=checkpoint,
+        checkpoint_tag=checkpoint_tag,
+        allocator=allocator,
+        stream=stream,
+        forward_batch_size=_forward_chunk(config, plan.trace.activation_bytes_per_sample),
+    )
+    return context, finished
+
+
+def _log_blocks(plan: CalibrationPlan, config: AdaroundConfig) -> None:
+    """Say which layers block reconstruction fits together, and warn when none are."""
+    if config.granularity != Granularity.BLOCK:
+        return
+    joint = [b for b in plan.trace.blocks if b.name not in {i.name for i in b.layers}]
+    alone = [b.layers[0].name for b in plan.trace.blocks if b not in joint]
+    in_blocks = sum(len(b.layers) for b in joint)
+    if not joint and len(plan.trace.layers) > 1:
+        log.warning(
+            "adaround.granularity=block, but no block of this model is known: all %d layers are "
+            "fitted one by one (layer-wise); declare its blocks with adaround.blocks=[PATTERN] "
+            "(module or class names, e.g. [EncoderBlock])",
+            len(plan.trace.layers),
+        )
+        return
+    log.info(
+        "block reconstruction: %d layers in %d blocks; %d fitted on their own: %s",
+        in_blocks,
+        len(joint),
+        len(alone),
+        ", ".join(alone[:6]) + (" ..." if len(alone) > 6 else ""),
+    )
+
+
+def _log_cache(cache: CacheReport) -> None:
+    log.info(
+        "activation cache (%s, %s): peak %s; %d full-network passes, %d streamed block passes, "
+        "%d block outputs reused as inputs, %d restarts; caching %.1f s",
+        cache.device,
+        cache.dtype,
+        ", ".join(f"{tier} {n / 2**30:.2f} GiB" for tier, n in cache.peak_bytes.items()) or "none",
+        cache.full_network_passes,
+        cache.streamed_block_passes,
+        cache.reused_block_outputs,
+        cache.restarts,
+        cache.seconds,
+    )
+
+
+def _warn_left_in_float(coverage: WeightCoverage) -> None:
+    if coverage.left_in_float:
+        log.warning(
+            "%.2f%% of the Conv/Linear/attention weight elements are quantized; left in float: %s",
+            100 * coverage.fraction,
+            "; ".join(f"{n} ({r})" for n, r in list(coverage.left_in_float.items())[:8])
+            + (" ..." if len(coverage.left_in_float) > 8 else ""),
+        )
+
+
+def adaround(
+    model: nn.Module,
+    calibration_data: CalibrationData,
+    quant: QuantConfig | None = None,
+    config: AdaroundConfig | None = None,
+    trainer: dict[str, Any] | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_tag: str = "",
+    loggers: list[Logger] | None = None,
+    progress: bool | None = None,
+) -> AdaroundResult:
+    """Quantize ``model``'s Conv/Linear weights with AdaRound, block by block.
+
+    Args:
+        model: A trained network (left unchanged; the result holds copies).
+        calibration_data: Unlabelled inputs: a tensor ``(N, ...)``, a dataset, a DataLoader or an
+            iterable of batches; ``(input, label)`` items are accepted and labels ignored.
+        quant: Bits and layer selection (default: 4-bit per-channel everywhere).
+        config: AdaRound's optimisation settings (default: the paper's, 10k steps per layer).
+        trainer: Keyword arguments of the Lightning ``Trainer`` of each layer's fit, e.g.
+            ``{"accelerator": "gpu", "precision": "bf16-mixed"}``. Lightning picks the device.
+        checkpoint: A folder that receives a progress checkpoint after every finished layer.
+            If it holds one, those layers are restored and calibration continues after them.
+        checkpoint_tag: A fingerprint of the settings; a checkpoint with another tag is refused.
+        loggers: Lightning loggers shared by every layer's fit (metrics prefixed by layer name).
+        progress: Show rich progress bars; None shows them on an interactive terminal outside CI.
+
+    Returns:
+        The quantized network, the BN-folded float network, the quantizers and a per-layer report.
+
+    Example:
+        >>> import torchvision
+        >>> net = torchvision.models.resnet18(num_classes=10).eval()
+        >>> images = torch.randn(64, 3, 32, 32)
+        >>> result = adaround(net, images, QuantConfig(weight_bits=4),
+        ...                   AdaroundConfig(iters=20, batch_size=16), {"accelerator": "cpu"})
+        >>> len(result.layers)
+        21
+    """
+    start_time = time.perf_counter()
+    if (config or AdaroundConfig()).reuse_host_memory:
+        keep_freed_host_memory()
+    context, finished = prepare_walk(
+        model, calibration_data, quant, config, trainer, checkpoint, checkpoint_tag, loggers
+    )
+    if not context.process.is_main:  # one process shows progress
+        progress = False
+    walk = CalibrationWalk(context, progress)
+    state = walk.run(finished)
+    cache = walk.cache_report()
+    _log_cache(cache)
+    coverage = weight_coverage(
+        context.fp_model, state.quantizers, context.plan.skipped, context.plan.functional
+    )
+    _warn_left_in_float(coverage)
+    return AdaroundResult(
+        model=context.q_model,
+        float_model=context.fp_model,
+        quantizers=state.quantizers,
+        layers=state.reports,
+        skipped=dict(context.plan.skipped),
+        seconds=time.perf_counter() - start_time,
+        act_quantizers=state.act_quantizers,
+        cache=cache,
+        coverage=coverage,
+    )
