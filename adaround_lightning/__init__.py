@@ -9,23 +9,25 @@ Example:
     >>> quantized = result.model
 """
 
-from typing import Any
-
 from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
-from adaround_lightning.engine.records.results import AdaroundResult, LayerReport
-from adaround_lightning.onnx_frontend.onnx_adaround import OnnxAdaroundResult, adaround_onnx
+from adaround_lightning.engine.records.results import CalibrationResult, LayerReport
+from adaround_lightning.onnx_frontend.onnx_adaround import adaround_onnx
+from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.onnx_frontend.onnx_writer import write_quantized_onnx
 from adaround_lightning.quant.grids import ScaleMethod
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss, Reconstruction
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
+from adaround_lightning.torch_frontend.load_run import load_quantized
 from adaround_lightning.torch_frontend.torch_adaround import adaround
+from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 
 __all__ = [
     "AdaptiveRoundingLoss",
     "AdaroundConfig",
     "AdaroundFakeQuantizer",
     "AdaroundResult",
+    "CalibrationResult",
     "Granularity",
     "LayerReport",
     "OnnxAdaroundResult",
@@ -38,12 +40,3 @@ __all__ = [
     "write_quantized_onnx",
 ]
 __version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> Any:
-    # load_quantized needs the app's model builder (and omegaconf): imported on first use.
-    if name == "load_quantized":
-        from adaround_lightning.torch_frontend.load_run import load_quantized
-
-        return load_quantized
-    raise AttributeError(f"module 'adaround_lightning' has no attribute {name!r}")

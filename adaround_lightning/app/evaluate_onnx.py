@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from adaround_lightning.app.evaluate import Accuracy
-from adaround_lightning.onnx_frontend.onnx_adaround import OnnxAdaroundResult
+from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.onnx_frontend.onnx_sampler import fixed_batch, ort_session, run_in_chunks
 
 __all__ = ["evaluate_onnx_models"]

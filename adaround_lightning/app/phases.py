@@ -24,6 +24,7 @@ from adaround_lightning.engine.fit.trainer import (
     quiet_lightning,
     trainer_kwargs_with_defaults,
 )
+from adaround_lightning.export.run_dir import RESULTS_FILE
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -38,8 +39,6 @@ __all__ = [
 
 #: Per-layer progress checkpoints inside the run dir (:mod:`~.calibration.checkpoint`).
 CHECKPOINT_DIR = "checkpoints"
-#: Written last: a run dir is finished when this file says so.
-RESULTS_FILE = "results.json"
 
 
 def output_dir_of(settings: RunConfig) -> Path:

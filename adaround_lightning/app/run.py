@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from adaround_lightning import export
 from adaround_lightning.app.evaluate import evaluate, evaluate_with_onnx
+from adaround_lightning.app.evaluate_onnx import evaluate_onnx_models
 from adaround_lightning.app.phases import (
     CHECKPOINT_DIR,
     RESULTS_FILE,
@@ -29,13 +30,15 @@ from adaround_lightning.app.phases import (
     task_overrides,
     write_results_file,
 )
-from adaround_lightning.app.run_onnx import run_onnx
-from adaround_lightning.app.settings import RunConfig, fingerprint, run_config_from
+from adaround_lightning.app.settings import RunConfig, fingerprint
 from adaround_lightning.core.distributed import ProcessContext
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
-from adaround_lightning.engine.records.results import AdaroundResult
+from adaround_lightning.engine.records.results import CalibrationResult, calibration_record
 from adaround_lightning.models.model_builder import build_model
+from adaround_lightning.onnx_frontend.onnx_adaround import adaround_onnx
+from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.torch_frontend.torch_adaround import adaround
+from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -91,7 +94,7 @@ class RunSetup:
         settings: The validated settings.
         out_dir: The run dir.
         process: This process's device and rank.
-        model: The user's network (float, unchanged).
+        model: The user's network (float, unchanged), or the path of its ONNX file.
         images: The calibration images ``(N, ...)`` on the CPU.
         eval_set: The evaluation dataset.
     """
@@ -100,7 +103,7 @@ class RunSetup:
     settings: RunConfig
     out_dir: Path
     process: ProcessContext
-    model: nn.Module
+    model: nn.Module | str
     images: torch.Tensor
     eval_set: Dataset
 
@@ -112,11 +115,13 @@ def setup(cfg: DictConfig | dict[str, Any]) -> RunSetup:
         UserError: On a bad setting, a ``resume`` that is not a run dir, or multirun with DDP.
     """
     settings, out_dir, process = prepare_run(cfg)
-    model = build_model(settings.model)
+    onnx_path = settings.model.onnx
+    model = str(onnx_path) if onnx_path else build_model(settings.model)
     images = calibration_images(settings.data)
     eval_set = evaluation_dataset(settings.data)
     log.info(
-        "calibration: %d images %s; evaluation: %d images",
+        "%s: calibration: %d images %s; evaluation: %d images",
+        f"model.onnx={onnx_path}" if onnx_path else settings.model.name,
         images.shape[0],
         tuple(images.shape[1:]),
         len(eval_set),  # type: ignore[arg-type]
@@ -124,11 +129,15 @@ def setup(cfg: DictConfig | dict[str, Any]) -> RunSetup:
     return RunSetup(cfg, settings, out_dir, process, model, images, eval_set)
 
 
-def calibrate(run_setup: RunSetup) -> AdaroundResult:
-    """AdaRound on the run's model, checkpointed into the run dir (resumable)."""
+def calibrate(run_setup: RunSetup) -> CalibrationResult:
+    """AdaRound on the run's model, checkpointed into the run dir (resumable).
+
+    A PyTorch network goes through :func:`adaround`, an ONNX file through :func:`adaround_onnx`.
+    """
     settings, out_dir = run_setup.settings, run_setup.out_dir
-    return adaround(
-        run_setup.model,
+    front_end = adaround_onnx if isinstance(run_setup.model, str) else adaround
+    return front_end(
+        run_setup.model,  # type: ignore[arg-type]
         run_setup.images,
         settings.quant,
         settings.adaround,
@@ -140,15 +149,23 @@ def calibrate(run_setup: RunSetup) -> AdaroundResult:
 
 
 def evaluate_models(
-    run_setup: RunSetup, result: AdaroundResult, exported: dict[str, Any]
+    run_setup: RunSetup, result: CalibrationResult, exported: dict[str, Any]
 ) -> dict[str, Any]:
     """Top-1/top-5 of FP32, round-to-nearest and AdaRound (and of the ONNX file, if written).
 
-    The ONNX parity figures go into ``exported["onnx"]``.
+    The ONNX parity figures go into ``exported["onnx"]``. An ONNX-path run is evaluated with
+    onnxruntime throughout.
     """
     settings, eval_set = run_setup.settings, run_setup.eval_set
     device, num_classes = run_setup.process.device, settings.model.num_classes
     batch = settings.data.batch_size
+    if isinstance(result, OnnxAdaroundResult):
+        path = run_setup.out_dir / export.ONNX_FILE
+        accuracy, exported["onnx"] = evaluate_onnx_models(
+            result, path, eval_set, num_classes, batch
+        )
+        return accuracy
+    assert isinstance(result, AdaroundResult) and isinstance(run_setup.model, nn.Module)
     accuracy = {
         "fp32": evaluate(run_setup.model, eval_set, num_classes, device, batch),
         "nearest": evaluate(result.nearest_model(), eval_set, num_classes, device, batch),
@@ -165,27 +182,28 @@ def evaluate_models(
 
 def write_results(
     run_setup: RunSetup,
-    result: AdaroundResult,
+    result: CalibrationResult,
     accuracy: dict[str, Any],
     exported: dict[str, Any],
     seconds: float,
 ) -> dict[str, Any]:
     """``report.html`` and, last, ``results.json`` (``"finished": true``); returns the latter."""
     settings, images = run_setup.settings, run_setup.images
+    onnx_path = isinstance(run_setup.model, str)
+    quant = quant_summary(settings)
+    if onnx_path:
+        quant["granularity"] = "layer"
     results: dict[str, Any] = {
         "recipe": settings.name,
         "overrides": task_overrides(),
-        "model": settings.model.name,
+        "model": run_setup.model if onnx_path else settings.model.name,
+        **({"source": "onnx"} if onnx_path else {}),
         **accuracy,
-        "quant": quant_summary(settings),
+        "quant": quant,
         "input_shape": list(images.shape[1:]),
-        "calibration_images": int(images.shape[0]),
+        "calibration_images": int(min(len(images), settings.adaround.num_samples)),
         "eval_images": len(run_setup.eval_set),  # type: ignore[arg-type]
-        "layers": [report.to_dict() for report in result.layers],
-        "skipped": result.skipped,
-        "coverage": result.coverage.to_dict() if result.coverage is not None else None,
-        "cache": result.cache.to_dict() if result.cache is not None else None,
-        "calibration_seconds": round(result.seconds, 3),
+        **calibration_record(result),
         "seconds": round(seconds, 3),
         **exported,
         "finished": True,
@@ -212,8 +230,6 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
         ...     results = run(compose("config", ["adaround.iters=10"]))
     """
     start = time.perf_counter()
-    if run_config_from(cfg).model.onnx:
-        return run_onnx(cfg)
     run_setup = setup(cfg)
     result = calibrate(run_setup)
     if not run_setup.process.is_main:

@@ -105,7 +105,6 @@ def onnx_zoo_row(name: str, out_dir: Path) -> dict[str, Any]:
     from adaround_lightning import adaround_onnx
     from adaround_lightning.export.onnx import export_float_onnx
     from adaround_lightning.onnx_frontend.onnx_sampler import ort_session
-    from adaround_lightning.onnx_frontend.onnx_writer import export_onnx_run
 
     model, size = _zoo_model(name)
     path = out_dir / "float.onnx"
@@ -121,7 +120,7 @@ def onnx_zoo_row(name: str, out_dir: Path) -> dict[str, Any]:
         progress=False,
     )
     seconds = time.perf_counter() - started
-    export_onnx_run(result, out_dir)
+    result.save(out_dir)
     x = torch.randn(2, 3, size, size).numpy()
     session = ort_session((out_dir / "model.onnx").read_bytes())
     written = session.run(None, {session.get_inputs()[0].name: x})[0]

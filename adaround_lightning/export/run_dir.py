@@ -16,7 +16,6 @@ carry the same integers, scales, zero points, axes and ranges.
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,25 +25,27 @@ import torch
 
 from adaround_lightning.core.atomic import atomic_torch_save, atomic_write, atomic_write_text
 from adaround_lightning.core.errors import UserError
-from adaround_lightning.engine.records.results import AdaroundResult
-from adaround_lightning.export.encodings import aimet_encodings
+from adaround_lightning.engine.records.results import CalibrationResult
 from adaround_lightning.export.integers import (
     quantized_layers,
     quantizer_states,
     save_quantized_weights,
 )
-from adaround_lightning.export.onnx import export_onnx
 
 __all__ = [
     "ENCODINGS_FILE",
     "FLOAT_WEIGHTS_FILE",
+    "MANIFEST_FILE",
     "MODEL_FILE",
     "ONNX_FILE",
     "ONNX_LAYERS_FILE",
+    "RESULTS_FILE",
     "STATE_FILE",
     "WEIGHTS_FILE",
     "ExportConfig",
     "export_run",
+    "save_float_weights",
+    "save_run_files",
 ]
 
 WEIGHTS_FILE = "quantized_weights.safetensors"
@@ -53,6 +54,10 @@ ONNX_FILE = "model.onnx"
 STATE_FILE = "adaround_state.pt"
 MODEL_FILE = "quantized_model.pt"
 FLOAT_WEIGHTS_FILE = "float_weights.safetensors"
+#: Written last by a CLI run: a run dir is finished when this file says so.
+RESULTS_FILE = "results.json"
+#: ``result.save``: what rebuilding the network needs besides the weights (the input shape).
+MANIFEST_FILE = "manifest.json"
 #: ONNX-path runs: per layer, its op and the tensor names of its weight, bias and input.
 ONNX_LAYERS_FILE = "onnx_layers.json"
 
@@ -79,46 +84,58 @@ class ExportConfig:
             )
 
 
-def _save_float_weights(result: AdaroundResult, path: str) -> None:
+def save_float_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
+    """``float_weights.safetensors``: the float ``W`` of every quantized layer (PyTorch layout)."""
     from safetensors.torch import save_file
 
-    float_model = result.float_model
-    weights = {
-        f"{name}.weight": float_model.get_submodule(name).weight.detach().cpu().contiguous()
-        for name in result.quantizers
-    }
-    save_file(weights, path)
+    save_file({name: weight.contiguous() for name, weight in weights.items()}, str(path))
 
 
-def export_run(
-    result: AdaroundResult, out_dir: Path, example_input: torch.Tensor, config: ExportConfig
-) -> dict[str, Any]:
-    """Write the quantized model and its integer forms to ``out_dir`` (each file atomically).
+def save_run_files(
+    result: CalibrationResult,
+    out_dir: Path,
+    example_input: torch.Tensor | None,
+    config: ExportConfig,
+) -> dict[str, str]:
+    """Write a calibration's files to ``out_dir``, each atomically: the same for every front end.
+
+    The integers, AIMET encodings, the quantizer states and the float weights are written here;
+    the quantized model's own files by the result (``result.write_model_files``).
 
     Returns:
-        ``{"outputs": {kind: file name}}`` for ``results.json``.
+        ``{kind: file name}`` for ``results.json``'s ``outputs``.
     """
+    out_dir.mkdir(parents=True, exist_ok=True)
     layers = quantized_layers(result.quantizers)
-    outputs = {"config": "config.yaml", "quantized_model": MODEL_FILE}
-    state = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
-    atomic_torch_save(out_dir / MODEL_FILE, state)
+    outputs = result.write_model_files(out_dir, example_input, config)
     atomic_write(
         out_dir / WEIGHTS_FILE,
         lambda tmp: save_quantized_weights(Path(tmp), layers, result.act_quantizers),
     )
-    outputs["quantized_weights"] = WEIGHTS_FILE
-    encodings = aimet_encodings(layers, result.act_quantizers)
-    atomic_write_text(out_dir / ENCODINGS_FILE, json.dumps(encodings, indent=1))
-    outputs["encodings"] = ENCODINGS_FILE
+    atomic_write_text(out_dir / ENCODINGS_FILE, json.dumps(result.encodings(), indent=1))
     atomic_torch_save(out_dir / STATE_FILE, quantizer_states(result.quantizers))
-    outputs["adaround_state"] = STATE_FILE
-    atomic_write(out_dir / FLOAT_WEIGHTS_FILE, lambda tmp: _save_float_weights(result, tmp))
-    outputs["float_weights"] = FLOAT_WEIGHTS_FILE
-    if config.onnx:
-        model = copy.deepcopy(result.model).cpu()
-        atomic_write(
-            out_dir / ONNX_FILE,
-            lambda tmp: export_onnx(model, layers, example_input, Path(tmp), config.opset),
-        )
-        outputs["onnx"] = ONNX_FILE
-    return {"outputs": outputs}
+    weights = result.float_weights()
+    atomic_write(out_dir / FLOAT_WEIGHTS_FILE, lambda tmp: save_float_weights(tmp, weights))
+    if example_input is not None:
+        manifest = {"input_shape": list(example_input.shape[1:])}
+        atomic_write_text(out_dir / MANIFEST_FILE, json.dumps(manifest))
+        outputs["manifest"] = MANIFEST_FILE
+    return {
+        **outputs,
+        "quantized_weights": WEIGHTS_FILE,
+        "encodings": ENCODINGS_FILE,
+        "adaround_state": STATE_FILE,
+        "float_weights": FLOAT_WEIGHTS_FILE,
+    }
+
+
+def export_run(
+    result: CalibrationResult, out_dir: Path, example_input: torch.Tensor, config: ExportConfig
+) -> dict[str, Any]:
+    """:func:`save_run_files`, with the run's ``config.yaml`` listed (the app writes it).
+
+    Returns:
+        ``{"outputs": {kind: file name}}`` for ``results.json``.
+    """
+    files = save_run_files(result, out_dir, example_input, config)
+    return {"outputs": {"config": "config.yaml", **files}}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,17 @@ from lightning.pytorch.loggers import Logger
 from adaround_lightning.core.distributed import ProcessContext
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
+from adaround_lightning.engine.bit_plan import plan_bits
 from adaround_lightning.engine.cache.pairs import LayerPairs
 from adaround_lightning.engine.fit.fit_step import FitSettings, fit_layer
 from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
+from adaround_lightning.engine.input_grids import calibrate_input_grids
+from adaround_lightning.engine.layer_steps import (
+    correct_bias,
+    layer_checkpoint,
+    log_finished_layer,
+    restore_layer,
+)
 from adaround_lightning.engine.progress import CalibrationProgress
 from adaround_lightning.engine.records.checkpoint import (
     LayerCheckpoint,
@@ -42,9 +50,9 @@ from adaround_lightning.engine.records.checkpoint import (
 )
 from adaround_lightning.engine.records.layer_report import layer_report, output_mse
 from adaround_lightning.engine.records.results import LayerReport
-from adaround_lightning.graph.bias_correction import BiasCorrection
 from adaround_lightning.onnx_frontend.onnx_graph import OnnxGraph, OnnxLayer
 from adaround_lightning.onnx_frontend.onnx_loading import load_onnx
+from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.onnx_frontend.onnx_sampler import OnnxSampler
 from adaround_lightning.onnx_frontend.torch_form import TorchForm, activation_module, torch_form
 from adaround_lightning.quant.activations import ActivationQuantizer
@@ -62,47 +70,6 @@ FORM_TOLERANCE = 1e-4
 
 #: Samples on which each layer's PyTorch form is checked against onnxruntime.
 _FORM_CHECK_SAMPLES = 32
-
-
-@dataclass
-class OnnxAdaroundResult:
-    """What :func:`adaround_onnx` produced.
-
-    Attributes:
-        graph: The float graph and its layers.
-        sampler: The onnxruntime session, for evaluation with any weights.
-        float_values: The float weights and biases (ONNX layouts), per initializer name.
-        values: The same after calibration: ``s * q`` weights, corrected biases.
-        quantizers: Per layer name, its finished quantizer (PyTorch layout).
-        forms: Per quantized layer name, its PyTorch form (the transpose flags for export).
-        layers: Per-layer reports, in calibration order.
-        left_in_float: Per layer left in float, why.
-        act_quantizers: Per layer name, its input grid (with ``quant.act_bits``).
-        seconds: Wall time of the calibration.
-    """
-
-    graph: OnnxGraph
-    sampler: OnnxSampler
-    float_values: dict[str, np.ndarray]
-    values: dict[str, np.ndarray]
-    quantizers: dict[str, AdaroundFakeQuantizer] = field(default_factory=dict)
-    forms: dict[str, TorchForm] = field(default_factory=dict)
-    layers: list[LayerReport] = field(default_factory=list)
-    left_in_float: dict[str, str] = field(default_factory=dict)
-    act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def layer(self, name: str) -> OnnxLayer:
-        """The ONNX layer called ``name``."""
-        return next(layer for layer in self.graph.layers if layer.name == name)
-
-    def nearest_values(self) -> dict[str, np.ndarray]:
-        """Float weights with each quantized one rounded to nearest on its grid (no correction)."""
-        values = dict(self.float_values)
-        for name, quantizer in self.quantizers.items():
-            nearest = quantizer.nearest_weight()
-            values[self.layer(name).weight] = self.forms[name].onnx_weight(nearest)
-        return values
 
 
 @dataclass(frozen=True)
@@ -145,24 +112,6 @@ def _variables(graph: OnnxGraph) -> dict[str, np.ndarray]:
     return {name: graph.initializers[name] for name in names}
 
 
-def _selected(graph: OnnxGraph, quant: QuantConfig) -> tuple[list[OnnxLayer], dict[str, int]]:
-    """The layers to quantize and their bits (``quant.exclude``, ``layer_bits``, first/last)."""
-    kept = [layer for layer in graph.layers if not quant.is_excluded(layer.name)]
-    for layer in graph.layers:
-        if quant.is_excluded(layer.name):
-            graph.left_in_float[layer.name] = "excluded by quant.exclude"
-    if not kept:
-        raise UserError(
-            f"no layer is left to quantize: all {len(graph.layers)} are excluded by "
-            "quant.exclude (patterns match the graph's node names)"
-        )
-    bits = {
-        layer.name: quant.bits_for(layer.name, index == 0, index == len(kept) - 1)
-        for index, layer in enumerate(kept)
-    }
-    return kept, bits
-
-
 def _form_error(form: TorchForm, x: np.ndarray, y: np.ndarray) -> float:
     """The largest gap of the PyTorch form to onnxruntime's output ``y`` on ``x``, relative."""
     with torch.no_grad():
@@ -185,19 +134,6 @@ def _layer_data(
     (float_output,) = sampler.run(walk.images, [layer.output], result.float_values)
     inputs = form.prepare(torch.from_numpy(x_tilde)).to(device)
     return inputs, torch.from_numpy(float_output).to(device)
-
-
-def _correct_bias(
-    form: TorchForm, inputs: torch.Tensor, float_output: torch.Tensor, walk: _Walk
-) -> None:
-    """Move the mean output error of the rounded layer into its bias (chunked)."""
-    correction = BiasCorrection(form.module, walk.process)
-    chunk = walk.config.forward_batch_size
-    with torch.no_grad():
-        for start in range(0, len(inputs), chunk):
-            stop = start + chunk
-            correction.add(float_output[start:stop], form.module(inputs[start:stop]))
-    correction.apply()
 
 
 def _fit(
@@ -228,7 +164,14 @@ def _fit(
     )
     outcome = fit_layer(module, quantizer, activation, None, pairs, walk.fit, layer.name, bar)
     if config.bias_correction and getattr(module, "bias", None) is not None:
-        _correct_bias(form, inputs, float_output, walk)
+        correct_bias(
+            module,
+            walk.process,
+            len(inputs),
+            config.forward_batch_size,
+            lambda start, stop: float_output[start:stop],
+            lambda start, stop: module(inputs[start:stop]),
+        )
     weights = {
         "nearest": quantizer.nearest_weight(),
         "adaround": module.weight,
@@ -272,15 +215,8 @@ def _save(
 ) -> None:
     if walk.checkpoint is None:
         return
-    bias = getattr(form.module, "bias", None)
-    entry = LayerCheckpoint(
-        state={k: v.detach().cpu() for k, v in quantizer.state_dict().items()},
-        bits=quantizer.bits,
-        per_channel=walk.quant.per_channel,
-        report=report,
-        floor_scale=None if quantizer.floor_scale is None else quantizer.floor_scale.cpu(),
-        bias=None if bias is None else bias.detach().cpu(),
-    )
+    bias = getattr(form.module, "bias", None) if walk.config.bias_correction else None
+    entry = layer_checkpoint(quantizer, report, walk.quant.per_channel, bias)
     save_layer_progress(walk.checkpoint, walk.checkpoint_tag, order, layer.name, entry)
 
 
@@ -288,11 +224,7 @@ def _restore(
     layer: OnnxLayer, form: TorchForm, entry: LayerCheckpoint, result: OnnxAdaroundResult
 ) -> None:
     """A layer a checkpoint finished: its quantizer, ``s * q`` and corrected bias back."""
-    quantizer = entry.quantizer(torch.device("cpu"))
-    with torch.no_grad():
-        form.module.weight.copy_(quantizer.hard_weight())
-        if entry.bias is not None:
-            form.module.bias.copy_(entry.bias)
+    quantizer = restore_layer(form.module, entry, torch.device("cpu"))
     _record(layer, form, quantizer, entry.report, result)
 
 
@@ -326,35 +258,24 @@ def _calibrate_layer(
     quantizer = quantizer.cpu()
     _record(layer, form, quantizer, report, result)
     _save(layer, form, quantizer, report, walk, [r.name for r in result.layers])
-    log.info(
-        "[%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
-        len(result.layers),
-        layer.name,
-        layer.op_type,
-        report.bits,
-        report.mse_nearest,
-        report.mse_adaround,
-        100 * report.flipped_fraction,
-        report.seconds,
-    )
+    log_finished_layer(len(result.layers), bar.total_layers, report)
     bar.finish_layer()
 
 
-def calibrate_inputs(result: OnnxAdaroundResult, images: np.ndarray, quant: QuantConfig) -> None:
+def calibrate_inputs(
+    result: OnnxAdaroundResult, images: np.ndarray, quant: QuantConfig, process: ProcessContext
+) -> None:
     """Input grids of every quantized layer, observed on the quantized graph (AIMET's order)."""
-    assert quant.act_bits is not None
     names = list(result.quantizers)
     inputs = [result.layer(name).input for name in names]
-    grids = {name: ActivationQuantizer(quant.act_bits) for name in names}
-    for chunk in result.sampler.chunks(images, inputs, result.values):
-        for name, values in zip(names, chunk, strict=True):
-            grids[name].observe(torch.from_numpy(values))
-    for name, grid in grids.items():
-        try:
-            grid.calibrate(quant.act_observer)
-        except ValueError as error:
-            raise UserError(f"activation calibration of {name!r}: {error}") from None
-    result.act_quantizers = grids
+
+    def observe(grids: dict[str, ActivationQuantizer]) -> None:
+        for chunk in result.sampler.chunks(images, inputs, result.values):
+            for name, values in zip(names, chunk, strict=True):
+                grids[name].observe(torch.from_numpy(values))
+
+    cpu = torch.device("cpu")  # onnxruntime's outputs are host arrays
+    result.act_quantizers = calibrate_input_grids(names, quant, observe, process, cpu)
 
 
 def adaround_onnx(
@@ -418,8 +339,8 @@ def adaround_onnx(
         checkpoint,
         checkpoint_tag,
     )
-    layers, bits = _selected(graph, quant)
-    result.left_in_float.update(graph.left_in_float)
+    bits = plan_bits([layer.name for layer in graph.layers], quant, result.left_in_float)
+    layers = [layer for layer in graph.layers if layer.name in bits]
     finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
     if finished:
         log.info("resuming after %d finished layers", len(finished))
@@ -427,7 +348,7 @@ def adaround_onnx(
         for layer in layers:
             _calibrate_layer(layer, bits[layer.name], result, walk, finished, bar)
     if quant.act_bits is not None:
-        calibrate_inputs(result, array, quant)
+        calibrate_inputs(result, array, quant, process)
     if result.left_in_float:
         reasons = "; ".join(f"{name} ({why})" for name, why in result.left_in_float.items())
         log.warning("%d weighted nodes left in float: %s", len(result.left_in_float), reasons)

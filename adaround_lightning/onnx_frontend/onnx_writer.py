@@ -13,32 +13,27 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from adaround_lightning.core.atomic import atomic_torch_save, atomic_write, atomic_write_text
+from adaround_lightning.core.atomic import atomic_write, atomic_write_text
 from adaround_lightning.export.encodings import aimet_encodings
 from adaround_lightning.export.integers import (
     QuantizedLayer,
     quantized_layers,
-    quantizer_states,
-    save_quantized_weights,
 )
 from adaround_lightning.export.onnx import weight_dequantize
 from adaround_lightning.export.run_dir import (
-    ENCODINGS_FILE,
-    FLOAT_WEIGHTS_FILE,
     ONNX_FILE,
     ONNX_LAYERS_FILE,
-    STATE_FILE,
-    WEIGHTS_FILE,
 )
-from adaround_lightning.onnx_frontend.onnx_adaround import OnnxAdaroundResult
 from adaround_lightning.quant.activations import ActivationQuantizer
 
-__all__ = ["LAYERS_FILE", "export_onnx_run", "onnx_encodings", "write_quantized_onnx"]
+if TYPE_CHECKING:  # the result's methods call this module
+    from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
+
+__all__ = ["LAYERS_FILE", "onnx_encodings", "write_onnx_model_files", "write_quantized_onnx"]
 
 #: Per layer name: its op, weight, bias and input tensor names in the input graph.
 LAYERS_FILE = ONNX_LAYERS_FILE
@@ -157,42 +152,12 @@ def _layer_map(result: OnnxAdaroundResult) -> dict[str, dict[str, Any]]:
     }
 
 
-def _save_float_weights(result: OnnxAdaroundResult, path: str) -> None:
-    from safetensors.torch import save_file
-
-    weights = {}
-    for name, form in result.forms.items():
-        array = result.float_values[result.layer(name).weight]
-        weights[f"{name}.weight"] = torch.tensor(
-            np.ascontiguousarray(array.T if form.transposed else array)
-        )
-    save_file(weights, path)
-
-
-def export_onnx_run(result: OnnxAdaroundResult, out_dir: Path) -> dict[str, Any]:
-    """Write the quantized graph and the integer files of an ONNX calibration (atomically).
+def write_onnx_model_files(result: OnnxAdaroundResult, out_dir: Path) -> dict[str, str]:
+    """``model.onnx`` and ``onnx_layers.json`` of an ONNX calibration (atomically).
 
     Returns:
-        ``{"outputs": {kind: file name}}`` for ``results.json``.
+        ``{kind: file name}`` for ``results.json``.
     """
-    layers = quantized_layers(result.quantizers)
     atomic_write(out_dir / ONNX_FILE, lambda tmp: write_quantized_onnx(result, Path(tmp)))
-    atomic_write(
-        out_dir / WEIGHTS_FILE,
-        lambda tmp: save_quantized_weights(Path(tmp), layers, result.act_quantizers),
-    )
-    encodings = onnx_encodings(result, layers)
-    atomic_write_text(out_dir / ENCODINGS_FILE, json.dumps(encodings, indent=1))
-    atomic_torch_save(out_dir / STATE_FILE, quantizer_states(result.quantizers))
-    atomic_write(out_dir / FLOAT_WEIGHTS_FILE, lambda tmp: _save_float_weights(result, tmp))
     atomic_write_text(out_dir / LAYERS_FILE, json.dumps(_layer_map(result), indent=1))
-    outputs = {
-        "config": "config.yaml",
-        "onnx": ONNX_FILE,
-        "quantized_weights": WEIGHTS_FILE,
-        "encodings": ENCODINGS_FILE,
-        "adaround_state": STATE_FILE,
-        "float_weights": FLOAT_WEIGHTS_FILE,
-        "onnx_layers": LAYERS_FILE,
-    }
-    return {"outputs": outputs}
+    return {"onnx": ONNX_FILE, "onnx_layers": LAYERS_FILE}

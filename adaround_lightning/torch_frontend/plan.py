@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.engine.bit_plan import plan_bits
 from adaround_lightning.graph.functional_weights import FunctionalUse, functional_weight_uses
 from adaround_lightning.graph.trace import NetworkTrace, trace_network
 from adaround_lightning.quant.quant_config import QuantConfig
@@ -55,9 +56,6 @@ def _skipped_layers(trace: NetworkTrace, quant: QuantConfig) -> dict[str, str]:
         skipped[name] = "called more than once (shared weights), left in float"
     if skipped:
         log.warning("left in float: %s", ", ".join(f"{n} ({r})" for n, r in skipped.items()))
-    for info in trace.layers:
-        if quant.is_excluded(info.name):
-            skipped[info.name] = "excluded by quant.exclude"
     return skipped
 
 
@@ -97,16 +95,6 @@ def plan_calibration(
     if not trace.layers:
         raise UserError("the model has no Conv1d/2d/3d or Linear layer to quantize")
     skipped = _skipped_layers(trace, quant)
-    first, last = trace.layers[0].name, trace.layers[-1].name
-    bits = {
-        info.name: quant.bits_for(info.name, info.name == first, info.name == last)
-        for info in trace.layers
-        if info.name not in skipped
-    }
-    if not bits:
-        raise UserError(
-            f"no layer is left to quantize: all {len(trace.layers)} are excluded or unsupported "
-            f"({', '.join(sorted(set(skipped.values())))}); narrow quant.exclude"
-        )
+    bits = plan_bits([info.name for info in trace.layers], quant, skipped)
     functional = tuple(functional_weight_uses(fp_model, example_input))
     return CalibrationPlan(trace, MappingProxyType(skipped), MappingProxyType(bits), functional)

@@ -27,10 +27,11 @@ from adaround_lightning.engine.fit.fit_step import FitSettings
 from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
 from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, load_progress
 from adaround_lightning.engine.records.coverage import WeightCoverage, weight_coverage
-from adaround_lightning.engine.records.results import AdaroundResult, CacheReport
+from adaround_lightning.engine.records.results import CacheReport
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.torch_frontend.networks import float_and_quantized
 from adaround_lightning.torch_frontend.plan import CalibrationPlan, plan_calibration
+from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 from adaround_lightning.torch_frontend.torch_walk import CalibrationWalk, WalkContext
 
 __all__ = ["adaround", "prepare_walk"]

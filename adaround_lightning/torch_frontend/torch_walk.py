@@ -42,12 +42,15 @@ from adaround_lightning.engine.fit.fisher import (
     float_log_probabilities,
 )
 from adaround_lightning.engine.fit.fit_step import FitOutcome, FitSettings, fit_block, fit_layer
-from adaround_lightning.engine.progress import CalibrationProgress
-from adaround_lightning.engine.records.checkpoint import (
-    ActivationGrid,
-    LayerCheckpoint,
-    save_layer_progress,
+from adaround_lightning.engine.input_grids import calibrate_input_grids
+from adaround_lightning.engine.layer_steps import (
+    correct_bias,
+    layer_checkpoint,
+    log_finished_layer,
+    restore_layer,
 )
+from adaround_lightning.engine.progress import CalibrationProgress
+from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, save_layer_progress
 from adaround_lightning.engine.records.layer_report import layer_report, output_mse
 from adaround_lightning.engine.records.results import CacheReport, LayerReport
 from adaround_lightning.graph.bias_correction import BiasCorrection
@@ -279,13 +282,8 @@ class CalibrationWalk:
             entry = finished.get(info.name)
             if entry is None:
                 continue
-            quantizer = entry.quantizer(device)
-            with torch.no_grad():
-                q_layer = context.q_model.get_submodule(info.name)
-                q_layer.weight.copy_(quantizer.hard_weight().to(q_layer.weight.dtype))
-                if entry.bias is not None:  # bias_correction
-                    q_layer.bias.copy_(entry.bias.to(q_layer.bias))
-            self.state.quantizers[info.name] = quantizer
+            q_layer = context.q_model.get_submodule(info.name)
+            self.state.quantizers[info.name] = restore_layer(q_layer, entry, device)
             if entry.act_state is not None:
                 act_quantizer = entry.act_state.to_quantizer(device)
                 self.state.act_quantizers[info.name] = act_quantizer
@@ -463,9 +461,8 @@ class CalibrationWalk:
             act_quantizer.drop_prob = 0.0
             self.state.act_quantizers[info.name] = act_quantizer
             attach_input_quantizers(context.q_model, {info.name: act_quantizer})
-        correction = self.bias_correction(info)
-        if correction is not None:
-            self.correct_layer_bias(info, fp_block, correction, act_quantizer)
+        if self.bias_correction(info) is not None:
+            self.correct_layer_bias(info, fp_block, act_quantizer)
         seconds = time.perf_counter() - start
         self.finish_layer(info, quantizer, seconds, outcome)
 
@@ -473,18 +470,13 @@ class CalibrationWalk:
         self, names: list[str], network: nn.Module, inputs: torch.Tensor, prefix: str = ""
     ) -> dict[str, ActivationQuantizer]:
         """Input quantizers of ``names``, calibrated by running ``network`` on ``inputs``."""
-        quant, context = self.context.quant, self.context
-        assert quant.act_bits is not None
-        device = context.process.device
-        new = {name: ActivationQuantizer(quant.act_bits).to(device) for name in names}
-        relative = {name[len(prefix) :]: quantizer for name, quantizer in new.items()}
-        observe_inputs(network, relative, inputs, context.forward_batch_size)
-        try:
-            for quantizer in new.values():
-                quantizer.calibrate(quant.act_observer, context.process)
-        except ValueError as error:
-            raise UserError(f"activation calibration of {names[0]!r}: {error}") from None
-        return new
+        context = self.context
+
+        def observe(grids: dict[str, ActivationQuantizer]) -> None:
+            relative = {name[len(prefix) :]: grid for name, grid in grids.items()}
+            observe_inputs(network, relative, inputs, context.forward_batch_size)
+
+        return calibrate_input_grids(names, context.quant, observe, context.process)
 
     def calibrate_inputs(self) -> None:
         """AIMET's order: weights first, then the activation grids of the quantized network."""
@@ -509,7 +501,6 @@ class CalibrationWalk:
         self,
         info: LayerInfo,
         fp_block: nn.Module,
-        correction: BiasCorrection,
         input_quantizer: nn.Module | None,
     ) -> None:
         """After a layer-wise fit: the float layer's output against the rounded layer's.
@@ -525,18 +516,20 @@ class CalibrationWalk:
         fp_layer = context.fp_model.get_submodule(info.name)
         activation = context.activation_of(info)
         chunk = context.forward_batch_size
-        for start in range(0, len(cache.inputs), chunk):
-            stop = min(start + chunk, len(cache.inputs))
+
+        def float_output(start: int, stop: int) -> torch.Tensor:
+            if activation is None:
+                return cache.targets[start:stop]
+            return capture_output(fp_block, fp_layer, cache.fp_block_inputs[start:stop], chunk)
+
+        def quantized_output(start: int, stop: int) -> torch.Tensor:
             x = cache.inputs[start:stop]
             if input_quantizer is not None:
                 x = input_quantizer(x)
-            if activation is None:
-                float_output = cache.targets[start:stop]
-            else:
-                block_inputs = cache.fp_block_inputs[start:stop]
-                float_output = capture_output(fp_block, fp_layer, block_inputs, chunk)
-            correction.add(float_output, forward_with_weight(q_layer, x, q_layer.weight))
-        correction.apply()
+            return forward_with_weight(q_layer, x, q_layer.weight)
+
+        rows = len(cache.inputs)
+        correct_bias(q_layer, context.process, rows, chunk, float_output, quantized_output)
 
     def layer_mse(self, info: LayerInfo, quantizer: AdaroundFakeQuantizer) -> dict[str, float]:
         """Output MSE on the cached input and target, round-to-nearest and AdaRound."""
@@ -588,18 +581,7 @@ class CalibrationWalk:
         self.state.reports.append(report)
         if context.checkpoint is not None:
             self.save_checkpoint(info, quantizer, report)
-        log.info(
-            "[%d/%d] %s %s W%d: MSE nearest %.3g -> AdaRound %.3g, %.1f%% flipped, %.1fs",
-            len(self.state.reports),
-            context.plan.total_layers,
-            info.name,
-            report.type,
-            report.bits,
-            mse["nearest"],
-            mse["adaround"],
-            100 * report.flipped_fraction,
-            seconds,
-        )
+        log_finished_layer(len(self.state.reports), context.plan.total_layers, report)
         self.bar.finish_layer()
 
     def save_checkpoint(
@@ -611,15 +593,8 @@ class CalibrationWalk:
         q_layer = context.q_model.get_submodule(info.name)
         act_quantizer = self.state.act_quantizers.get(info.name) if context.act_in_loop else None
         corrected = context.config.bias_correction and q_layer.bias is not None
-        entry = LayerCheckpoint(
-            state={k: v.detach().cpu() for k, v in quantizer.state_dict().items()},
-            bits=context.plan.bits[info.name],
-            per_channel=context.quant.per_channel,
-            report=report,
-            floor_scale=None if quantizer.floor_scale is None else quantizer.floor_scale.cpu(),
-            bias=q_layer.bias.detach().cpu() if corrected else None,
-            act_state=None if act_quantizer is None else ActivationGrid.of(act_quantizer),
-        )
+        bias = q_layer.bias if corrected else None
+        entry = layer_checkpoint(quantizer, report, context.quant.per_channel, bias, act_quantizer)
         self.state.finished[info.name] = entry
         save_layer_progress(
             context.checkpoint,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaround_lightning.engine.records.results import AdaroundResult
+from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 from adaround_lightning.export import ExportConfig, export_run, onnx_logits, verify_grid
 
 

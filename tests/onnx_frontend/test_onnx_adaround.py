@@ -15,7 +15,6 @@ from adaround_lightning.core.errors import UserError
 from adaround_lightning.export.grid_check import verify_grid
 from adaround_lightning.onnx_frontend import onnx_adaround as calibrate_module
 from adaround_lightning.onnx_frontend.onnx_adaround import adaround_onnx
-from adaround_lightning.onnx_frontend.onnx_writer import export_onnx_run
 from tests.onnx_frontend.helpers import ort_run, small_cnn_onnx
 
 CPU = {"accelerator": "cpu"}
@@ -39,7 +38,7 @@ def images():
 def calibrated(model_path, images, tmp_path_factory):
     result = adaround_onnx(model_path, images, QuantConfig(weight_bits=3), _config(), CPU)
     run_dir = tmp_path_factory.mktemp("run")
-    export_onnx_run(result, run_dir)
+    result.save(run_dir)
     return result, run_dir
 
 
@@ -125,7 +124,7 @@ def test_resume_restores_every_layer_without_fitting(model_path, images, tmp_pat
 def test_input_grids_are_exported_as_qdq_and_keyed_by_tensor(model_path, images, tmp_path):
     quant = QuantConfig(weight_bits=4, act_bits=6)
     result = adaround_onnx(model_path, images, quant, _config(), CPU)
-    export_onnx_run(result, tmp_path)
+    result.save(tmp_path)
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     assert [n.op_type for n in graph.node].count("QuantizeLinear") == 4
     assert [n.op_type for n in graph.node].count("Clip") == 1 + 4  # ReLU6, and 6-bit ranges

@@ -1,4 +1,4 @@
-"""Typed results of a calibration: per-layer reports and the quantized network.
+"""Typed results of a calibration: per-layer reports, the cache report, the result protocol.
 
 Example:
     >>> report = LayerReport("fc", "Linear", [2, 3], 4, True, None, 0.2, 0.1, 0.25, 1.0, 100)
@@ -8,18 +8,17 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import nn
 
 from adaround_lightning.engine.records.coverage import WeightCoverage
-from adaround_lightning.quant.activations import ActivationQuantizer, attach_input_quantizers
+from adaround_lightning.quant.activations import ActivationQuantizer
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
-__all__ = ["AdaroundResult", "CacheReport", "LayerReport"]
+__all__ = ["CacheReport", "CalibrationResult", "LayerReport", "calibration_record"]
 
 
 @dataclass
@@ -106,46 +105,67 @@ class CacheReport:
         return asdict(self)
 
 
-@dataclass
-class AdaroundResult:
-    """The quantized network and how it was obtained.
+@runtime_checkable
+class CalibrationResult(Protocol):
+    """What every front end's calibration returns (``adaround`` and ``adaround_onnx``).
 
     Attributes:
-        model: The BN-folded network whose quantized layers hold ``s * q`` (float tensors).
-        float_model: The BN-folded float network, on the same device.
-        quantizers: Per quantized layer name, its quantizer (scale, learned ``V``, grid).
-        layers: Per-layer reports in calibration order.
+        quantizers: Per quantized layer name, its finished quantizer (PyTorch weight layout).
+        act_quantizers: Per layer name, its input grid (empty without ``quant.act_bits``).
+        layers: Per-layer reports, in calibration order.
         skipped: Layers left in float, name -> reason.
-        seconds: Wall time of the whole calibration, caching included.
-        act_quantizers: Per quantized layer name, the quantizer of its input (empty without
-            ``quant.act_bits``); they are attached to ``model``.
-        cache: Where the activation cache lived and how many passes the walk made.
-        coverage: Quantized weight elements out of all Conv/Linear/attention-projection ones,
-            and every weight left in float with its reason.
+        seconds: Wall time of the calibration.
+        cache: The activation cache's report (None where the front end keeps no cache).
     """
 
-    model: nn.Module
-    float_model: nn.Module
     quantizers: dict[str, AdaroundFakeQuantizer]
+    act_quantizers: dict[str, ActivationQuantizer]
     layers: list[LayerReport]
-    skipped: dict[str, str]
     seconds: float
-    act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
-    cache: CacheReport | None = None
-    coverage: WeightCoverage | None = None
+    cache: CacheReport | None
 
-    def nearest_model(self) -> nn.Module:
-        """A copy of the float network with round-to-nearest weights on the same grids.
+    @property
+    def skipped(self) -> dict[str, str]: ...
 
-        With activation quantization, copies of the same input quantizers are attached.
-        """
-        nearest = copy.deepcopy(self.float_model)
-        with torch.no_grad():
-            for name, quantizer in self.quantizers.items():
-                layer = nearest.get_submodule(name)
-                weight = quantizer.nearest_weight()
-                layer.weight.copy_(weight.to(layer.weight.dtype))
-        if self.act_quantizers:
-            copies = {n: copy.deepcopy(q) for n, q in self.act_quantizers.items()}
-            attach_input_quantizers(nearest, copies)
-        return nearest
+    @property
+    def coverage(self) -> WeightCoverage | None: ...
+
+    def float_weights(self) -> dict[str, torch.Tensor]:
+        """The float weight of every quantized layer, ``{name}.weight``, PyTorch layout, CPU."""
+        ...
+
+    def encodings(self) -> dict[str, Any]:
+        """AIMET encodings, keyed as the front end's runtime reads them."""
+        ...
+
+    def write_model_files(
+        self, out_dir: Path, example_input: torch.Tensor | None, config: Any
+    ) -> dict[str, str]:
+        """Write the quantized model's own files; returns ``{kind: file name}``."""
+        ...
+
+    def save(
+        self, out_dir: Path, example_input: torch.Tensor | None = None, config: Any = None
+    ) -> dict[str, str]:
+        """Write every file a CLI run writes (see :mod:`adaround_lightning.export.run_dir`)."""
+        ...
+
+
+def calibration_record(result: CalibrationResult) -> dict[str, Any]:
+    """The calibration's part of ``results.json``: layers, float layers, coverage, cache, time.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> record = calibration_record(SimpleNamespace(layers=[], skipped={"fc": "excluded"},
+        ...     coverage=None, cache=None, seconds=1.23456))
+        >>> record["skipped"], record["calibration_seconds"]
+        ({'fc': 'excluded'}, 1.235)
+    """
+    coverage, cache = result.coverage, result.cache
+    return {
+        "layers": [report.to_dict() for report in result.layers],
+        "skipped": dict(result.skipped),
+        "coverage": coverage.to_dict() if coverage is not None else None,
+        "cache": cache.to_dict() if cache is not None else None,
+        "calibration_seconds": round(result.seconds, 3),
+    }
