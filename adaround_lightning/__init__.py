@@ -9,9 +9,9 @@ Example:
     >>> quantized = result.model
 """
 
+from adaround_lightning.api import adaround, adaround_onnx
 from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
 from adaround_lightning.engine.records.results import CalibrationResult, LayerReport
-from adaround_lightning.onnx_frontend.onnx_adaround import adaround_onnx
 from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.onnx_frontend.onnx_writer import write_quantized_onnx
 from adaround_lightning.quant.grids import ScaleMethod
@@ -19,7 +19,6 @@ from adaround_lightning.quant.loss import AdaptiveRoundingLoss, Reconstruction
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 from adaround_lightning.torch_frontend.load_run import load_quantized
-from adaround_lightning.torch_frontend.torch_adaround import adaround
 from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 
 __all__ = [

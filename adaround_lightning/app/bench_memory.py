@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from adaround_lightning.api import adaround
 from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.models.model_builder import (
     ModelConfig,
@@ -29,7 +30,6 @@ from adaround_lightning.models.model_builder import (
     quickstart_model_config,
 )
 from adaround_lightning.quant.quant_config import QuantConfig
-from adaround_lightning.torch_frontend.torch_adaround import adaround
 
 __all__ = ["run_memory_benchmark"]
 

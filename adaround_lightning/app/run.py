@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from adaround_lightning import export
+from adaround_lightning.api import adaround, adaround_onnx
 from adaround_lightning.app.evaluate import evaluate, evaluate_with_onnx
 from adaround_lightning.app.evaluate_onnx import evaluate_onnx_models
 from adaround_lightning.app.phases import (
@@ -35,9 +36,7 @@ from adaround_lightning.core.distributed import ProcessContext
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
 from adaround_lightning.engine.records.results import CalibrationResult, calibration_record
 from adaround_lightning.models.model_builder import build_model
-from adaround_lightning.onnx_frontend.onnx_adaround import adaround_onnx
 from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
-from adaround_lightning.torch_frontend.torch_adaround import adaround
 from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 
 __all__ = [

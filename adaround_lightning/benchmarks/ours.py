@@ -1,7 +1,7 @@
 r"""Our half of the side-by-side benchmark: the same grid as the AIMET runner, with our driver.
 
 For one checkpoint, calibrates once per (weight bits, per-channel, granularity) with
-:func:`~adaround_lightning.torch_frontend.torch_adaround.adaround` (real Lightning Trainers) and
+:func:`~adaround_lightning.api.adaround` (real Lightning Trainers) and
 evaluates FP32,
 round-to-nearest and AdaRound top-1 on the full Fashion-MNIST test split, weights only (``A32``)
 and with 8-bit activations (``A8``: input quantizers calibrated afterwards on the calibration
@@ -30,6 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from adaround_lightning.api import adaround
 from adaround_lightning.app.evaluate import evaluate
 from adaround_lightning.benchmarks.common import (
     ARCHS,
@@ -42,7 +43,6 @@ from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.engine.fit.trainer import quiet_lightning
 from adaround_lightning.quant.activations import calibrate_input_quantizers
 from adaround_lightning.quant.quant_config import QuantConfig
-from adaround_lightning.torch_frontend.torch_adaround import adaround
 
 __all__ = ["main", "run_grid"]
 

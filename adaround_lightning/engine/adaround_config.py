@@ -108,7 +108,8 @@ class AdaroundConfig:
             instead of returning it to the kernel (:mod:`adaround_lightning.core.host_memory`):
             large activation chunks no longer page-fault on every pass (on this machine the
             kernel time of a ResNet50 pass fell from 45% to 12%). The peak is unchanged; the
-            memory stays with the process until it exits.
+            memory stays with the process until it exits. It changes glibc's ``mallopt`` for
+            the whole process, so it is opt-in from Python; the CLI turns it on and logs it.
         blocks: More blocks for ``granularity=block``: ``fnmatch`` patterns of module names or
             class names (``["EncoderBlock"]``, ``["encoder.layers.*"]``); each matching
             module's layers are fitted together on its output. torchvision's residual blocks
@@ -155,7 +156,7 @@ class AdaroundConfig:
     cache_dtype: CacheDtype = CacheDtype.FLOAT32
     stream: bool = True
     channels_last: bool = True
-    reuse_host_memory: bool = True
+    reuse_host_memory: bool = False
     blocks: list[str] = field(default_factory=list)
     learn_scale: bool = False
     scale_lr: float = 1e-3

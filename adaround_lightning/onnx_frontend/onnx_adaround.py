@@ -1,4 +1,4 @@
-"""AdaRound on an ONNX model: :func:`adaround_onnx`, the orchestrator of the ONNX path.
+"""AdaRound on an ONNX model: :func:`adaround_graph`, the orchestrator of the ONNX front end.
 
 As aimet-onnx does it, layer by layer in graph order (paper eq. 25, asymmetric reconstruction):
 
@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.loggers import Logger
 
 from adaround_lightning.core.distributed import ProcessContext
 from adaround_lightning.core.errors import UserError
@@ -50,6 +49,7 @@ from adaround_lightning.engine.records.checkpoint import (
 )
 from adaround_lightning.engine.records.layer_report import layer_report, output_mse
 from adaround_lightning.engine.records.results import LayerReport
+from adaround_lightning.engine.walk_options import WalkOptions
 from adaround_lightning.onnx_frontend.onnx_graph import OnnxGraph, OnnxLayer
 from adaround_lightning.onnx_frontend.onnx_loading import load_onnx
 from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
@@ -60,7 +60,7 @@ from adaround_lightning.quant.factory import quantizer_for_weight
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
-__all__ = ["FORM_TOLERANCE", "OnnxAdaroundResult", "adaround_onnx"]
+__all__ = ["FORM_TOLERANCE", "adaround_graph"]
 
 log = logging.getLogger(__name__)
 
@@ -278,33 +278,17 @@ def calibrate_inputs(
     result.act_quantizers = calibrate_input_grids(names, quant, observe, process, cpu)
 
 
-def adaround_onnx(
+def adaround_graph(
     model: Any,
     images: torch.Tensor | np.ndarray,
-    quant: QuantConfig | None = None,
-    config: AdaroundConfig | None = None,
-    trainer: dict[str, Any] | None = None,
-    checkpoint: Path | None = None,
-    checkpoint_tag: str = "",
-    loggers: list[Logger] | None = None,
-    progress: bool | None = None,
+    quant: QuantConfig,
+    config: AdaroundConfig,
+    options: WalkOptions,
 ) -> OnnxAdaroundResult:
-    """Quantize the Conv/Gemm/MatMul weights of a float ONNX model with AdaRound, layer-wise.
+    """The ONNX front end of :func:`~adaround_lightning.api.adaround`: layer by layer.
 
-    Args:
-        model: A path to an ``.onnx`` file or an ``onnx.ModelProto`` (left unchanged).
-        images: Unlabelled calibration inputs ``(N, ...)`` as the model reads them.
-        quant: Bits and layer selection (names are the graph's node names).
-        config: AdaRound's optimisation settings (``granularity`` is layer-wise here).
-        trainer: Keyword arguments of each layer's Lightning ``Trainer``.
-        checkpoint: A folder for per-layer progress; a run with one resumes after its layers.
-        checkpoint_tag: A fingerprint of the settings; a checkpoint with another is refused.
-        loggers: Lightning loggers shared by every fit.
-        progress: Show progress bars (None: on an interactive terminal outside CI).
-
-    Returns:
-        The calibrated values, quantizers and reports; write them with
-        :func:`~adaround_lightning.onnx_frontend.onnx_writer.write_quantized_onnx`.
+    ``model`` is a path to an ``.onnx`` file or an ``onnx.ModelProto`` (left unchanged); names
+    in ``quant`` are the graph's node names.
 
     Example:
         >>> from onnx import TensorProto, helper, numpy_helper
@@ -314,14 +298,15 @@ def adaround_onnx(
         ...     [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
         ...     [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])], [w])
         >>> onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-        >>> result = adaround_onnx(onnx_model, torch.randn(32, 4), QuantConfig(weight_bits=4),
-        ...     AdaroundConfig(iters=8, batch_size=16, granularity="layer"), {"accelerator": "cpu"})
+        >>> result = adaround_graph(onnx_model, torch.randn(32, 4), QuantConfig(weight_bits=4),
+        ...     AdaroundConfig(iters=8, batch_size=16, granularity="layer"),
+        ...     WalkOptions({"accelerator": "cpu"}))
         >>> [report.name for report in result.layers]
         ['fc']
     """
     start = time.perf_counter()
-    quant, config = quant or QuantConfig(), config or AdaroundConfig()
-    trainer_kwargs = trainer_kwargs_with_defaults(trainer)
+    checkpoint, checkpoint_tag = options.checkpoint, options.checkpoint_tag
+    trainer_kwargs = trainer_kwargs_with_defaults(options.trainer)
     process = process_context(trainer_kwargs)
     _check_settings(config, quant, process)
     graph = load_onnx(model)
@@ -335,7 +320,7 @@ def adaround_onnx(
         config,
         process,
         array,
-        FitSettings(config, trainer_kwargs, loggers, process.device),
+        FitSettings(config, trainer_kwargs, options.loggers, process.device),
         checkpoint,
         checkpoint_tag,
     )
@@ -344,7 +329,7 @@ def adaround_onnx(
     finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
     if finished:
         log.info("resuming after %d finished layers", len(finished))
-    with CalibrationProgress(len(layers), len(finished), progress) as bar:
+    with CalibrationProgress(len(layers), len(finished), options.progress) as bar:
         for layer in layers:
             _calibrate_layer(layer, bits[layer.name], result, walk, finished, bar)
     if quant.act_bits is not None:

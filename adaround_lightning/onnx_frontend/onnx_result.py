@@ -1,4 +1,4 @@
-"""What :func:`~adaround_lightning.onnx_frontend.onnx_adaround.adaround_onnx` returns.
+"""What :func:`~adaround_lightning.api.adaround` returns.
 
 :class:`OnnxAdaroundResult` satisfies
 :class:`~adaround_lightning.engine.records.results.CalibrationResult`, as the PyTorch front end's
@@ -30,7 +30,7 @@ __all__ = ["OnnxAdaroundResult"]
 
 @dataclass
 class OnnxAdaroundResult:
-    """What :func:`~adaround_lightning.onnx_frontend.onnx_adaround.adaround_onnx` produced.
+    """What :func:`~adaround_lightning.api.adaround` produced.
 
     Attributes:
         graph: The float graph and its layers.

@@ -1,4 +1,4 @@
-"""The public verb: :func:`adaround` quantizes a network's weights, block by block.
+"""The PyTorch front end: :func:`adaround_module` quantizes a network's weights, block by block.
 
 It builds the walk's read-only context (:func:`prepare_walk`: this process's calibration
 shard, the float and quantized networks, the plan, the restored checkpoint) and runs the
@@ -10,11 +10,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -28,13 +26,14 @@ from adaround_lightning.engine.fit.trainer import process_context, trainer_kwarg
 from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, load_progress
 from adaround_lightning.engine.records.coverage import WeightCoverage, weight_coverage
 from adaround_lightning.engine.records.results import CacheReport
+from adaround_lightning.engine.walk_options import WalkOptions
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.torch_frontend.networks import float_and_quantized
 from adaround_lightning.torch_frontend.plan import CalibrationPlan, plan_calibration
 from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 from adaround_lightning.torch_frontend.torch_walk import CalibrationWalk, WalkContext
 
-__all__ = ["adaround", "prepare_walk"]
+__all__ = ["CalibrationData", "adaround_module", "prepare_walk"]
 
 log = logging.getLogger(__name__)
 
@@ -70,28 +69,25 @@ def _forward_chunk(config: AdaroundConfig, activation_bytes_per_sample: int) -> 
 def prepare_walk(
     model: nn.Module,
     calibration_data: CalibrationData,
-    quant: QuantConfig | None = None,
-    config: AdaroundConfig | None = None,
-    trainer: dict[str, Any] | None = None,
-    checkpoint: Path | None = None,
-    checkpoint_tag: str = "",
-    loggers: list[Logger] | None = None,
+    quant: QuantConfig,
+    config: AdaroundConfig,
+    options: WalkOptions,
 ) -> tuple[WalkContext, dict[str, LayerCheckpoint]]:
     """The walk's context and the layers a checkpoint has already finished.
 
-    Arguments as for :func:`adaround`. Every process reads the checkpoint; only rank 0 writes
-    checkpoints and logs (the context of the others has neither).
+    Arguments as for :func:`~adaround_lightning.api.adaround`. Every process reads the
+    checkpoint; only rank 0 writes checkpoints and logs (the context of the others has neither).
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
-        >>> context, finished = prepare_walk(net, torch.randn(32, 4),
-        ...     config=AdaroundConfig(batch_size=16), trainer={"accelerator": "cpu"})
+        >>> context, finished = prepare_walk(net, torch.randn(32, 4), QuantConfig(),
+        ...     AdaroundConfig(batch_size=16), WalkOptions({"accelerator": "cpu"}))
         >>> context.plan.total_layers, context.batch_size, finished
         (2, 16, {})
     """
-    quant = quant or QuantConfig()
-    config = config or AdaroundConfig()
-    trainer_kwargs = trainer_kwargs_with_defaults(trainer)
+    checkpoint, loggers = options.checkpoint, options.loggers
+    checkpoint_tag = options.checkpoint_tag
+    trainer_kwargs = trainer_kwargs_with_defaults(options.trainer)
     process = process_context(trainer_kwargs)
     images = calibration_tensor(calibration_data, config.num_samples)
     inputs = shard_for_process(images, config.batch_size, process)
@@ -183,54 +179,28 @@ def _warn_left_in_float(coverage: WeightCoverage) -> None:
         )
 
 
-def adaround(
+def adaround_module(
     model: nn.Module,
     calibration_data: CalibrationData,
-    quant: QuantConfig | None = None,
-    config: AdaroundConfig | None = None,
-    trainer: dict[str, Any] | None = None,
-    checkpoint: Path | None = None,
-    checkpoint_tag: str = "",
-    loggers: list[Logger] | None = None,
-    progress: bool | None = None,
+    quant: QuantConfig,
+    config: AdaroundConfig,
+    options: WalkOptions,
 ) -> AdaroundResult:
-    """Quantize ``model``'s Conv/Linear weights with AdaRound, block by block.
-
-    Args:
-        model: A trained network (left unchanged; the result holds copies).
-        calibration_data: Unlabelled inputs: a tensor ``(N, ...)``, a dataset, a DataLoader or an
-            iterable of batches; ``(input, label)`` items are accepted and labels ignored.
-        quant: Bits and layer selection (default: 4-bit per-channel everywhere).
-        config: AdaRound's optimisation settings (default: the paper's, 10k steps per layer).
-        trainer: Keyword arguments of the Lightning ``Trainer`` of each layer's fit, e.g.
-            ``{"accelerator": "gpu", "precision": "bf16-mixed"}``. Lightning picks the device.
-        checkpoint: A folder that receives a progress checkpoint after every finished layer.
-            If it holds one, those layers are restored and calibration continues after them.
-        checkpoint_tag: A fingerprint of the settings; a checkpoint with another tag is refused.
-        loggers: Lightning loggers shared by every layer's fit (metrics prefixed by layer name).
-        progress: Show rich progress bars; None shows them on an interactive terminal outside CI.
-
-    Returns:
-        The quantized network, the BN-folded float network, the quantizers and a per-layer report.
+    """The PyTorch front end of :func:`~adaround_lightning.api.adaround`: block by block.
 
     Example:
-        >>> import torchvision
-        >>> net = torchvision.models.resnet18(num_classes=10).eval()
-        >>> images = torch.randn(64, 3, 32, 32)
-        >>> result = adaround(net, images, QuantConfig(weight_bits=4),
-        ...                   AdaroundConfig(iters=20, batch_size=16), {"accelerator": "cpu"})
-        >>> len(result.layers)
-        21
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+        >>> result = adaround_module(net, torch.randn(32, 4), QuantConfig(),
+        ...     AdaroundConfig(iters=4, batch_size=16), WalkOptions({"accelerator": "cpu"}))
+        >>> [report.name for report in result.layers]
+        ['0', '2']
     """
     start_time = time.perf_counter()
-    if (config or AdaroundConfig()).reuse_host_memory:
+    if config.reuse_host_memory:
         keep_freed_host_memory()
-    context, finished = prepare_walk(
-        model, calibration_data, quant, config, trainer, checkpoint, checkpoint_tag, loggers
-    )
-    if not context.process.is_main:  # one process shows progress
-        progress = False
-    walk = CalibrationWalk(context, progress)
+    context, finished = prepare_walk(model, calibration_data, quant, config, options)
+    # One process shows progress.
+    walk = CalibrationWalk(context, options.progress if context.process.is_main else False)
     state = walk.run(finished)
     cache = walk.cache_report()
     _log_cache(cache)

@@ -1,4 +1,4 @@
-"""What :func:`~adaround_lightning.torch_frontend.torch_adaround.adaround` returns.
+"""What :func:`~adaround_lightning.api.adaround` returns.
 
 :class:`AdaroundResult` satisfies
 :class:`~adaround_lightning.engine.records.results.CalibrationResult`: the files a CLI run writes

@@ -206,8 +206,9 @@ class CalibrationWalk:
     Example:
         >>> from adaround_lightning.torch_frontend.torch_adaround import prepare_walk
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
-        >>> context, finished = prepare_walk(net, torch.randn(32, 4),
-        ...     config=AdaroundConfig(iters=2, batch_size=16), trainer={"accelerator": "cpu"})
+        >>> from adaround_lightning.engine.walk_options import WalkOptions
+        >>> context, finished = prepare_walk(net, torch.randn(32, 4), QuantConfig(),
+        ...     AdaroundConfig(iters=2, batch_size=16), WalkOptions({"accelerator": "cpu"}))
         >>> state = CalibrationWalk(context, progress=False).run(finished)
         >>> [report.name for report in state.reports]
         ['0', '2']

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from adaround_lightning import AdaroundConfig, QuantConfig, adaround
-from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 from adaround_lightning.graph.bias_correction import channel_dim, mean_output_error, shift_bias
 from adaround_lightning.graph.capture import capture_output
+from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 
 CPU = {"accelerator": "cpu", "devices": 1}
 

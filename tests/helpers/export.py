@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 from adaround_lightning.export import ExportConfig, export_run, onnx_logits, verify_grid
+from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 
 
 def assert_exported_with_parity(result: AdaroundResult, images: torch.Tensor, out: Path) -> None:

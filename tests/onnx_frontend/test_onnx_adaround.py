@@ -11,10 +11,10 @@ import torch
 from onnx import numpy_helper
 
 from adaround_lightning import AdaroundConfig, QuantConfig
+from adaround_lightning.api import adaround_onnx
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.export.grid_check import verify_grid
 from adaround_lightning.onnx_frontend import onnx_adaround as calibrate_module
-from adaround_lightning.onnx_frontend.onnx_adaround import adaround_onnx
 from tests.onnx_frontend.helpers import ort_run, small_cnn_onnx
 
 CPU = {"accelerator": "cpu"}
