@@ -1,132 +1,170 @@
-"""The package's shape: no import cycles, layers that point one way, functions that fit a screen."""
+"""The package's shape: no import cycle, dependencies one way, short functions, unique names.
+
+The layering map is the README's architecture table: each subpackage may import only the ones
+listed for it (and itself).
+"""
 
 from __future__ import annotations
 
 import ast
-import functools
-import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "adaround_lightning"
-#: Each subpackage and what it may import from the package (besides itself).
+NAME = "adaround_lightning"
+
+#: Subpackage (or top-level module) -> what it may import. Lower layers first.
 LAYERS: dict[str, set[str]] = {
     "core": set(),
-    "data": {"core"},
     "quant": {"core"},
-    "graph": {"core"},
-    "calibration": {"core", "quant", "graph"},
-    "export": {"core", "quant", "graph", "calibration"},
-    "onnx_model": {"core", "quant", "graph", "calibration", "export"},
-    "app": {"core", "data", "quant", "graph", "calibration", "export", "onnx_model"},
+    "graph": {"core", "quant"},
+    "data": {"core"},
+    "models": {"core", "data"},
+    "engine": {"core", "quant", "graph"},
+    "export": {"core", "quant", "graph", "engine"},
+    "onnx_frontend": {"core", "quant", "graph", "engine", "export"},
+    "torch_frontend": {"core", "quant", "graph", "engine", "export", "models"},
+    "api": {"core", "quant", "engine", "onnx_frontend", "torch_frontend"},
+    "__init__": {"core", "quant", "engine", "export", "onnx_frontend", "torch_frontend", "api"},
+    "app": {
+        *("core", "quant", "graph", "data", "models", "engine", "export"),
+        *("onnx_frontend", "torch_frontend", "api", "__init__"),
+    },
+    # `python -m adaround_lightning[.verify|.bench|.summarize]`: entry points over the app.
+    "__main__": {"app"},
+    "verify": {"app"},
+    "bench": {"app"},
+    "summarize": {"app"},
 }
-#: The leaf that produces BENCHMARKS.md: exempt from the function-length rule, imported by none.
-LEAF = "benchmarks"
-MAX_FUNCTION_LINES = 80
+#: Tools beside the library (not in the wheel): they may use all of it, nothing imports them.
+TOOLS = "benchmarks"
+#: The longest a library function may be, docstring excluded.
+MAX_FUNCTION_LINES = 60
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        modules[".".join((NAME, *parts))] = path
+    return modules
 
 
-def _sources() -> dict[str, ast.Module]:
-    return {
-        _module_name(path): ast.parse(path.read_text(), str(path))
-        for path in sorted(PACKAGE.rglob("*.py"))
-    }
-
-
-def _imports(module: str, tree: ast.Module, known: set[str]) -> set[str]:
-    """Package modules that ``module`` imports, at any depth (function-level imports too)."""
-    found: set[str] = set()
+def _under_type_checking(tree: ast.AST) -> set[int]:
+    skipped = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            base = node.module
-            if node.level:  # relative import
-                package = module.split(".")[: -node.level or None]
-                base = ".".join([*package, node.module])
-            for alias in node.names:
-                full = f"{base}.{alias.name}"
-                found.add(full if full in known else base)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-    return {name for name in found if name in known and name != module}
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(child) for child in ast.walk(node)}
+    return skipped
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Package modules ``path`` imports (function-level too; ``TYPE_CHECKING`` blocks not)."""
+    tree = ast.parse(path.read_text())
+    skipped = _under_type_checking(tree)
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            if name in modules and name.startswith(NAME + "."):
+                found.add(name)
+    return found
 
 
 def _graph() -> dict[str, set[str]]:
-    sources = _sources()
-    known = set(sources)
-    return {name: _imports(name, tree, known) for name, tree in sources.items()}
+    modules = _modules()
+    graph = {name: _imports(path, modules) for name, path in modules.items()}
+    for name, imported in graph.items():  # `from pkg.sub import mod` also imports pkg.sub
+        imported.discard(name)
+    return graph
 
 
-def _subpackage(module: str) -> str:
+def _area(module: str) -> str:
     parts = module.split(".")
-    return parts[1] if len(parts) > 2 or (len(parts) == 2 and module in _packages()) else ""
-
-
-@functools.cache
-def _packages() -> set[str]:
-    return {_module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    return parts[1] if len(parts) > 1 else "__init__"
 
 
 def test_no_import_cycle() -> None:
     graph = _graph()
-    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    state: dict[str, int] = {}
+    stack: list[str] = []
 
-    def visit(node: str, stack: list[str]) -> None:
+    def visit(node: str) -> None:
         state[node] = 1
-        for target in sorted(graph[node]):
-            if state.get(target) == 1:
-                cycle = [*stack[stack.index(target) :], target]
+        stack.append(node)
+        for child in sorted(graph[node]):
+            if state.get(child) == 1:
+                cycle = [*stack[stack.index(child) :], child]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
-            if target not in state:
-                visit(target, [*stack, target])
+            if child not in state:
+                visit(child)
+        stack.pop()
         state[node] = 2
 
-    for module in sorted(graph):
-        if module not in state:
-            visit(module, [module])
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
 
 
-def test_subpackages_depend_one_way() -> None:
-    for module, targets in _graph().items():
-        layer = _subpackage(module)
-        if layer not in LAYERS:
+def test_dependencies_follow_the_layering_map() -> None:
+    wrong = []
+    for module, imported in _graph().items():
+        area = _area(module)
+        if area == TOOLS:
             continue
-        for target in targets:
-            other = _subpackage(target)
-            if other and other != layer:
-                assert other in LAYERS[layer], f"{module} imports {target}: {layer} -> {other}"
+        assert area in LAYERS, f"{module}: add its subpackage to LAYERS (and the README)"
+        for target in imported:
+            other = _area(target)
+            if other != area and other not in LAYERS[area]:
+                wrong.append(f"{module} imports {target} ({area} -> {other})")
+    assert not wrong, "\n".join(wrong)
 
 
-def test_nothing_outside_the_benchmarks_leaf_imports_it() -> None:
-    for module, targets in _graph().items():
-        if _subpackage(module) == LEAF:
-            continue
-        leaf = sorted(t for t in targets if _subpackage(t) == LEAF)
-        assert not leaf, f"{module} imports the benchmarks leaf: {leaf}"
+def _function_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines from ``def`` to the end, less the docstring's."""
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
 
 
-def test_functions_fit_on_a_screen() -> None:
+def test_no_library_function_is_over_60_lines() -> None:
     long = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if _subpackage(_module_name(path)) == LEAF:
+    for module, path in _modules().items():
+        if _area(module) == TOOLS:
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                length = (node.end_lineno or node.lineno) - node.lineno + 1
-                if length > MAX_FUNCTION_LINES:
-                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({length})")
-    assert not long, "functions over 80 lines: " + ", ".join(long)
+            is_function = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if is_function and _function_lines(node) > MAX_FUNCTION_LINES:
+                long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: " + ", ".join(long)
 
 
-def test_the_architecture_table_names_modules_that_exist() -> None:
-    readme = (PACKAGE.parent / "README.md").read_text()
-    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
-    named = set(re.findall(r"`(adaround_lightning(?:\.\w+)*)`", section))
-    assert len(named) >= 10, "the Architecture section names too few modules"
-    modules = set(_sources())
-    for module in named:
-        assert module in modules, f"README Architecture names {module}, which does not exist"
+def test_no_two_modules_share_a_file_name() -> None:
+    names = Counter(
+        path.name
+        for path in PACKAGE.rglob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    )
+    assert not [name for name, count in names.items() if count > 1]
+
+
+def test_nothing_in_the_library_imports_the_tools() -> None:
+    users = [
+        m
+        for m, imported in _graph().items()
+        if _area(m) != TOOLS and any(_area(t) == TOOLS for t in imported)
+    ]
+    assert not users

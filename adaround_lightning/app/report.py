@@ -34,12 +34,18 @@ def _plots(layers: list[dict[str, Any]], out_dir: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
+    if not layers:
+        return []
+    _error_plot(layers, out_dir)
+    _curve_plot(layers, out_dir)
+    return [_ERROR_PNG, _CURVES_PNG]
+
+
+def _error_plot(layers: list[dict[str, Any]], out_dir: Path) -> None:
+    """Per layer, the output MSE of round-to-nearest and of AdaRound."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    written: list[str] = []
-    if not layers:
-        return written
     names = [layer["name"] for layer in layers]
     y = np.arange(len(layers))
     fig, ax = plt.subplots(figsize=(8, max(3.0, 0.22 * len(layers) + 1.2)), dpi=110)
@@ -62,7 +68,12 @@ def _plots(layers: list[dict[str, Any]], out_dir: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(out_dir / _ERROR_PNG)
     plt.close(fig)
-    written.append(_ERROR_PNG)
+
+
+def _curve_plot(layers: list[dict[str, Any]], out_dir: Path) -> None:
+    """The loss curves of a few layers."""
+    import matplotlib.pyplot as plt
+    import numpy as np
 
     # A few layers: the first, the last, and the two others whose error AdaRound cut most.
     def ratio(i: int) -> float:
@@ -95,8 +106,6 @@ def _plots(layers: list[dict[str, Any]], out_dir: Path) -> list[str]:
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(out_dir / _CURVES_PNG)
     plt.close(fig)
-    written.append(_CURVES_PNG)
-    return written
 
 
 def _accuracy_rows(results: dict[str, Any]) -> str:

@@ -164,6 +164,15 @@ class AdaroundConfig:
     fisher_damping: float = 1.0
 
     def __post_init__(self) -> None:
+        self._check_numbers()
+        self.granularity = Granularity.parse(self.granularity, "adaround.granularity")
+        self.block_budget = BlockBudget.parse(self.block_budget, "adaround.block_budget")
+        self.reconstruction = Reconstruction.parse(self.reconstruction, "adaround.reconstruction")
+        self.cache_device = CacheDevice.parse(self.cache_device, "adaround.cache_device")
+        self.cache_dtype = CacheDtype.parse(self.cache_dtype, "adaround.cache_dtype")
+        self._check_flags_and_lists()
+
+    def _check_numbers(self) -> None:
         if self.block_iters is not None and (
             isinstance(self.block_iters, bool)
             or not isinstance(self.block_iters, int)
@@ -174,8 +183,6 @@ class AdaroundConfig:
             )
         if not 0.0 <= self.drop_prob < 1.0:
             raise ValueError(f"adaround.drop_prob must be in [0, 1), got {self.drop_prob}")
-        self.granularity = Granularity.parse(self.granularity, "adaround.granularity")
-        self.block_budget = BlockBudget.parse(self.block_budget, "adaround.block_budget")
         for name in ("iters", "batch_size", "num_samples", "forward_batch_size", "steps_per_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -191,13 +198,17 @@ class AdaroundConfig:
             )
         if not 0.0 <= self.warm_start < 1.0:
             raise ValueError(f"adaround.warm_start must be in [0, 1), got {self.warm_start}")
-        self.reconstruction = Reconstruction.parse(self.reconstruction, "adaround.reconstruction")
-        self.cache_device = CacheDevice.parse(self.cache_device, "adaround.cache_device")
-        self.cache_dtype = CacheDtype.parse(self.cache_dtype, "adaround.cache_dtype")
         if self.cache_budget_gb is not None and not float(self.cache_budget_gb) > 0:
             raise ValueError(
                 f"adaround.cache_budget_gb must be > 0 or null, got {self.cache_budget_gb}"
             )
+        if isinstance(self.fisher_damping, bool) or not float(self.fisher_damping) >= 0:
+            raise ValueError(f"adaround.fisher_damping must be >= 0, got {self.fisher_damping!r}")
+        self.fisher_damping = float(self.fisher_damping)
+        if self.reg_param is not None and self.reg_param < 0:
+            raise ValueError(f"adaround.reg_param must be >= 0, got {self.reg_param}")
+
+    def _check_flags_and_lists(self) -> None:
         for name in (
             "include_activation",
             "act_in_loop",
@@ -220,16 +231,11 @@ class AdaroundConfig:
                 f"got {self.blocks!r}"
             )
         self.blocks = list(self.blocks)
-        if isinstance(self.fisher_damping, bool) or not float(self.fisher_damping) >= 0:
-            raise ValueError(f"adaround.fisher_damping must be >= 0, got {self.fisher_damping!r}")
-        self.fisher_damping = float(self.fisher_damping)
         if self.fisher and self.granularity == Granularity.LAYER:
             raise ValueError(
                 "adaround.fisher weighs block fits, and adaround.granularity=layer has none: "
                 "set adaround.granularity=block or adaround.fisher=false"
             )
-        if self.reg_param is not None and self.reg_param < 0:
-            raise ValueError(f"adaround.reg_param must be >= 0, got {self.reg_param}")
 
     def block_steps(self, layers: int) -> int:
         """Steps of a block fit of ``layers`` layers.
