@@ -43,6 +43,7 @@ __all__ = [
     "STATE_FILE",
     "WEIGHTS_FILE",
     "ExportConfig",
+    "SavesRunFiles",
     "export_run",
     "save_float_weights",
     "save_run_files",
@@ -127,6 +128,32 @@ def save_run_files(
         "adaround_state": STATE_FILE,
         "float_weights": FLOAT_WEIGHTS_FILE,
     }
+
+
+class SavesRunFiles:
+    """``save``, the same for every front end's result (see :func:`save_run_files`)."""
+
+    def save(
+        self,
+        out_dir: Path | str,
+        example_input: torch.Tensor | None = None,
+        config: ExportConfig | None = None,
+    ) -> dict[str, str]:
+        """Write the files a CLI run writes, each atomically; returns ``{kind: file name}``.
+
+        Args:
+            out_dir: The folder (created if missing).
+            example_input: A batch the network accepts: a PyTorch result's ``model.onnx`` and
+                ``load_quantized`` need it (None: no ONNX file).
+            config: What to export (default: everything; ONNX when ``example_input`` is given).
+
+        Example:
+            >>> # result = adaround(net, images, ...)
+            >>> # result.save("run", images[:2]); model = load_quantized("run", net)
+        """
+        if config is None:
+            config = ExportConfig(onnx=example_input is not None, verify=False)
+        return save_run_files(self, Path(out_dir), example_input, config)  # type: ignore[arg-type]
 
 
 def export_run(

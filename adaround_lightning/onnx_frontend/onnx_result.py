@@ -17,7 +17,7 @@ import torch
 from adaround_lightning.engine.records.coverage import WeightCoverage
 from adaround_lightning.engine.records.results import CacheReport, LayerReport
 from adaround_lightning.export.integers import quantized_layers
-from adaround_lightning.export.run_dir import ExportConfig, save_run_files
+from adaround_lightning.export.run_dir import ExportConfig, SavesRunFiles
 from adaround_lightning.onnx_frontend.onnx_graph import OnnxGraph, OnnxLayer
 from adaround_lightning.onnx_frontend.onnx_sampler import OnnxSampler
 from adaround_lightning.onnx_frontend.onnx_writer import onnx_encodings, write_onnx_model_files
@@ -29,7 +29,7 @@ __all__ = ["OnnxAdaroundResult"]
 
 
 @dataclass
-class OnnxAdaroundResult:
+class OnnxAdaroundResult(SavesRunFiles):
     """What :func:`~adaround_lightning.api.adaround` produced.
 
     Attributes:
@@ -105,18 +105,3 @@ class OnnxAdaroundResult:
     ) -> dict[str, str]:
         """``model.onnx`` (the input graph with QDQ nodes) and ``onnx_layers.json``."""
         return write_onnx_model_files(self, out_dir)
-
-    def save(
-        self,
-        out_dir: Path,
-        example_input: torch.Tensor | None = None,
-        config: ExportConfig | None = None,
-    ) -> dict[str, str]:
-        """Write the files a CLI run of the ONNX path writes; returns ``{kind: file name}``.
-
-        Example:
-            >>> # result = adaround_onnx("model.onnx", images, ...)
-            >>> # result.save(Path("run"))  # model.onnx, encodings.json, ...
-        """
-        config = config or ExportConfig(verify=False)
-        return save_run_files(self, Path(out_dir), example_input, config)

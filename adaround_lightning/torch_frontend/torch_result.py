@@ -21,7 +21,7 @@ from adaround_lightning.engine.records.results import CacheReport, LayerReport
 from adaround_lightning.export.encodings import aimet_encodings
 from adaround_lightning.export.integers import quantized_layers
 from adaround_lightning.export.onnx import export_onnx
-from adaround_lightning.export.run_dir import MODEL_FILE, ONNX_FILE, ExportConfig, save_run_files
+from adaround_lightning.export.run_dir import MODEL_FILE, ONNX_FILE, ExportConfig, SavesRunFiles
 from adaround_lightning.quant.activations import ActivationQuantizer, attach_input_quantizers
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
@@ -29,7 +29,7 @@ __all__ = ["AdaroundResult"]
 
 
 @dataclass
-class AdaroundResult:
+class AdaroundResult(SavesRunFiles):
     """The quantized network and how it was obtained.
 
     Attributes:
@@ -101,24 +101,3 @@ class AdaroundResult:
             )
             outputs["onnx"] = ONNX_FILE
         return outputs
-
-    def save(
-        self,
-        out_dir: Path,
-        example_input: torch.Tensor | None = None,
-        config: ExportConfig | None = None,
-    ) -> dict[str, str]:
-        """Write the files a CLI run writes, each atomically; returns ``{kind: file name}``.
-
-        Args:
-            out_dir: The folder (created if missing).
-            example_input: A batch the network accepts, for ``model.onnx`` (None: no ONNX).
-            config: What to export (default: everything, ONNX when ``example_input`` is given).
-
-        Example:
-            >>> # result = adaround(net, images, ...)
-            >>> # result.save(Path("run"), images[:2])  # then load_quantized(Path("run"), net)
-        """
-        if config is None:
-            config = ExportConfig(onnx=example_input is not None, verify=False)
-        return save_run_files(self, Path(out_dir), example_input, config)
