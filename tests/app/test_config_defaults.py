@@ -63,7 +63,8 @@ def test_every_yaml_key_is_a_field_with_the_same_default(section, path, cls, key
     for name, value in values.items():
         assert name in defaults, f"{path.name}: {section}.{name} is not a field of {cls.__name__}"
         expected = CLI_ONLY.get((section, name), defaults[name])
-        assert _plain(value) == expected, f"{section}.{name}: YAML {value!r}, dataclass {expected!r}"
+        message = f"{section}.{name}: YAML {value!r}, dataclass {expected!r}"
+        assert _plain(value) == expected, message
 
 
 def test_the_data_group_keys_are_fields() -> None:
