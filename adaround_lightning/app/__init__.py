@@ -1,6 +1,4 @@
-"""The application: the Hydra command line, one run end to end, and the tools around it.
+"""The application: the Hydra command line, one run end to end, and the commands around it.
 
-:mod:`.cli` (``@hydra.main``), :mod:`.run` (setup, calibrate, export, evaluate, write
-results), :mod:`.settings`, :mod:`.models`, :mod:`.evaluate`, :mod:`.report`, :mod:`.sweep`,
-:mod:`.summarize`, :mod:`.verify`, :mod:`.bench`, :mod:`.loading`.
-"""
+Modules: cli, run, phases, settings, evaluate, evaluate_onnx, report, sweep, summarize_cli, verify_cli, bench_cli, bench_memory.
+"""  # noqa: E501 (every module on one line)

@@ -1,1 +1,4 @@
-"""Dataset readers (idx files, Fashion-MNIST)."""
+"""Calibration and evaluation data.
+
+Modules: sources, transforms, idx, assets.
+"""

@@ -1,8 +1,6 @@
-"""Export: integer weights, AIMET encodings, an int8 ONNX model, the run-dir files and the check.
+"""Export: integer weights, AIMET encodings, int8 ONNX, the run files and the grid check.
 
-Modules: :mod:`.integers` (the integers and their files), :mod:`.encodings` (AIMET),
-:mod:`.onnx` (int8 ONNX, onnxruntime), :mod:`.run_dir` (which files a run writes),
-:mod:`.verify` (the grid check).
+:mod:`.integers`, :mod:`.encodings`, :mod:`.onnx`, :mod:`.run_dir`, :mod:`.grid_check`.
 """
 
 from adaround_lightning.export.encodings import aimet_encodings

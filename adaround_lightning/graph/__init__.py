@@ -1,7 +1,6 @@
-"""Graph work on a network: tracing, BatchNorm folding, bias correction, functional helpers.
+"""What is read off or done to a PyTorch network, independent of any fit.
 
-:mod:`.trace` (layers, blocks and activations from one forward pass), :mod:`.bn_fold`,
-:mod:`.bias_correction`, :mod:`.capture` (one module's input or output),
-:mod:`.functional` (a layer run with another weight). Depends only on
-:mod:`adaround_lightning.core`.
+Modules: trace, bn_fold, bias_correction, capture, functional, functional_weights, attention.
+
+Depends on :mod:`adaround_lightning.quant` and :mod:`adaround_lightning.core`.
 """
