@@ -51,7 +51,7 @@ def restore_layer(
         >>> from adaround_lightning.quant.factory import quantizer_for_weight
         >>> from adaround_lightning.engine.records.checkpoint import LayerCheckpoint
         >>> layer = nn.Linear(3, 2)
-        >>> quantizer = quantizer_for_weight(layer.weight, 4, True)
+        >>> quantizer = quantizer_for_weight(layer.weight, 4, True, "minmax")
         >>> report = LayerReport("fc", "Linear", [2, 3], 4, True, None, 0, 0, 0, 0, 1)
         >>> entry = layer_checkpoint(quantizer, report, per_channel=True)
         >>> _ = restore_layer(layer, entry, torch.device("cpu"))
