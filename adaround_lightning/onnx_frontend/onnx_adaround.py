@@ -278,6 +278,18 @@ def calibrate_inputs(
     result.act_quantizers = calibrate_input_grids(names, quant, observe, process, cpu)
 
 
+def _calibration_array(images: torch.Tensor | np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` images as a contiguous float32 host array (onnxruntime's input)."""
+    array = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    return np.ascontiguousarray(array[:count], dtype=np.float32)
+
+
+def _warn_left_in_float(left_in_float: dict[str, str]) -> None:
+    if left_in_float:
+        reasons = "; ".join(f"{name} ({why})" for name, why in left_in_float.items())
+        log.warning("%d weighted nodes left in float: %s", len(left_in_float), reasons)
+
+
 def adaround_graph(
     model: Any,
     images: torch.Tensor | np.ndarray,
@@ -310,8 +322,7 @@ def adaround_graph(
     process = process_context(trainer_kwargs)
     _check_settings(config, quant, process)
     graph = load_onnx(model)
-    array = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    array = np.ascontiguousarray(array[: config.num_samples], dtype=np.float32)
+    array = _calibration_array(images, config.num_samples)
     sampler = OnnxSampler(graph, list(_variables(graph)), config.forward_batch_size)
     result = OnnxAdaroundResult(graph, sampler, _variables(graph), _variables(graph))
     result.left_in_float.update(graph.left_in_float)
@@ -334,8 +345,6 @@ def adaround_graph(
             _calibrate_layer(layer, bits[layer.name], result, walk, finished, bar)
     if quant.act_bits is not None:
         calibrate_inputs(result, array, quant, process)
-    if result.left_in_float:
-        reasons = "; ".join(f"{name} ({why})" for name, why in result.left_in_float.items())
-        log.warning("%d weighted nodes left in float: %s", len(result.left_in_float), reasons)
+    _warn_left_in_float(result.left_in_float)
     result.seconds = time.perf_counter() - start
     return result

@@ -206,6 +206,25 @@ def _unique_name(node: Any, index: int, taken: set[str]) -> str:
     return name
 
 
+def _layer(node: Any, name: str, index: int, after: tuple) -> OnnxLayer:
+    """The layer of a weighted node; ``after``: its activation, attributes and output."""
+    data, weight, bias = _weight_inputs(node)
+    activation, attributes, activation_output = after
+    return OnnxLayer(
+        name,
+        node.op_type,
+        index,
+        data,
+        node.output[0],
+        weight,
+        bias,
+        _attributes(node),
+        activation,
+        attributes,
+        activation_output,
+    )
+
+
 def find_layers(model: Any) -> OnnxGraph:
     """Read the quantizable layers of a float ONNX classifier.
 
@@ -251,23 +270,6 @@ def find_layers(model: Any) -> OnnxGraph:
                 weight = next((b for b in behind if b), None)
                 found.left_in_float[name] = reason + (f" (from {weight})" if weight else "")
             continue  # a MatMul of two activations (attention scores) has no weight
-        data, weight, bias = _weight_inputs(node)
-        activation, attributes, activation_output = _activation_after(
-            node.output[0], readers, graph_outputs, constants
-        )
-        found.layers.append(
-            OnnxLayer(
-                name,
-                node.op_type,
-                index,
-                data,
-                node.output[0],
-                weight,
-                bias,
-                _attributes(node),
-                activation,
-                attributes,
-                activation_output,
-            )
-        )
+        after = _activation_after(node.output[0], readers, graph_outputs, constants)
+        found.layers.append(_layer(node, name, index, after))
     return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +67,21 @@ def _forward_chunk(config: AdaroundConfig, activation_bytes_per_sample: int) -> 
     return chunk
 
 
+def _cache_allocator(
+    config: AdaroundConfig, device: torch.device, checkpoint: Path | None
+) -> CacheAllocator:
+    """Where cached activations live; the disk tier's folder sits beside the checkpoints."""
+    budget = None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30)
+    return CacheAllocator(
+        device,
+        config.cache_device,
+        budget,
+        config.cache_dtype,
+        checkpoint.parent / CACHE_DIR if checkpoint else None,
+        channels_last=config.channels_last,
+    )
+
+
 def prepare_walk(
     model: nn.Module,
     calibration_data: CalibrationData,
@@ -99,15 +115,7 @@ def prepare_walk(
     stream = None
     if config.stream:
         stream = plan_stream(fp_model, [block.name for block in plan.trace.blocks], example)
-    cache_folder = checkpoint.parent / CACHE_DIR if checkpoint else None
-    allocator = CacheAllocator(
-        process.device,
-        config.cache_device,
-        None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30),
-        config.cache_dtype,
-        cache_folder,
-        channels_last=config.channels_last,
-    )
+    allocator = _cache_allocator(config, process.device, checkpoint)
     finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
     if not process.is_main:  # one process writes
         checkpoint, loggers = None, None
