@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from adaround_lightning import export
-from adaround_lightning.api import adaround, adaround_onnx
+from adaround_lightning.api import adaround
 from adaround_lightning.app.evaluate import evaluate, evaluate_with_onnx
 from adaround_lightning.app.evaluate_onnx import evaluate_onnx_models
 from adaround_lightning.app.phases import (
@@ -131,12 +131,11 @@ def setup(cfg: DictConfig | dict[str, Any]) -> RunSetup:
 def calibrate(run_setup: RunSetup) -> CalibrationResult:
     """AdaRound on the run's model, checkpointed into the run dir (resumable).
 
-    A PyTorch network goes through :func:`adaround`, an ONNX file through :func:`adaround_onnx`.
+    :func:`adaround` takes a PyTorch network or the path of an ONNX file.
     """
     settings, out_dir = run_setup.settings, run_setup.out_dir
-    front_end = adaround_onnx if isinstance(run_setup.model, str) else adaround
-    return front_end(
-        run_setup.model,  # type: ignore[arg-type]
+    return adaround(
+        run_setup.model,
         run_setup.images,
         settings.quant,
         settings.adaround,

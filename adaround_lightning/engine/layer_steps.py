@@ -30,7 +30,14 @@ from adaround_lightning.graph.bias_correction import BiasCorrection
 from adaround_lightning.quant.activations import ActivationQuantizer
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
-__all__ = ["correct_bias", "layer_checkpoint", "log_finished_layer", "restore_layer"]
+__all__ = [
+    "correct_bias",
+    "corrected_bias",
+    "corrects_bias",
+    "layer_checkpoint",
+    "log_finished_layer",
+    "restore_layer",
+]
 
 log = logging.getLogger("adaround_lightning.engine")
 
@@ -63,6 +70,21 @@ def restore_layer(
     if entry.bias is not None:  # bias_correction
         layer.bias.copy_(entry.bias.to(layer.bias))
     return quantizer
+
+
+def corrects_bias(enabled: bool, layer: nn.Module) -> bool:
+    """Whether bias correction runs on ``layer``: it is on and the layer has a bias.
+
+    Example:
+        >>> corrects_bias(True, nn.Linear(2, 2)), corrects_bias(True, nn.Linear(2, 2, bias=False))
+        (True, False)
+    """
+    return enabled and getattr(layer, "bias", None) is not None
+
+
+def corrected_bias(enabled: bool, layer: nn.Module) -> torch.Tensor | None:
+    """The layer's bias for its resume record when bias correction changed it, else None."""
+    return layer.bias if corrects_bias(enabled, layer) else None
 
 
 @torch.no_grad()

@@ -108,12 +108,13 @@ def save_run_files(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     layers = quantized_layers(result.quantizers)
-    outputs = result.write_model_files(out_dir, example_input, config)
+    # The integers of every layer, computed once for every file.
+    outputs = result.write_model_files(out_dir, example_input, config, layers)
     atomic_write(
         out_dir / WEIGHTS_FILE,
         lambda tmp: save_quantized_weights(Path(tmp), layers, result.act_quantizers),
     )
-    atomic_write_text(out_dir / ENCODINGS_FILE, json.dumps(result.encodings(), indent=1))
+    atomic_write_text(out_dir / ENCODINGS_FILE, json.dumps(result.encodings(layers), indent=1))
     atomic_torch_save(out_dir / STATE_FILE, quantizer_states(result.quantizers))
     weights = result.float_weights()
     atomic_write(out_dir / FLOAT_WEIGHTS_FILE, lambda tmp: save_float_weights(tmp, weights))

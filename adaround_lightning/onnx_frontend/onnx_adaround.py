@@ -37,6 +37,8 @@ from adaround_lightning.engine.fit.trainer import process_context, trainer_kwarg
 from adaround_lightning.engine.input_grids import calibrate_input_grids
 from adaround_lightning.engine.layer_steps import (
     correct_bias,
+    corrected_bias,
+    corrects_bias,
     layer_checkpoint,
     log_finished_layer,
     restore_layer,
@@ -163,7 +165,7 @@ def _fit(
         config.steps_per_batch,
     )
     outcome = fit_layer(module, quantizer, activation, None, pairs, walk.fit, layer.name, bar)
-    if config.bias_correction and getattr(module, "bias", None) is not None:
+    if corrects_bias(config.bias_correction, module):
         correct_bias(
             module,
             walk.process,
@@ -215,7 +217,7 @@ def _save(
 ) -> None:
     if walk.checkpoint is None:
         return
-    bias = getattr(form.module, "bias", None) if walk.config.bias_correction else None
+    bias = corrected_bias(walk.config.bias_correction, form.module)
     entry = layer_checkpoint(quantizer, report, walk.quant.per_channel, bias)
     save_layer_progress(walk.checkpoint, walk.checkpoint_tag, order, layer.name, entry)
 

@@ -16,7 +16,7 @@ import torch
 
 from adaround_lightning.engine.records.coverage import WeightCoverage
 from adaround_lightning.engine.records.results import CacheReport, LayerReport
-from adaround_lightning.export.integers import quantized_layers
+from adaround_lightning.export.integers import QuantizedLayer
 from adaround_lightning.export.run_dir import ExportConfig, SavesRunFiles
 from adaround_lightning.onnx_frontend.onnx_graph import OnnxGraph, OnnxLayer
 from adaround_lightning.onnx_frontend.onnx_sampler import OnnxSampler
@@ -96,12 +96,16 @@ class OnnxAdaroundResult(SavesRunFiles):
             )
         return weights
 
-    def encodings(self) -> dict[str, Any]:
+    def encodings(self, layers: list[QuantizedLayer]) -> dict[str, Any]:
         """AIMET-ONNX encodings: weights keyed by initializer name, inputs by tensor name."""
-        return onnx_encodings(self, quantized_layers(self.quantizers))
+        return onnx_encodings(self, layers)
 
     def write_model_files(
-        self, out_dir: Path, example_input: torch.Tensor | None, config: ExportConfig
+        self,
+        out_dir: Path,
+        example_input: torch.Tensor | None,
+        config: ExportConfig,
+        layers: list[QuantizedLayer],
     ) -> dict[str, str]:
         """``model.onnx`` (the input graph with QDQ nodes) and ``onnx_layers.json``."""
-        return write_onnx_model_files(self, out_dir)
+        return write_onnx_model_files(self, out_dir, layers)

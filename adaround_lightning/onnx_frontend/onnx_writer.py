@@ -81,8 +81,12 @@ def _replace_initializers(graph: Any, replaced: dict[str, Any], removed: set[str
     graph.initializer.extend(kept + list(replaced.values()))
 
 
-def write_quantized_onnx(result: OnnxAdaroundResult, path: Path) -> None:
+def write_quantized_onnx(
+    result: OnnxAdaroundResult, path: Path, layers: list[QuantizedLayer] | None = None
+) -> None:
     """The input graph with int8 weights behind ``DequantizeLinear`` (and input QDQ), checked.
+
+    ``layers``: the result's integers when the caller has them already (else computed here).
 
     Example:
         >>> # see adaround_onnx's example; then
@@ -94,7 +98,7 @@ def write_quantized_onnx(result: OnnxAdaroundResult, path: Path) -> None:
     model = copy.deepcopy(result.graph.model)
     graph = model.graph
     replaced, removed, weight_nodes = {}, set(), []
-    for quantized in quantized_layers(result.quantizers):
+    for quantized in layers if layers is not None else quantized_layers(result.quantizers):
         layer = result.layer(quantized.name)
         transposed = result.forms[quantized.name].transposed
         initializers, node = weight_dequantize(quantized, transposed, layer.weight)
@@ -152,12 +156,14 @@ def _layer_map(result: OnnxAdaroundResult) -> dict[str, dict[str, Any]]:
     }
 
 
-def write_onnx_model_files(result: OnnxAdaroundResult, out_dir: Path) -> dict[str, str]:
+def write_onnx_model_files(
+    result: OnnxAdaroundResult, out_dir: Path, layers: list[QuantizedLayer] | None = None
+) -> dict[str, str]:
     """``model.onnx`` and ``onnx_layers.json`` of an ONNX calibration (atomically).
 
     Returns:
         ``{kind: file name}`` for ``results.json``.
     """
-    atomic_write(out_dir / ONNX_FILE, lambda tmp: write_quantized_onnx(result, Path(tmp)))
+    atomic_write(out_dir / ONNX_FILE, lambda tmp: write_quantized_onnx(result, Path(tmp), layers))
     atomic_write_text(out_dir / LAYERS_FILE, json.dumps(_layer_map(result), indent=1))
     return {"onnx": ONNX_FILE, "onnx_layers": LAYERS_FILE}

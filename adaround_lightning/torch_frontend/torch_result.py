@@ -19,7 +19,7 @@ from adaround_lightning.core.atomic import atomic_torch_save, atomic_write
 from adaround_lightning.engine.records.coverage import WeightCoverage
 from adaround_lightning.engine.records.results import CacheReport, LayerReport
 from adaround_lightning.export.encodings import aimet_encodings
-from adaround_lightning.export.integers import quantized_layers
+from adaround_lightning.export.integers import QuantizedLayer
 from adaround_lightning.export.onnx import export_onnx
 from adaround_lightning.export.run_dir import MODEL_FILE, ONNX_FILE, ExportConfig, SavesRunFiles
 from adaround_lightning.quant.activations import ActivationQuantizer, attach_input_quantizers
@@ -79,12 +79,16 @@ class AdaroundResult(SavesRunFiles):
             for name in self.quantizers
         }
 
-    def encodings(self) -> dict[str, Any]:
+    def encodings(self, layers: list[QuantizedLayer]) -> dict[str, Any]:
         """AIMET encodings keyed by module name (``aimet_torch``'s QuantSim reads them)."""
-        return aimet_encodings(quantized_layers(self.quantizers), self.act_quantizers)
+        return aimet_encodings(layers, self.act_quantizers)
 
     def write_model_files(
-        self, out_dir: Path, example_input: torch.Tensor | None, config: ExportConfig
+        self,
+        out_dir: Path,
+        example_input: torch.Tensor | None,
+        config: ExportConfig,
+        layers: list[QuantizedLayer],
     ) -> dict[str, str]:
         """``quantized_model.pt`` and, with ``config.onnx``, ``model.onnx`` (checked)."""
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
@@ -94,7 +98,6 @@ class AdaroundResult(SavesRunFiles):
             if example_input is None:
                 raise ValueError("model.onnx needs an example input: pass example_input")
             model = copy.deepcopy(self.model).cpu()
-            layers = quantized_layers(self.quantizers)
             atomic_write(
                 out_dir / ONNX_FILE,
                 lambda tmp: export_onnx(model, layers, example_input, Path(tmp), config.opset),

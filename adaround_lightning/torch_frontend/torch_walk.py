@@ -45,6 +45,8 @@ from adaround_lightning.engine.fit.fit_step import FitOutcome, FitSettings, fit_
 from adaround_lightning.engine.input_grids import calibrate_input_grids
 from adaround_lightning.engine.layer_steps import (
     correct_bias,
+    corrected_bias,
+    corrects_bias,
     layer_checkpoint,
     log_finished_layer,
     restore_layer,
@@ -462,7 +464,7 @@ class CalibrationWalk:
             act_quantizer.drop_prob = 0.0
             self.state.act_quantizers[info.name] = act_quantizer
             attach_input_quantizers(context.q_model, {info.name: act_quantizer})
-        if self.bias_correction(info) is not None:
+        if corrects_bias(context.config.bias_correction, q_layer):
             self.correct_layer_bias(info, fp_block, act_quantizer)
         seconds = time.perf_counter() - start
         self.finish_layer(info, quantizer, seconds, outcome)
@@ -493,7 +495,7 @@ class CalibrationWalk:
     def bias_correction(self, info: LayerInfo) -> BiasCorrection | None:
         """An empty correction of the layer, or None (off, or the layer has no bias)."""
         q_layer = self.context.q_model.get_submodule(info.name)
-        if not self.context.config.bias_correction or getattr(q_layer, "bias", None) is None:
+        if not corrects_bias(self.context.config.bias_correction, q_layer):
             return None
         return BiasCorrection(q_layer, self.context.process)
 
@@ -593,8 +595,7 @@ class CalibrationWalk:
         assert context.checkpoint is not None
         q_layer = context.q_model.get_submodule(info.name)
         act_quantizer = self.state.act_quantizers.get(info.name) if context.act_in_loop else None
-        corrected = context.config.bias_correction and q_layer.bias is not None
-        bias = q_layer.bias if corrected else None
+        bias = corrected_bias(context.config.bias_correction, q_layer)
         entry = layer_checkpoint(quantizer, report, context.quant.per_channel, bias, act_quantizer)
         self.state.finished[info.name] = entry
         save_layer_progress(

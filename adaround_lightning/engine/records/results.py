@@ -134,12 +134,12 @@ class CalibrationResult(Protocol):
         """The float weight of every quantized layer, ``{name}.weight``, PyTorch layout, CPU."""
         ...
 
-    def encodings(self) -> dict[str, Any]:
-        """AIMET encodings, keyed as the front end's runtime reads them."""
+    def encodings(self, layers: list[Any]) -> dict[str, Any]:
+        """AIMET encodings of ``layers`` (``QuantizedLayer``), keyed as its runtime reads them."""
         ...
 
     def write_model_files(
-        self, out_dir: Path, example_input: torch.Tensor | None, config: Any
+        self, out_dir: Path, example_input: torch.Tensor | None, config: Any, layers: list[Any]
     ) -> dict[str, str]:
         """Write the quantized model's own files; returns ``{kind: file name}``."""
         ...
