@@ -102,7 +102,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         raise
     if not results:  # a DDP rank other than 0: rank 0 reports
         return
-    out_dir = output_dir_of(run_config_from(cfg))
+    out_dir = results["run_dir"]
     sys.stdout.write(
         f"\n{summary_table(results)}\n\n"
         f"{len(results['layers'])} layers, calibration {results['calibration_seconds']:.1f}s, "

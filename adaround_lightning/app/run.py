@@ -203,6 +203,7 @@ def write_results(
         "eval_images": len(run_setup.eval_set),  # type: ignore[arg-type]
         **calibration_record(result),
         "seconds": round(seconds, 3),
+        "run_dir": str(run_setup.out_dir),
         **exported,
         "finished": True,
     }
