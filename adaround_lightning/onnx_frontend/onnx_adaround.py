@@ -29,20 +29,13 @@ import torch
 
 from adaround_lightning.core.distributed import ProcessContext
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.engine import layer_steps
 from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
 from adaround_lightning.engine.bit_plan import plan_bits
 from adaround_lightning.engine.cache.pairs import LayerPairs
 from adaround_lightning.engine.fit.fit_step import FitSettings, fit_layer
 from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
 from adaround_lightning.engine.input_grids import calibrate_input_grids
-from adaround_lightning.engine.layer_steps import (
-    correct_bias,
-    corrected_bias,
-    corrects_bias,
-    layer_checkpoint,
-    log_finished_layer,
-    restore_layer,
-)
 from adaround_lightning.engine.progress import CalibrationProgress
 from adaround_lightning.engine.records.checkpoint import (
     LayerCheckpoint,
@@ -165,8 +158,8 @@ def _fit(
         config.steps_per_batch,
     )
     outcome = fit_layer(module, quantizer, activation, None, pairs, walk.fit, layer.name, bar)
-    if corrects_bias(config.bias_correction, module):
-        correct_bias(
+    if layer_steps.corrects_bias(config.bias_correction, module):
+        layer_steps.correct_bias(
             module,
             walk.process,
             len(inputs),
@@ -217,8 +210,8 @@ def _save(
 ) -> None:
     if walk.checkpoint is None:
         return
-    bias = corrected_bias(walk.config.bias_correction, form.module)
-    entry = layer_checkpoint(quantizer, report, walk.quant.per_channel, bias)
+    bias = layer_steps.corrected_bias(walk.config.bias_correction, form.module)
+    entry = layer_steps.layer_checkpoint(quantizer, report, walk.quant.per_channel, bias)
     save_layer_progress(walk.checkpoint, walk.checkpoint_tag, order, layer.name, entry)
 
 
@@ -226,7 +219,7 @@ def _restore(
     layer: OnnxLayer, form: TorchForm, entry: LayerCheckpoint, result: OnnxAdaroundResult
 ) -> None:
     """A layer a checkpoint finished: its quantizer, ``s * q`` and corrected bias back."""
-    quantizer = restore_layer(form.module, entry, torch.device("cpu"))
+    quantizer = layer_steps.restore_layer(form.module, entry, torch.device("cpu"))
     _record(layer, form, quantizer, entry.report, result)
 
 
@@ -260,7 +253,7 @@ def _calibrate_layer(
     quantizer = quantizer.cpu()
     _record(layer, form, quantizer, report, result)
     _save(layer, form, quantizer, report, walk, [r.name for r in result.layers])
-    log_finished_layer(len(result.layers), bar.total_layers, report)
+    layer_steps.log_finished_layer(len(result.layers), bar.total_layers, report)
     bar.finish_layer()
 
 

@@ -17,7 +17,7 @@ import torch
 from adaround_lightning.engine.records.coverage import WeightCoverage
 from adaround_lightning.engine.records.results import CacheReport, LayerReport
 from adaround_lightning.export.integers import QuantizedLayer
-from adaround_lightning.export.run_dir import ExportConfig, SavesRunFiles
+from adaround_lightning.export.run_dir import SavesRunFiles
 from adaround_lightning.onnx_frontend.onnx_graph import OnnxGraph, OnnxLayer
 from adaround_lightning.onnx_frontend.onnx_sampler import OnnxSampler
 from adaround_lightning.onnx_frontend.onnx_writer import onnx_encodings, write_onnx_model_files
@@ -101,11 +101,10 @@ class OnnxAdaroundResult(SavesRunFiles):
         return onnx_encodings(self, layers)
 
     def write_model_files(
-        self,
-        out_dir: Path,
-        example_input: torch.Tensor | None,
-        config: ExportConfig,
-        layers: list[QuantizedLayer],
+        self, out_dir: Path, example_input: object, config: object, layers: list[QuantizedLayer]
     ) -> dict[str, str]:
-        """``model.onnx`` (the input graph with QDQ nodes) and ``onnx_layers.json``."""
+        """``model.onnx`` (the input graph with QDQ nodes) and ``onnx_layers.json``.
+
+        The graph needs no example input, and is always written (``config.onnx`` is PyTorch's).
+        """
         return write_onnx_model_files(self, out_dir, layers)
