@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -20,9 +22,11 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 from adaround_lightning.app.run import output_dir_of, run, summary_table
+from adaround_lightning.app.schema import check_overrides, register_schema
 from adaround_lightning.app.settings import run_config_from
 from adaround_lightning.core.atomic import atomic_write_text
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.core.interrupt import Interrupted, stop_on_signals
 
 __all__ = ["CONFIG_DIR", "main", "recipes"]
 
@@ -39,6 +43,8 @@ def _config_dir() -> Path:
 
 #: The directory Hydra composes from (``config.yaml`` and the config groups).
 CONFIG_DIR = _config_dir()
+# The settings' types and defaults, which conf/config.yaml lists first.
+register_schema()
 
 
 def recipes() -> list[str]:
@@ -59,18 +65,33 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _record_failure(cfg: DictConfig, message: str) -> None:
+def _record_failure(cfg: DictConfig, message: str, **extra: str) -> Path:
     """Write ``results.json`` with ``finished: false``: a failed job never looks done."""
-    if rank_zero_only.rank != 0:  # under DDP only rank 0 writes
-        return
     try:
         out_dir = output_dir_of(run_config_from(cfg))
     except UserError:
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-    atomic_write_text(
-        out_dir / "results.json",
-        json.dumps({"finished": False, "error": message, "overrides": _task_overrides()}, indent=2),
-    )
+    if rank_zero_only.rank == 0:  # under DDP only rank 0 writes
+        record = {"finished": False, "error": message, **extra, "overrides": _task_overrides()}
+        atomic_write_text(out_dir / "results.json", json.dumps(record, indent=2))
+    return out_dir
+
+
+def _stop_after_interrupt(cfg: DictConfig, stop: Interrupted) -> None:
+    """One line that says how far the run got and how to continue it; exit 130 or 143."""
+    kept = [o for o in _task_overrides() if not o.startswith("resume=")]
+    rerun = ["python", "-m", "adaround_lightning", *kept]
+    try:
+        out_dir = output_dir_of(run_config_from(cfg))
+        if (out_dir / "config.yaml").is_file():  # setup finished: the run dir resumes
+            rerun.append(f"resume={out_dir}")
+    except UserError:
+        pass
+    command = shlex.join(rerun)
+    _record_failure(cfg, str(stop), interrupted=signal.Signals(stop.signum).name, resume=command)
+    if rank_zero_only.rank == 0:
+        sys.stderr.write(f"{stop}; continue with: {command}\n")
+    sys.exit(stop.exit_status)
 
 
 def _task_overrides() -> list[str]:
@@ -84,7 +105,11 @@ def _task_overrides() -> list[str]:
 def _hydra_main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        results = run(cfg)
+        with stop_on_signals(walk=False):
+            results = run(cfg)
+    except Interrupted as stop:
+        _stop_after_interrupt(cfg, stop)
+        return
     except UserError as error:
         _record_failure(cfg, str(error))
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -146,10 +171,44 @@ def _dict_override(arg: str) -> str:
     return arg
 
 
+def _why_not_a_folder(path: Path) -> str | None:
+    """Why ``path`` cannot be used or made as an output folder, or None if it can."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                return f"{folder} is a file"
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return f"{folder} is not writable"
+            return None
+    return None
+
+
+def _check_output_dirs(argv: list[str]) -> None:
+    """Refuse an output folder that cannot be created before Hydra tries (and tracebacks)."""
+    multirun = "-m" in argv or "--multirun" in argv
+    places = {"hydra.sweep.dir": "multirun"} if multirun else {"hydra.run.dir": "outputs"}
+    places["output_dir"] = ""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") in places and value not in ("", "null"):
+            places[key.lstrip("+")] = value
+    for key, value in places.items():
+        fixed = value.split("$", 1)[0]  # up to the first ${...} (a date, the recipe's name)
+        why = _why_not_a_folder(Path(fixed or ".")) if value else None
+        if why:
+            shown = f"{key}={value}" if key != "hydra.run.dir" or value != "outputs" else value
+            _fail(f"the output folder {shown} cannot be created ({why}): pass another {key}=DIR")
+
+
 def main() -> None:
     """Console entry point."""
     _check_recipe(sys.argv[1:])
+    _check_output_dirs(sys.argv[1:])
     argv = [_dict_override(arg) for arg in sys.argv[1:]]
+    try:
+        check_overrides(argv)
+    except UserError as error:
+        _fail(str(error))
     sys.argv = [sys.argv[0], *_resume_into_same_dir(argv)]
     _hydra_main()
 

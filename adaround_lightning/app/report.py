@@ -180,6 +180,18 @@ def _left_in_float(results: dict[str, Any]) -> str:
     return line
 
 
+def _environment_line(environment: dict[str, Any] | None) -> str:
+    # What the integers depend on besides the settings (README, "Determinism").
+    if not environment:
+        return ""
+    versions = ", ".join(f"{k} {v}" for k, v in environment.get("versions", {}).items())
+    text = (
+        f"device {environment.get('device')} ({environment.get('device_name')}), "
+        f"{environment.get('threads')} threads, Python {environment.get('python')}, {versions}"
+    )
+    return f'<p class="meta">{html.escape(text)}</p>\n'
+
+
 def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     """Write ``report.html`` and its PNGs into ``out_dir``; return the HTML path.
 
@@ -208,7 +220,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
         meta += f", ONNX vs PyTorch max |Δlogit| {onnx_diff:.2g}"
     skipped_html = _left_in_float(results)
     figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
-    cache_html = _cache_line(results.get("cache"))
+    cache_html = _cache_line(results.get("cache")) + _environment_line(results.get("environment"))
     document = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>AdaRound report</title>
 <style>{_CSS}</style></head><body>

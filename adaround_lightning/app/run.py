@@ -33,6 +33,7 @@ from adaround_lightning.app.phases import (
 )
 from adaround_lightning.app.settings import RunConfig, fingerprint
 from adaround_lightning.core.distributed import ProcessContext
+from adaround_lightning.core.environment import environment_record
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
 from adaround_lightning.engine.records.results import CalibrationResult, calibration_record
 from adaround_lightning.models.model_builder import build_model
@@ -203,6 +204,7 @@ def write_results(
         "eval_images": len(run_setup.eval_set),  # type: ignore[arg-type]
         **calibration_record(result),
         "seconds": round(seconds, 3),
+        "environment": environment_record(run_setup.process.device),
         "run_dir": str(run_setup.out_dir),
         **exported,
         "finished": True,

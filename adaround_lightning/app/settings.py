@@ -98,6 +98,18 @@ def _result_settings(adaround: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _canonical(value: Any) -> Any:
+    # 20.0 and 20 are one setting: the typed schema writes a float field's 20 as 20.0, and run
+    # dirs from before it was typed must still resume.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    return value
+
+
 def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
     """Hash of the settings that decide the calibration's result.
 
@@ -120,7 +132,7 @@ def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
         }
     if isinstance(kept.get("adaround"), dict):
         kept["adaround"] = _result_settings(kept["adaround"])
-    text = json.dumps(kept, sort_keys=True, default=str)
+    text = json.dumps(_canonical(kept), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

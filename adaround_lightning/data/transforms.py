@@ -61,9 +61,11 @@ class _CheckedNormalize(torch.nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         channels = image.shape[-3]
         if self.values not in (1, channels):
+            noun = "channel" if channels == 1 else "channels"
+            fix = "give 1 value each" if channels == 1 else f"give 1 or {channels} values each"
             raise UserError(
                 f"data.preprocess.mean and .std have {self.values} values but the images have "
-                f"{channels} channel(s): give 1 or {channels} values"
+                f"{channels} {noun}: {fix}"
             )
         return self.normalize(image)
 

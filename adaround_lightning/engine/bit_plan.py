@@ -7,6 +7,7 @@ execution order (whether or not ``quant.exclude`` keeps it in float).
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import MutableMapping, Sequence
 
 from adaround_lightning.core.errors import UserError
@@ -30,7 +31,8 @@ def plan_bits(
             receives the excluded ones.
 
     Raises:
-        UserError: If no layer is left to quantize.
+        UserError: If a ``quant.exclude`` or ``quant.layer_bits`` pattern matches no layer
+            (a typo, or a pattern written for another model), or no layer is left to quantize.
 
     Example:
         >>> skipped = {}
@@ -39,6 +41,7 @@ def plan_bits(
         >>> skipped
         {'fc': 'excluded by quant.exclude'}
     """
+    _check_patterns(layers, quant)
     for name in layers:
         if quant.is_excluded(name):
             left_in_float[name] = EXCLUDED
@@ -55,3 +58,19 @@ def plan_bits(
             f"({', '.join(reasons)}); narrow quant.exclude (patterns match layer names)"
         )
     return bits
+
+
+def _check_patterns(layers: Sequence[str], quant: QuantConfig) -> None:
+    # Silently quantizing everything at the default bits is the worse outcome of a typo.
+    for setting, patterns in (
+        ("quant.exclude", quant.exclude),
+        ("quant.layer_bits", quant.layer_bits),
+    ):
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in layers):
+                examples = [*layers[:3], *layers[-1:]] if len(layers) > 4 else list(layers)
+                raise UserError(
+                    f"{setting} pattern {pattern!r} matches no layer of the model; the "
+                    f"{len(layers)} layers are named e.g. {', '.join(map(repr, examples))} "
+                    "(fnmatch patterns of module names): fix or remove it"
+                )

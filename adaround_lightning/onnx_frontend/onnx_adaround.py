@@ -29,6 +29,7 @@ import torch
 
 from adaround_lightning.core.distributed import ProcessContext
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.core.interrupt import STOP, stoppable_walk
 from adaround_lightning.engine import layer_steps
 from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
 from adaround_lightning.engine.bit_plan import plan_bits
@@ -285,6 +286,26 @@ def _warn_left_in_float(left_in_float: dict[str, str]) -> None:
         log.warning("%d weighted nodes left in float: %s", len(left_in_float), reasons)
 
 
+def _walk_layers(
+    layers: list[OnnxLayer],
+    bits: dict[str, int],
+    result: OnnxAdaroundResult,
+    walk: _Walk,
+    options: WalkOptions,
+) -> None:
+    # In graph order, after the layers a checkpoint finished; SIGINT / SIGTERM stop in between.
+    finished = load_progress(walk.checkpoint, walk.checkpoint_tag) if walk.checkpoint else {}
+    if finished:
+        log.info("resuming after %d finished layers", len(finished))
+    with (
+        CalibrationProgress(len(layers), len(finished), options.progress) as bar,
+        stoppable_walk(len(layers), lambda: len(result.layers)),
+    ):
+        for layer in layers:
+            STOP.check()
+            _calibrate_layer(layer, bits[layer.name], result, walk, finished, bar)
+
+
 def adaround_graph(
     model: Any,
     images: torch.Tensor | np.ndarray,
@@ -331,13 +352,9 @@ def adaround_graph(
         checkpoint_tag,
     )
     bits = plan_bits([layer.name for layer in graph.layers], quant, result.left_in_float)
-    layers = [layer for layer in graph.layers if layer.name in bits]
-    finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
-    if finished:
-        log.info("resuming after %d finished layers", len(finished))
-    with CalibrationProgress(len(layers), len(finished), options.progress) as bar:
-        for layer in layers:
-            _calibrate_layer(layer, bits[layer.name], result, walk, finished, bar)
+    _walk_layers(
+        [layer for layer in graph.layers if layer.name in bits], bits, result, walk, options
+    )
     if quant.act_bits is not None:
         calibrate_inputs(result, array, quant, process)
     _warn_left_in_float(result.left_in_float)

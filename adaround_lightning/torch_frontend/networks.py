@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ def float_and_quantized(
     ``model`` itself is left unchanged.
 
     Raises:
-        UserError: If a parameter holds NaN or Inf.
+        UserError: If a parameter holds NaN or Inf, or the model does not run on the input.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
@@ -55,6 +56,7 @@ def float_and_quantized(
         True
     """
     fp_model = copy.deepcopy(model).eval().to(example_input.device)
+    check_runs_on(fp_model, example_input)
     for name, parameter in fp_model.named_parameters():
         if not torch.isfinite(parameter).all():
             raise UserError(f"parameter {name!r} contains NaN or Inf: fix the checkpoint first")
@@ -63,3 +65,35 @@ def float_and_quantized(
     for parameter in fp_model.parameters():
         parameter.requires_grad_(False)
     return fp_model, copy.deepcopy(fp_model)
+
+
+#: How models say which input size they expect: torchvision ("Expected 224 but got 32"),
+#: timm ("doesn't match model (224)").
+_EXPECTED_SIZE = (re.compile(r"[Ee]xpected (\d+)"), re.compile(r"model \((\d+)\)"))
+
+
+def check_runs_on(model: nn.Module, example_input: torch.Tensor) -> None:
+    """One forward pass of ``model`` (in eval mode) on ``example_input``, as a clear error.
+
+    Raises:
+        UserError: The model refuses the input (most often images of another size), with the
+            size it expects where its message gives one and the settings that change it.
+
+    Example:
+        >>> check_runs_on(nn.Linear(4, 2), torch.randn(2, 4))
+    """
+    try:
+        with torch.no_grad():
+            model(example_input)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, AssertionError, ValueError, TypeError, IndexError) as error:
+        text = str(error).strip()
+        first = text.splitlines()[0] if text else type(error).__name__
+        size = next((m.group(1) for p in _EXPECTED_SIZE if (m := p.search(first))), None)
+        wants = f"it expects {size} px images: " if size else ""
+        raise UserError(
+            f"the model does not run on inputs of shape {list(example_input.shape)} ({first}); "
+            f"{wants}set data.preprocess.resize and data.preprocess.crop to the size it "
+            "expects, or change the model's own input size (e.g. model.kwargs.image_size)"
+        ) from None

@@ -32,6 +32,7 @@ from torch import nn
 
 from adaround_lightning.core.distributed import ProcessContext, check_same_on_all_ranks
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.core.interrupt import STOP, stoppable_walk
 from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
 from adaround_lightning.engine.cache.activation_cache import CalibrationCache
 from adaround_lightning.engine.cache.storage import CacheAllocator
@@ -242,9 +243,11 @@ class CalibrationWalk:
         context = self.context
         done = len(self.state.quantizers)
         self.bar = CalibrationProgress(context.plan.total_layers, done, self.progress)
+        total = context.plan.total_layers
         try:
-            with self.bar:
+            with self.bar, stoppable_walk(total, lambda: len(self.state.reports)):
                 for block in self.blocks_to_walk():
+                    STOP.check()  # SIGINT / SIGTERM: stop between blocks
                     self.calibrate_block(block)
         finally:
             self.cache.release()

@@ -25,6 +25,32 @@ CASES: list[tuple[str, list[str], str]] = [
     ("first-layer-bits", ["quant.first_layer_bits=12"], "quant.first_layer_bits must be"),
     ("layer-bits", ["quant.layer_bits={features.0.0:1}"], "quant.layer_bits['features.0.0']"),
     ("exclude-all", ["quant.exclude=[*]"], "no layer is left to quantize"),
+    ("exclude-no-match", ["quant.exclude=[nosuch*]"], "quant.exclude pattern 'nosuch*' matches no"),
+    (
+        "layer-bits-no-match",
+        ["quant.layer_bits={nosuch*: 4}"],
+        "quant.layer_bits pattern 'nosuch*' matches no layer of the model; the 29 layers",
+    ),
+    (
+        "run-dir-under-a-file",
+        ["hydra.run.dir={tmp}/text.pt/run"],
+        "cannot be created ({tmp}/text.pt is a file): pass another hydra.run.dir=DIR",
+    ),
+    (
+        "output-dir-under-a-file",
+        ["output_dir={tmp}/text.pt/out"],
+        "cannot be created ({tmp}/text.pt is a file): pass another output_dir=DIR",
+    ),
+    (
+        "image-size",  # a ViT built for 64 px images; the embedded data is 32 px
+        [
+            "recipe=fmnist_vit_tiny",
+            "data=embedded",
+            "model.checkpoint=null",
+            "model.kwargs.image_size=64",
+        ],
+        "Expected 64 but got 32!); it expects 64 px images: set data.preprocess.resize",
+    ),
     ("granularity", ["adaround.granularity=net"], "adaround.granularity must be one of"),
     ("reconstruction", ["adaround.reconstruction=sum"], "adaround.reconstruction must be one"),
     ("iters", ["adaround.iters=0"], "adaround.iters must be a positive integer"),
@@ -36,7 +62,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("cache-budget", ["adaround.cache_budget_gb=-1"], "adaround.cache_budget_gb must be > 0"),
     ("cache-dtype", ["adaround.cache_dtype=int8"], "adaround.cache_dtype must be one of"),
     ("block-iters", ["adaround.block_iters=0"], "adaround.block_iters must be a positive"),
-    ("channels-last", ["adaround.channels_last=maybe"], "adaround.channels_last must be true or"),
+    ("channels-last", ["adaround.channels_last=maybe"], "adaround.channels_last=maybe: Value"),
     ("blocks-no-match", ["adaround.blocks=[NoSuchBlock]"], "adaround.blocks pattern 'NoSuchBlock'"),
     (
         "fewer-than-a-batch",
@@ -49,7 +75,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("checkpoint-missing", ["model.checkpoint={tmp}/none.pt"], "does not exist"),
     ("checkpoint-not-torch", ["model.checkpoint={tmp}/text.pt"], "not a readable torch"),
     ("num-classes", ["model.num_classes=0"], "model.num_classes must be a positive"),
-    ("data-source", ["data.source=s3"], "data.source='s3' is unknown"),
+    ("data-source", ["data.source=s3"], "data.source must be one of embedded"),
     ("data-root-unset", ["data.source=imagefolder"], "data.root is not set"),
     ("data-root-missing", ["data.source=imagefolder", "data.root={tmp}/none"], "not a folder"),
     ("eval-size", ["data.eval_size=0"], "data.eval_size must be positive"),
@@ -58,7 +84,7 @@ CASES: list[tuple[str, list[str], str]] = [
     (
         "mean-channels",
         ["data.preprocess.mean=[0.1,0.2]", "data.preprocess.std=[0.3,0.4]"],
-        "have 2 values but the images have 1 channel",
+        "have 2 values but the images have 1 channel: give 1 value each",
     ),
     (
         "image-sizes",
@@ -74,7 +100,9 @@ CASES: list[tuple[str, list[str], str]] = [
     ("resume-not-a-run", ["resume={tmp}/none"], "is not a run dir"),
     ("accelerator", ["trainer.accelerator=gpu"], "the trainer settings do not fit this machine"),
     ("strategy", ["trainer.strategy=ddp_spawn"], "use trainer.strategy=ddp"),
-    ("seed", ["seed=abc"], "seed must be a non-negative integer"),
+    ("seed", ["seed=abc"], "seed=abc: Value 'abc' of type"),
+    ("setting-type", ["adaround.iters=many"], "could not be converted to Integer"),
+    ("setting-unknown", ["adaround.itres=100"], "unknown setting adaround.itres"),
     ("recipe", ["recipe=not_a_recipe"], "unknown recipe 'not_a_recipe'"),
     ("onnx-missing", ["model.onnx={tmp}/none.onnx"], "none.onnx: no such file"),
     ("onnx-not-onnx", ["model.onnx={tmp}/text.pt"], "is not an ONNX model"),
@@ -112,7 +140,8 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, s
         name, overrides, _ = case
         run_dir = root / "runs" / name
         args = [*FAST, *(o.replace("{tmp}", str(root)) for o in overrides)]
-        args.append(f"hydra.run.dir={run_dir}")
+        if not any(o.startswith("hydra.run.dir=") for o in overrides):
+            args.append(f"hydra.run.dir={run_dir}")
         proc = run_cli(args, root, timeout=300)
         return name, (proc.returncode, proc.stderr, run_dir)
 
@@ -129,6 +158,7 @@ def test_bad_input_gives_one_error_line_and_exit_2(
     outcomes: dict[str, tuple[int, str, Path]], name: str, overrides: list[str], fragment: str
 ) -> None:
     returncode, stderr, run_dir = outcomes[name]
+    fragment = fragment.replace("{tmp}", str(run_dir.parents[1]))
     error_lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert returncode == 2, stderr[-1500:]
     assert len(error_lines) == 1 and fragment in error_lines[0], stderr[-1500:]

@@ -37,40 +37,76 @@ def _finished_layers(run_dir: Path) -> int:
         return 0
 
 
-def test_sigkill_mid_run_then_resume_gives_identical_integers(tmp_path: Path) -> None:
-    reference, killed = tmp_path / "reference", tmp_path / "killed"
-    proc = start_cli([*RUN, f"hydra.run.dir={reference}"], tmp_path)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted run of :data:`RUN`."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    proc = start_cli([*RUN, f"hydra.run.dir={run_dir}"], run_dir.parent)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
+    return run_dir
 
-    proc = start_cli([*RUN, f"hydra.run.dir={killed}"], tmp_path)
+
+def _stop_after_six_layers(run_dir: Path, signum: int, cwd: Path) -> tuple[int, str]:
+    proc = start_cli([*RUN, f"hydra.run.dir={run_dir}"], cwd)
     deadline = time.monotonic() + 300
-    while _finished_layers(killed) < 6 and time.monotonic() < deadline:
+    while _finished_layers(run_dir) < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.1)  # most likely in the middle of the next layer's fit
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def _resume_matches(reference: Path, run_dir: Path, done: int, cwd: Path) -> None:
+    proc = start_cli([*RUN, f"resume={run_dir}"], cwd)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert f"resuming after {done} finished layers" in out + err
+    expected = load_file(str(reference / "quantized_weights.safetensors"))
+    resumed = load_file(str(run_dir / "quantized_weights.safetensors"))
+    assert expected.keys() == resumed.keys()
+    for key, value in expected.items():
+        assert torch.equal(value, resumed[key]), key
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["finished"] and len(results["layers"]) == 29
+    assert [r["name"] for r in results["layers"]] == [
+        r["name"] for r in json.loads((reference / "results.json").read_text())["layers"]
+    ]
+
+
+def test_sigkill_mid_run_then_resume_gives_identical_integers(
+    reference: Path, tmp_path: Path
+) -> None:
+    killed = tmp_path / "killed"
+    _stop_after_six_layers(killed, signal.SIGKILL, tmp_path)
     done = _finished_layers(killed)
     assert 6 <= done < 29
     # A killed run never leaves an export that looks complete.
     assert not (killed / "results.json").exists()
     assert not (killed / "quantized_weights.safetensors").exists()
     assert not list(killed.glob("**/.*.tmp*"))
+    _resume_matches(reference, killed, done, tmp_path)
 
-    proc = start_cli([*RUN, f"resume={killed}"], tmp_path)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-2000:]
-    assert f"resuming after {done} finished layers" in out + err
-    expected = load_file(str(reference / "quantized_weights.safetensors"))
-    resumed = load_file(str(killed / "quantized_weights.safetensors"))
-    assert expected.keys() == resumed.keys()
-    for key, value in expected.items():
-        assert torch.equal(value, resumed[key]), key
-    results = json.loads((killed / "results.json").read_text())
-    assert results["finished"] and len(results["layers"]) == 29
-    assert [r["name"] for r in results["layers"]] == [
-        r["name"] for r in json.loads((reference / "results.json").read_text())["layers"]
-    ]
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_stop_between_layers_with_one_line(
+    reference: Path, tmp_path: Path, signum: int, status: int
+) -> None:
+    stopped = tmp_path / "stopped"
+    returncode, err = _stop_after_six_layers(stopped, signum, tmp_path)
+    done = _finished_layers(stopped)
+    assert returncode == status, err[-2000:]
+    assert 6 <= done < 29 and "Traceback" not in err
+    name = signal.Signals(signum).name
+    line = f"interrupted ({name}) after {done} of 29 layers; continue with: python -m "
+    assert err.rstrip().splitlines()[-1].startswith(line), err[-1000:]
+    assert err.rstrip().endswith(f"resume={stopped}")
+    results = json.loads((stopped / "results.json").read_text())
+    assert results["finished"] is False and results["interrupted"] == name
+    assert not (stopped / "quantized_weights.safetensors").exists()
+    assert not list(stopped.glob("**/.*.tmp*"))
+    _resume_matches(reference, stopped, done, tmp_path)
 
 
 def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:

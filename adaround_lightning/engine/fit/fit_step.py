@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
+from adaround_lightning.core.interrupt import STOP
 from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.engine.cache.activation_cache import CalibrationCache
 from adaround_lightning.engine.cache.pairs import LayerPairs
@@ -105,7 +107,13 @@ def _run(
         # DDP without per-step buffer broadcasts: a fresh strategy object per Trainer.
         kwargs = inner_trainer_kwargs(settings.trainer_kwargs)
         trainer = inner_trainer(kwargs, steps, settings.loggers, [bar])
-        trainer.fit(module, datamodule=cache)
+        try:
+            trainer.fit(module, datamodule=cache)
+        except SIGTERMException:  # Lightning's own SIGTERM handling; STOP has it too
+            if not STOP.requested:
+                raise
+    # A stopped fit is not finished: its layer is dropped and redone on resume.
+    STOP.check()
     # Lightning's teardown may move the fitted module to the CPU: put it back.
     module.to(settings.device).eval()
     outcome = FitOutcome(steps, module.steps_run, module.loss_curve(CURVE_POINTS))

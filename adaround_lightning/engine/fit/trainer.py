@@ -20,8 +20,10 @@ from lightning.pytorch.loggers import Logger
 
 from adaround_lightning.core.distributed import ProcessContext
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.core.interrupt import STOP
 
 __all__ = [
+    "StopOnRequest",
     "inner_trainer",
     "inner_trainer_kwargs",
     "process_context",
@@ -59,6 +61,14 @@ def trainer_kwargs_with_defaults(trainer: dict[str, Any] | None) -> dict[str, An
     return kwargs
 
 
+class StopOnRequest(L.Callback):
+    """End the fit after the current step once SIGINT or SIGTERM asked the walk to stop."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, *_: Any) -> None:
+        if STOP.requested:
+            trainer.should_stop = True
+
+
 def inner_trainer(
     trainer_kwargs: dict[str, Any],
     steps: int,
@@ -71,7 +81,7 @@ def inner_trainer(
         max_steps=steps,
         max_epochs=1,
         logger=loggers or False,
-        callbacks=callbacks or [],
+        callbacks=[*(callbacks or []), StopOnRequest()],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
