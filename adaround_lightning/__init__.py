@@ -10,7 +10,9 @@ Example:
 """
 
 from adaround_lightning.api import adaround, adaround_onnx
+from adaround_lightning.core.interrupt import Interrupted
 from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
+from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.engine.records.results import CalibrationResult, LayerReport
 from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.onnx_frontend.onnx_writer import write_quantized_onnx
@@ -27,7 +29,9 @@ __all__ = [
     "AdaroundFakeQuantizer",
     "AdaroundResult",
     "CalibrationResult",
+    "EngineConfig",
     "Granularity",
+    "Interrupted",
     "LayerReport",
     "OnnxAdaroundResult",
     "QuantConfig",

@@ -16,6 +16,7 @@ from torch import nn
 
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.engine.adaround_config import AdaroundConfig
+from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.engine.walk_options import WalkOptions
 from adaround_lightning.onnx_frontend.onnx_adaround import adaround_graph
 from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
@@ -36,6 +37,7 @@ def adaround(
     checkpoint_tag: str = "",
     loggers: list[Logger] | None = None,
     progress: bool | None = None,
+    engine: EngineConfig | None = None,
 ) -> AdaroundResult | OnnxAdaroundResult:
     """Quantize a network's Conv/Linear (Gemm/MatMul) weights with AdaRound.
 
@@ -54,6 +56,8 @@ def adaround(
         checkpoint_tag: A fingerprint of the settings; a checkpoint with another tag is refused.
         loggers: Lightning loggers shared by every layer's fit (metrics prefixed by layer name).
         progress: Show rich progress bars; None shows them on an interactive terminal outside CI.
+        engine: How the calibration runs: where the activation cache lives and its budget, the
+            batching of forward passes, the fit's step scheduling (default: ``EngineConfig()``).
 
     Returns:
         An ``nn.Module``: an :class:`AdaroundResult` (the quantized and the BN-folded float
@@ -70,7 +74,9 @@ def adaround(
         21
     """
     quant, config = quant or QuantConfig(), config or AdaroundConfig()
-    options = WalkOptions(dict(trainer or {}), checkpoint, checkpoint_tag, loggers, progress)
+    options = WalkOptions(
+        dict(trainer or {}), checkpoint, checkpoint_tag, loggers, progress, engine or EngineConfig()
+    )
     if isinstance(model, nn.Module):
         return adaround_module(model, calibration_data, quant, config, options)
     return adaround_graph(model, calibration_data, quant, config, options)

@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
         "--steps-per-batch",
         type=int,
         default=8,
-        help="optimizer steps per Lightning training step (adaround.steps_per_batch)",
+        help="optimizer steps per Lightning training step (engine.steps_per_batch)",
     )
     parser.add_argument(
         "--memory",

@@ -24,6 +24,7 @@ import torch
 
 from adaround_lightning.api import adaround
 from adaround_lightning.engine.adaround_config import AdaroundConfig
+from adaround_lightning.engine.engine_config import ENGINE_FIELDS, EngineConfig
 from adaround_lightning.models.model_builder import (
     ModelConfig,
     build_model,
@@ -55,16 +56,26 @@ def run_memory_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(model_config)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.samples, 3, resolution, resolution, generator=generator)
+    # --set takes AdaroundConfig and EngineConfig fields alike.
+    engine = {k: v for k, v in settings.items() if k in ENGINE_FIELDS}
     config = AdaroundConfig(
         iters=args.walk_iters,
         batch_size=min(args.batch, args.samples),
         num_samples=args.samples,
-        **settings,
+        **{k: v for k, v in settings.items() if k not in ENGINE_FIELDS},
     )
     baseline = _peak_host_gib()
     start = time.perf_counter()
     trainer = {"accelerator": args.accelerator, "devices": 1}
-    result = adaround(model, images, QuantConfig(weight_bits=4), config, trainer, progress=False)
+    result = adaround(
+        model,
+        images,
+        QuantConfig(weight_bits=4),
+        config,
+        trainer,
+        progress=False,
+        engine=EngineConfig(**engine),
+    )
     assert result.cache is not None
     row: dict[str, Any] = {
         "model": args.model,

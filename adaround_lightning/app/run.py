@@ -144,6 +144,7 @@ def calibrate(run_setup: RunSetup) -> CalibrationResult:
         checkpoint=out_dir / CHECKPOINT_DIR,
         checkpoint_tag=fingerprint(run_setup.cfg),
         loggers=run_loggers(out_dir) if run_setup.process.is_main else None,
+        engine=settings.engine,
     )
 
 

@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from adaround_lightning.app.settings import RunConfig
 from adaround_lightning.core.choices import Choice
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.engine.engine_config import ENGINE_FIELDS
 
 __all__ = ["SCHEMA_NAME", "check_overrides", "register_schema", "schema_of"]
 
@@ -116,6 +117,12 @@ def _values(override: Override) -> Iterator[Any]:
 
 def _check_one(schema: Any, override: Override) -> None:
     key = override.key_or_group
+    section, _, name = key.partition(".")
+    if section == "adaround" and name in ENGINE_FIELDS:
+        raise UserError(
+            f"{key} is now engine.{name} (how the calibration runs, apart from what AdaRound "
+            f"optimises): pass engine.{name}={override.input_line.partition('=')[2]}"
+        )
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(schema, parent) if parent else schema
     # Only a settings section has a fixed set of keys; a free dict (trainer, model.kwargs) has none.

@@ -15,6 +15,7 @@ from adaround_lightning.core.errors import UserError
 from adaround_lightning.data.sources import CalibrationConfig, DataConfig
 from adaround_lightning.data.transforms import PreprocessConfig
 from adaround_lightning.engine.adaround_config import AdaroundConfig
+from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.export.run_dir import ExportConfig
 from adaround_lightning.models.model_builder import ModelConfig
 from adaround_lightning.quant.quant_config import QuantConfig
@@ -31,7 +32,8 @@ class RunConfig:
         model: Which network.
         data: Calibration and evaluation data.
         quant: Bits and layer selection.
-        adaround: Optimisation settings.
+        adaround: The algorithm's settings (what is optimised).
+        engine: How the calibration runs (cache, batching of passes, step scheduling).
         export: What is exported besides the quantized state_dict.
         trainer: Keyword arguments of each Lightning ``Trainer`` (accelerator, devices, precision).
         seed: Global seed (``lightning.seed_everything``).
@@ -44,6 +46,7 @@ class RunConfig:
     data: DataConfig
     quant: QuantConfig
     adaround: AdaroundConfig
+    engine: EngineConfig = field(default_factory=EngineConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     trainer: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -130,8 +133,11 @@ def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
             for k, v in kept["data"].items()
             if k not in ("eval_size", "eval_split", "num_workers")
         }
-    if isinstance(kept.get("adaround"), dict):
-        kept["adaround"] = _result_settings(kept["adaround"])
+    # The engine's settings were adaround.* before they had a section: hashed there, run dirs
+    # from before the split resume.
+    adaround = {**(kept.get("adaround") or {}), **(kept.pop("engine", None) or {})}
+    if adaround:
+        kept["adaround"] = _result_settings(adaround)
     text = json.dumps(_canonical(kept), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -175,6 +181,7 @@ def run_config_from(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         data=_build(DataConfig, "data", data),
         quant=_build(QuantConfig, "quant", values["quant"]),
         adaround=_build(AdaroundConfig, "adaround", adaround),
+        engine=_build(EngineConfig, "engine", values.get("engine") or {}),
         export=_build(ExportConfig, "export", values.get("export") or {}),
         trainer=dict(values.get("trainer") or {}),
         seed=values.get("seed", 0),

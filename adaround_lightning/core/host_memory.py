@@ -66,7 +66,7 @@ def keep_freed_host_memory() -> bool:
         _libc = libc
         log.info(
             "host memory: freed blocks up to %d MiB are kept for reuse (mallopt), so forward "
-            "passes do not fault in fresh pages; adaround.reuse_host_memory=false turns it off",
+            "passes do not fault in fresh pages; engine.reuse_host_memory=false turns it off",
             _MMAP_THRESHOLD >> 20,
         )
     return _applied

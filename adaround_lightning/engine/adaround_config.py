@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from adaround_lightning.core.choices import Choice
-from adaround_lightning.engine.cache.storage import CacheDevice, CacheDtype
 from adaround_lightning.quant.loss import Reconstruction
 
 __all__ = ["AdaroundConfig", "BlockBudget", "Granularity"]
@@ -43,7 +42,10 @@ class BlockBudget(Choice):
 
 @dataclass
 class AdaroundConfig:
-    """How each layer's rounding is optimised.
+    """How each layer's rounding is optimised: the algorithm (``adaround.*``).
+
+    How the engine runs it (cache placement, batching of passes, step scheduling) is
+    :class:`~adaround_lightning.engine.engine_config.EngineConfig` (``engine.*``).
 
     Attributes:
         iters: Optimisation steps per layer (the paper uses 10k).
@@ -57,14 +59,10 @@ class AdaroundConfig:
         reconstruction: ``"paper"`` (sum over channels, mean over the rest) or ``"mean"``.
         include_activation: Put the ReLU/ReLU6 that directly follows a layer in its target.
         seed: Seed of the calibration batches.
-        forward_batch_size: Batch size of the forward passes that fill the caches.
         granularity: ``block`` (default, BRECQ-style: one fit per block, the block output
             error, all its layers' ``V`` together; layers outside blocks are still fitted one
             by one) or ``layer`` (AdaRound as published: one fit per layer, its output error).
             Block-wise kept more accuracy in BENCHMARKS.md at the same steps per layer.
-        steps_per_batch: Optimizer steps per Lightning training step (manual optimization when
-            > 1). Same batches, same steps, same result; Lightning's per-step overhead is paid
-            once per this many steps.
         act_in_loop: With ``quant.act_bits``: calibrate each layer's input quantizer when its
             block is reached and reconstruct with quantized activations, so every layer learns
             its rounding on the inputs the fully quantized network gives it (QDrop's setting).
@@ -77,11 +75,6 @@ class AdaroundConfig:
         stop_when_binary: End a fit once every ``h(V)`` is clipped to exactly 0 or 1: no later
             step can change a rounding then, so the result is the same and the rest of the
             steps are saved (logged, and ``steps_run`` in the layer report).
-        skip_settled: Once an element's ``h(V)`` is clipped to 0 or 1 (its rounding final,
-            as for ``stop_when_binary``), later steps compute the soft rounding and Adam's
-            update of the other elements only
-            (:mod:`~adaround_lightning.engine.fit.active_set`): the same integers, less
-            elementwise work per step as the fit goes on. Off under DDP (logged).
         drop_prob: QDrop: during an in-loop reconstruction, each input element keeps its float
             value with this probability (0: always quantized, as in BRECQ).
         bias_correction: After each layer is rounded, shift its bias by the mean per-channel
@@ -89,27 +82,6 @@ class AdaroundConfig:
             (:mod:`adaround_lightning.graph.bias_correction`); later layers are fitted on the
             corrected network. On by default (more accuracy at every measured W4/W3 cell of
             BENCHMARKS.md); False is AdaRound as published.
-        cache_device: Where cached activations live: ``auto`` (the accelerator while they fit,
-            then host memory, then disk), ``accelerator``, ``cpu`` or ``disk``
-            (:mod:`adaround_lightning.engine.cache.storage`).
-        cache_budget_gb: Cap on the cache's bytes in memory (accelerator and host together);
-            None: half of the free device memory and half of the available RAM. With a budget,
-            the forward passes that fill the cache also run in chunks sized to it.
-        cache_dtype: Storage dtype of the cache: ``float32``, ``bfloat16`` or ``float16``;
-            compute stays float32.
-        stream: Each block's input from the previous block's cached input wherever the network
-            is a chain of blocks (:mod:`adaround_lightning.engine.cache.stream`); False: from
-            the images for every block (a full pass per block; the same integers, slower).
-        channels_last: Keep 4-D activations (convolution inputs) in NHWC order, so the
-            caching passes and the fits run their convolutions channels-last: on this
-            project's 2-core CPU the MobileNetV2 walk took 45 s instead of 63 s. False: NCHW
-            (results differ from it in float rounding only).
-        reuse_host_memory: Keep freed host memory in the process for the next forward pass
-            instead of returning it to the kernel (:mod:`adaround_lightning.core.host_memory`):
-            large activation chunks no longer page-fault on every pass (on this machine the
-            kernel time of a ResNet50 pass fell from 45% to 12%). The peak is unchanged; the
-            memory stays with the process until it exits. It changes glibc's ``mallopt`` for
-            the whole process, so it is opt-in from Python; the CLI turns it on and logs it.
         blocks: More blocks for ``granularity=block``: ``fnmatch`` patterns of module names or
             class names (``["EncoderBlock"]``, ``["encoder.layers.*"]``); each matching
             module's layers are fitted together on its output. torchvision's residual blocks
@@ -141,22 +113,13 @@ class AdaroundConfig:
     reconstruction: Reconstruction = Reconstruction.PAPER
     include_activation: bool = True
     seed: int = 0
-    forward_batch_size: int = 256
     granularity: Granularity = Granularity.BLOCK
-    steps_per_batch: int = 8
     act_in_loop: bool = False
     drop_prob: float = 0.5
     block_iters: int | None = None
     block_budget: BlockBudget = BlockBudget.FIT
     stop_when_binary: bool = True
-    skip_settled: bool = True
     bias_correction: bool = True
-    cache_device: CacheDevice = CacheDevice.AUTO
-    cache_budget_gb: float | None = None
-    cache_dtype: CacheDtype = CacheDtype.FLOAT32
-    stream: bool = True
-    channels_last: bool = True
-    reuse_host_memory: bool = False
     blocks: list[str] = field(default_factory=list)
     learn_scale: bool = False
     scale_lr: float = 1e-3
@@ -168,8 +131,6 @@ class AdaroundConfig:
         self.granularity = Granularity.parse(self.granularity, "adaround.granularity")
         self.block_budget = BlockBudget.parse(self.block_budget, "adaround.block_budget")
         self.reconstruction = Reconstruction.parse(self.reconstruction, "adaround.reconstruction")
-        self.cache_device = CacheDevice.parse(self.cache_device, "adaround.cache_device")
-        self.cache_dtype = CacheDtype.parse(self.cache_dtype, "adaround.cache_dtype")
         self._check_flags_and_lists()
 
     def _check_numbers(self) -> None:
@@ -183,7 +144,7 @@ class AdaroundConfig:
             )
         if not 0.0 <= self.drop_prob < 1.0:
             raise ValueError(f"adaround.drop_prob must be in [0, 1), got {self.drop_prob}")
-        for name in ("iters", "batch_size", "num_samples", "forward_batch_size", "steps_per_batch"):
+        for name in ("iters", "batch_size", "num_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"adaround.{name} must be a positive integer, got {value!r}")
@@ -198,10 +159,6 @@ class AdaroundConfig:
             )
         if not 0.0 <= self.warm_start < 1.0:
             raise ValueError(f"adaround.warm_start must be in [0, 1), got {self.warm_start}")
-        if self.cache_budget_gb is not None and not float(self.cache_budget_gb) > 0:
-            raise ValueError(
-                f"adaround.cache_budget_gb must be > 0 or null, got {self.cache_budget_gb}"
-            )
         if isinstance(self.fisher_damping, bool) or not float(self.fisher_damping) >= 0:
             raise ValueError(f"adaround.fisher_damping must be >= 0, got {self.fisher_damping!r}")
         self.fisher_damping = float(self.fisher_damping)
@@ -213,11 +170,7 @@ class AdaroundConfig:
             "include_activation",
             "act_in_loop",
             "bias_correction",
-            "stream",
-            "channels_last",
-            "reuse_host_memory",
             "stop_when_binary",
-            "skip_settled",
             "learn_scale",
             "fisher",
         ):

@@ -1,4 +1,4 @@
-"""How a walk runs, whatever the front end: the Trainer, checkpoints, loggers, progress bars."""
+"""How a walk runs, whatever the front end: the Trainer, checkpoints, loggers, progress, engine."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import Logger
+
+from adaround_lightning.engine.engine_config import EngineConfig
 
 __all__ = ["WalkOptions"]
 
@@ -21,6 +23,7 @@ class WalkOptions:
         checkpoint_tag: A fingerprint of the settings; a checkpoint with another is refused.
         loggers: Lightning loggers shared by every fit (metrics prefixed by layer name).
         progress: Show rich progress bars (None: on an interactive terminal outside CI).
+        engine: How the calibration runs (cache placement, batching of passes, steps).
 
     Example:
         >>> WalkOptions({"accelerator": "cpu"}).checkpoint is None
@@ -32,3 +35,4 @@ class WalkOptions:
     checkpoint_tag: str = ""
     loggers: list[Logger] | None = None
     progress: bool | None = None
+    engine: EngineConfig = field(default_factory=EngineConfig)

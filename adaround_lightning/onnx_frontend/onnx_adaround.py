@@ -156,7 +156,7 @@ def _fit(
         config.batch_size,
         config.iters,
         config.seed + index,
-        config.steps_per_batch,
+        walk.fit.engine.steps_per_batch,
     )
     outcome = fit_layer(module, quantizer, activation, None, pairs, walk.fit, layer.name, bar)
     if layer_steps.corrects_bias(config.bias_correction, module):
@@ -164,7 +164,7 @@ def _fit(
             module,
             walk.process,
             len(inputs),
-            config.forward_batch_size,
+            walk.fit.engine.forward_batch_size,
             lambda start, stop: float_output[start:stop],
             lambda start, stop: module(inputs[start:stop]),
         )
@@ -173,7 +173,13 @@ def _fit(
         "adaround": module.weight,
     }
     mse = output_mse(
-        module, weights, activation, inputs, targets, config.forward_batch_size, walk.process
+        module,
+        weights,
+        activation,
+        inputs,
+        targets,
+        walk.fit.engine.forward_batch_size,
+        walk.process,
     )
     seconds = time.perf_counter() - start
     activation_name = layer.activation if activation is not None else None
@@ -339,7 +345,7 @@ def adaround_graph(
     _check_settings(config, quant, process)
     graph = load_onnx(model)
     array = _calibration_array(images, config.num_samples)
-    sampler = OnnxSampler(graph, list(_variables(graph)), config.forward_batch_size)
+    sampler = OnnxSampler(graph, list(_variables(graph)), options.engine.forward_batch_size)
     result = OnnxAdaroundResult(graph, sampler, _variables(graph), _variables(graph))
     result.left_in_float.update(graph.left_in_float)
     walk = _Walk(
@@ -347,7 +353,7 @@ def adaround_graph(
         config,
         process,
         array,
-        FitSettings(config, trainer_kwargs, options.loggers, process.device),
+        FitSettings(config, trainer_kwargs, options.loggers, process.device, options.engine),
         checkpoint,
         checkpoint_tag,
     )

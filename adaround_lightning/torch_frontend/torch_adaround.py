@@ -22,6 +22,7 @@ from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularit
 from adaround_lightning.engine.cache.inputs import calibration_tensor, shard_for_process
 from adaround_lightning.engine.cache.storage import FORWARD_SHARE, CacheAllocator
 from adaround_lightning.engine.cache.stream import plan_stream
+from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.engine.fit.fit_step import FitSettings
 from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
 from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, load_progress
@@ -49,36 +50,36 @@ CalibrationData = torch.Tensor | Dataset | DataLoader | Iterable[Any]
 LIVE_ACTIVATIONS = 4
 
 
-def _forward_chunk(config: AdaroundConfig, activation_bytes_per_sample: int) -> int:
-    """``adaround.forward_batch_size``, lowered under a cache budget so a chunk fits its share."""
-    if config.cache_budget_gb is None or activation_bytes_per_sample == 0:
-        return config.forward_batch_size
-    share = config.cache_budget_gb * 2**30 * FORWARD_SHARE
+def _forward_chunk(engine: EngineConfig, activation_bytes_per_sample: int) -> int:
+    """``engine.forward_batch_size``, lowered under a cache budget so a chunk fits its share."""
+    if engine.cache_budget_gb is None or activation_bytes_per_sample == 0:
+        return engine.forward_batch_size
+    share = engine.cache_budget_gb * 2**30 * FORWARD_SHARE
     fits = int(share // (activation_bytes_per_sample * LIVE_ACTIVATIONS))
-    chunk = max(1, min(config.forward_batch_size, fits))
-    if chunk < config.forward_batch_size:
+    chunk = max(1, min(engine.forward_batch_size, fits))
+    if chunk < engine.forward_batch_size:
         log.info(
-            "forward passes in chunks of %d samples (adaround.forward_batch_size=%d) to stay "
-            "within adaround.cache_budget_gb=%g",
+            "forward passes in chunks of %d samples (engine.forward_batch_size=%d) to stay "
+            "within engine.cache_budget_gb=%g",
             chunk,
-            config.forward_batch_size,
-            config.cache_budget_gb,
+            engine.forward_batch_size,
+            engine.cache_budget_gb,
         )
     return chunk
 
 
 def _cache_allocator(
-    config: AdaroundConfig, device: torch.device, checkpoint: Path | None
+    engine: EngineConfig, device: torch.device, checkpoint: Path | None
 ) -> CacheAllocator:
     """Where cached activations live; the disk tier's folder sits beside the checkpoints."""
-    budget = None if config.cache_budget_gb is None else int(config.cache_budget_gb * 2**30)
+    budget = None if engine.cache_budget_gb is None else int(engine.cache_budget_gb * 2**30)
     return CacheAllocator(
         device,
-        config.cache_device,
+        engine.cache_device,
         budget,
-        config.cache_dtype,
+        engine.cache_dtype,
         checkpoint.parent / CACHE_DIR if checkpoint else None,
-        channels_last=config.channels_last,
+        channels_last=engine.channels_last,
     )
 
 
@@ -101,7 +102,7 @@ def prepare_walk(
         >>> context.plan.total_layers, context.batch_size, finished
         (2, 16, {})
     """
-    checkpoint, loggers = options.checkpoint, options.loggers
+    checkpoint, loggers, engine = options.checkpoint, options.loggers, options.engine
     checkpoint_tag = options.checkpoint_tag
     trainer_kwargs = trainer_kwargs_with_defaults(options.trainer)
     process = process_context(trainer_kwargs)
@@ -113,27 +114,28 @@ def prepare_walk(
     if process.is_main:
         _log_blocks(plan, config)
     stream = None
-    if config.stream:
+    if engine.stream:
         stream = plan_stream(fp_model, [block.name for block in plan.trace.blocks], example)
-    allocator = _cache_allocator(config, process.device, checkpoint)
+    allocator = _cache_allocator(engine, process.device, checkpoint)
     finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
     if not process.is_main:  # one process writes
         checkpoint, loggers = None, None
     context = WalkContext(
         quant=quant,
         config=config,
+        engine=engine,
         process=process,
         plan=plan,
         fp_model=fp_model,
         q_model=q_model,
         images=inputs.images,
         batch_size=inputs.batch_size,
-        fit=FitSettings(config, trainer_kwargs, loggers, process.device),
+        fit=FitSettings(config, trainer_kwargs, loggers, process.device, engine),
         checkpoint=checkpoint,
         checkpoint_tag=checkpoint_tag,
         allocator=allocator,
         stream=stream,
-        forward_batch_size=_forward_chunk(config, plan.trace.activation_bytes_per_sample),
+        forward_batch_size=_forward_chunk(engine, plan.trace.activation_bytes_per_sample),
     )
     return context, finished
 
@@ -204,7 +206,7 @@ def adaround_module(
         ['0', '2']
     """
     start_time = time.perf_counter()
-    if config.reuse_host_memory:
+    if options.engine.reuse_host_memory:
         keep_freed_host_memory()
     context, finished = prepare_walk(model, calibration_data, quant, config, options)
     # One process shows progress.

@@ -37,6 +37,7 @@ from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularit
 from adaround_lightning.engine.cache.activation_cache import CalibrationCache
 from adaround_lightning.engine.cache.storage import CacheAllocator
 from adaround_lightning.engine.cache.stream import StreamPlan
+from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.engine.fit.fisher import (
     FisherSums,
     block_output_sensitivity,
@@ -82,6 +83,7 @@ class WalkContext:
     Attributes:
         quant: Bits and layer selection.
         config: Optimisation settings.
+        engine: How the calibration runs.
         process: This process's device and rank.
         plan: Layers, blocks and bits.
         fp_model: The BN-folded float reference.
@@ -98,6 +100,7 @@ class WalkContext:
 
     quant: QuantConfig
     config: AdaroundConfig
+    engine: EngineConfig
     process: ProcessContext
     plan: CalibrationPlan
     fp_model: nn.Module
@@ -144,7 +147,7 @@ class WalkState:
 def _oom_message(where: str, images: torch.Tensor) -> str:
     return (
         f"out of memory while caching the activations of {where} for {images.shape[0]} "
-        f"calibration samples: lower adaround.num_samples or adaround.forward_batch_size, "
+        f"calibration samples: lower adaround.num_samples or engine.forward_batch_size, "
         "or cache on the CPU with trainer.accelerator=cpu"
     )
 
@@ -226,7 +229,7 @@ class CalibrationWalk:
             num_steps=config.iters,
             seed=config.seed + 1_000_003 * context.process.rank,
             forward_batch_size=context.forward_batch_size,
-            steps_per_batch=config.steps_per_batch,
+            steps_per_batch=context.engine.steps_per_batch,
             allocator=context.allocator,
             stream=context.stream,
         )
@@ -265,11 +268,11 @@ class CalibrationWalk:
 
     def cache_report(self) -> CacheReport:
         """Where the cache lived, its peak bytes per tier, and the passes the walk made."""
-        cache, config = self.cache, self.context.config
+        cache, engine = self.cache, self.context.engine
         usage, passes = cache.allocator.usage, cache.passes
         return CacheReport(
-            device=str(config.cache_device),
-            dtype=str(config.cache_dtype),
+            device=str(engine.cache_device),
+            dtype=str(engine.cache_dtype),
             budget_bytes=cache.allocator.budget_bytes,
             peak_bytes={tier: n for tier, n in usage.peak.items() if n > 0},
             buffers=dict(usage.buffers),

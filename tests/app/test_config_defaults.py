@@ -16,17 +16,19 @@ from omegaconf import OmegaConf
 
 from adaround_lightning.app.cli import CONFIG_DIR, recipes
 from adaround_lightning.app.schema import check_overrides, schema_of
-from adaround_lightning.app.settings import RunConfig, run_config_from
+from adaround_lightning.app.settings import RunConfig, fingerprint, run_config_from
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.data.sources import CalibrationConfig, DataConfig
 from adaround_lightning.data.transforms import PreprocessConfig
 from adaround_lightning.engine.adaround_config import AdaroundConfig
+from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.export.run_dir import ExportConfig
 from adaround_lightning.models.model_builder import ModelConfig
 from adaround_lightning.quant.quant_config import QuantConfig
 
 SECTIONS = {
     "adaround": AdaroundConfig,
+    "engine": EngineConfig,
     "quant": QuantConfig,
     "model": ModelConfig,
     "data": DataConfig,
@@ -35,7 +37,7 @@ SECTIONS = {
 SETTINGS = [*SECTIONS.values(), CalibrationConfig, PreprocessConfig]
 
 #: Where the CLI differs from Python on purpose: glibc's mallopt is opt-in from Python.
-CLI_ONLY = {("adaround", "reuse_host_memory"): True}
+CLI_ONLY = {("engine", "reuse_host_memory"): True}
 
 
 def _plain(value: Any) -> Any:
@@ -70,7 +72,7 @@ def test_the_composed_default_is_the_dataclass_defaults_outside_the_recipe() -> 
     cfg = OmegaConf.to_container(_compose(["recipe=custom", "model.name=mobilenet_v2"]))
     for (section, key), value in CLI_ONLY.items():
         assert cfg[section].pop(key) == value
-    for section in ("adaround", "quant", "export"):
+    for section in ("adaround", "engine", "quant", "export"):
         defaults = _plain(SECTIONS[section]())
         for key in CLI_ONLY:
             defaults.pop(key[1], None) if key[0] == section else None
@@ -98,6 +100,7 @@ def test_every_recipe_and_data_group_composes_against_the_schema(recipe: str, da
         (["++quant.layer_bits={features.0.0: eight}"], "could not be converted to Integer"),
         (["data.preprocess.mean=[0.5,x]"], "could not be converted to Float"),
         (["seed=-x"], "seed=-x"),
+        (["adaround.cache_device=disk"], "adaround.cache_device is now engine.cache_device"),
     ],
 )
 def test_a_wrong_type_is_refused_when_the_command_line_is_read(
@@ -153,7 +156,7 @@ def test_the_readme_table_gives_the_dataclass_defaults() -> None:
     checked = 0
     for key, shown in rows.items():
         section, _, name = key.partition(".")
-        if section not in ("adaround", "quant", "export") or "." in name:
+        if section not in ("adaround", "engine", "quant", "export") or "." in name:
             continue
         value = cfg[section][name]
         if isinstance(value, list | dict):
@@ -163,3 +166,11 @@ def test_the_readme_table_gives_the_dataclass_defaults() -> None:
         assert shown in (str(expected), str(_plain(value))), f"README {key}: {shown} != {value}"
         checked += 1
     assert checked >= 30
+
+
+def test_run_dirs_from_before_the_engine_section_and_the_typed_schema_still_resume() -> None:
+    # Before: engine settings under adaround, floats as written (20); now: engine.*, typed (20.0).
+    before = {"adaround": {"iters": 5, "steps_per_batch": 1, "beta_range": [20, 2]}, "seed": 0}
+    now = {"adaround": {"iters": 5, "beta_range": [20.0, 2.0]}, "engine": {"steps_per_batch": 1}}
+    assert fingerprint(before) == fingerprint({**now, "seed": 0})
+    assert fingerprint(before) != fingerprint({**now, "engine": {"steps_per_batch": 2}, "seed": 0})

@@ -61,7 +61,7 @@ def test_a_torch_walk_stops_after_the_finished_layers_and_resumes(
 ) -> None:
     _signal_after_first_layer(monkeypatch, torch_walk)
     images = torch.randn(32, 3, 8, 8)
-    config = AdaroundConfig(iters=20, batch_size=16, granularity="layer", steps_per_batch=1)
+    config = AdaroundConfig(iters=20, batch_size=16, granularity="layer")
     with pytest.raises(Interrupted) as caught:
         adaround(_net(), images, QuantConfig(4), config, trainer=CPU, checkpoint=tmp_path)
     assert (caught.value.finished, caught.value.total) == (1, 3)
@@ -74,7 +74,7 @@ def test_a_torch_walk_stops_after_the_finished_layers_and_resumes(
 def test_an_onnx_walk_stops_the_same_way(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _signal_after_first_layer(monkeypatch, layer_steps)
     model = small_cnn_onnx(tmp_path, image_size=8)
-    config = AdaroundConfig(iters=10, batch_size=16, steps_per_batch=1)
+    config = AdaroundConfig(iters=10, batch_size=16)
     with pytest.raises(Interrupted) as caught:
         adaround(str(model), torch.randn(32, 3, 8, 8), QuantConfig(4), config, trainer=CPU)
     assert caught.value.finished == 1 and caught.value.total > 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from adaround_lightning import AdaroundConfig, QuantConfig, adaround
+from adaround_lightning import AdaroundConfig, EngineConfig, QuantConfig, adaround
 from adaround_lightning.graph.bias_correction import channel_dim, mean_output_error, shift_bias
 from adaround_lightning.graph.capture import capture_output
 from adaround_lightning.torch_frontend.torch_result import AdaroundResult
@@ -83,11 +83,14 @@ def test_walk_leaves_every_layer_unbiased_and_resume_restores_it(
         seed=0,
         granularity=granularity,
         bias_correction=False,
-        forward_batch_size=24,  # the mean is accumulated over uneven chunks (24, 24, 16)
     )
-    plain = adaround(tiny_cnn, images, quant, config, CPU)
+    # The mean is accumulated over uneven chunks (24, 24, 16).
+    engine = EngineConfig(forward_batch_size=24)
+    plain = adaround(tiny_cnn, images, quant, config, CPU, engine=engine)
     corrected_config = AdaroundConfig(**{**config.__dict__, "bias_correction": True})
-    corrected = adaround(tiny_cnn, images, quant, corrected_config, CPU, checkpoint=tmp_path)
+    corrected = adaround(
+        tiny_cnn, images, quant, corrected_config, CPU, checkpoint=tmp_path, engine=engine
+    )
     before, after = _mean_errors(plain, images), _mean_errors(corrected, images)
     assert after and after.keys() == before.keys()
     # Later corrections do not move earlier layers' inputs: every layer ends centred.

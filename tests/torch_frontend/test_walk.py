@@ -11,7 +11,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from adaround_lightning import AdaroundConfig, QuantConfig, adaround
+from adaround_lightning import AdaroundConfig, EngineConfig, QuantConfig, adaround
 from adaround_lightning.engine.fit.reconstruction import LayerReconstruction
 from adaround_lightning.graph.capture import capture_input, capture_output
 
@@ -212,8 +212,9 @@ def test_a_block_reports_the_steps_of_its_joint_fit(budget: str) -> None:
     torch.manual_seed(0)
     model = torchvision.models.mobilenet_v3_small(num_classes=4).eval()
     images = torch.randn(32, 3, 32, 32)
-    config = AdaroundConfig(iters=3, batch_size=16, steps_per_batch=1, block_budget=budget)
-    result = adaround(model, images, config=config, trainer={"accelerator": "cpu"}, progress=False)
+    config = AdaroundConfig(iters=3, batch_size=16, block_budget=budget)
+    cpu, engine = {"accelerator": "cpu"}, EngineConfig(steps_per_batch=1)
+    result = adaround(model, images, config=config, trainer=cpu, progress=False, engine=engine)
     trace_blocks = {}
     for report in result.layers:
         block = report.name.rsplit(".block.", 1)[0] if ".block." in report.name else report.name

@@ -4,7 +4,7 @@ A :class:`CacheAllocator` hands out :class:`CachedTensor` buffers of shape ``(N,
 filled chunk by chunk (``write``), read back in chunks (``read``) and sampled in random batches
 (``gather``); reads always arrive on the compute device in float32, whatever the storage dtype.
 
-Tiers (``adaround.cache_device``):
+Tiers (``engine.cache_device``):
 
 * ``accelerator``: on the compute device (reported as ``cpu`` when Lightning runs on the CPU);
 * ``cpu``: host memory, pinned when the compute device is a GPU, so batches reach it with
@@ -15,7 +15,7 @@ Tiers (``adaround.cache_device``):
   removed when the buffer is freed and the folder when the calibration ends.
 * ``auto``: the accelerator while the buffers fit its share (by default half of its free memory;
   on the CPU the host share), then host memory up to its share (by default half of the
-  available RAM), then disk. ``adaround.cache_budget_gb`` caps the memory tiers together.
+  available RAM), then disk. ``engine.cache_budget_gb`` caps the memory tiers together.
 
 The budget is never exceeded: a buffer goes to the first tier with room for all of it.
 
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 
 #: Share of the free accelerator memory, and of the available host memory, that ``auto`` uses.
 MEMORY_SHARE = 0.5
-#: Share of ``adaround.cache_budget_gb`` that the transient tensors of one forward chunk, or of
+#: Share of ``engine.cache_budget_gb`` that the transient tensors of one forward chunk, or of
 #: one training step's stacked batches, may take besides the cache.
 FORWARD_SHARE = 0.25
 #: Disk space kept free beyond a buffer's size.
@@ -68,7 +68,7 @@ DISK_MARGIN_BYTES = 256 * 2**20
 
 
 class CacheDevice(Choice):
-    """Where the activation cache lives (``adaround.cache_device``)."""
+    """Where the activation cache lives (``engine.cache_device``)."""
 
     AUTO = "auto"
     ACCELERATOR = "accelerator"
@@ -77,7 +77,7 @@ class CacheDevice(Choice):
 
 
 class CacheDtype(Choice):
-    """Storage dtype of the cache (``adaround.cache_dtype``); compute stays float32."""
+    """Storage dtype of the cache (``engine.cache_dtype``); compute stays float32."""
 
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
@@ -367,11 +367,11 @@ class CacheAllocator:
     ) -> None:
         self.device = device
         self.channels_last = channels_last
-        self.mode = CacheDevice.parse(mode, "adaround.cache_device")
+        self.mode = CacheDevice.parse(mode, "engine.cache_device")
         if isinstance(dtype, torch.dtype):
             self.dtype = dtype
         else:
-            self.dtype = CacheDtype.parse(dtype, "adaround.cache_dtype").torch_dtype
+            self.dtype = CacheDtype.parse(dtype, "engine.cache_dtype").torch_dtype
         self.budget_bytes = budget_bytes
         self.usage = CacheUsage()
         self._parent = folder
@@ -393,8 +393,8 @@ class CacheAllocator:
             if not self._fits_memory(nbytes):
                 raise UserError(
                     f"the activation cache needs {nbytes / 2**30:.2f} GiB more than "
-                    f"adaround.cache_budget_gb={self.budget_bytes / 2**30:.2f} allows on "
-                    f"adaround.cache_device={mode}: raise the budget, or use cache_device=auto "
+                    f"engine.cache_budget_gb={self.budget_bytes / 2**30:.2f} allows on "
+                    f"engine.cache_device={mode}: raise the budget, or use cache_device=auto "
                     "(spills to disk)"
                 )
             return mode
@@ -430,7 +430,7 @@ class CacheAllocator:
             raise UserError(
                 f"not enough disk space for the activation cache in {self.folder()}: "
                 f"{nbytes / 2**30:.2f} GiB needed, {free / 2**30:.2f} GiB free; free some space, "
-                "lower adaround.num_samples, or raise adaround.cache_budget_gb"
+                "lower adaround.num_samples, or raise engine.cache_budget_gb"
             )
 
     def allocate(self, shape: tuple[int, ...], dtype: torch.dtype | None = None) -> CachedTensor:

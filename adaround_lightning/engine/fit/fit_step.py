@@ -22,6 +22,7 @@ from adaround_lightning.core.interrupt import STOP
 from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.engine.cache.activation_cache import CalibrationCache
 from adaround_lightning.engine.cache.pairs import LayerPairs
+from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.engine.fit.reconstruction import (
     BlockReconstruction,
     LayerReconstruction,
@@ -74,12 +75,14 @@ class FitSettings:
         trainer_kwargs: Keyword arguments of each fit's Lightning ``Trainer``.
         loggers: Lightning loggers shared by all fits (None: no logging).
         device: Where the fitted module goes back after Lightning's teardown.
+        engine: Step scheduling (``steps_per_batch``, ``skip_settled``).
     """
 
     config: AdaroundConfig
     trainer_kwargs: dict[str, Any]
     loggers: list[Logger] | None
     device: torch.device
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     def loss(self, steps: int) -> AdaptiveRoundingLoss:
         """The AdaRound loss of a fit of ``steps`` steps (eq. 25 with the schedule of eq. 24)."""
@@ -150,8 +153,8 @@ def fit_layer(
         >>> cache.cache_block(layer, layer, layer, layer)
         >>> cache.cache_layer(layer, layer, layer, layer, activation=None, layer_index=0)
         >>> fq = quantizer_for_weight(layer.weight, 4, True, "minmax")
-        >>> cpu = FitSettings(AdaroundConfig(iters=4, batch_size=8, steps_per_batch=1),
-        ...                   {"accelerator": "cpu", "devices": 1}, None, torch.device("cpu"))
+        >>> cpu = FitSettings(AdaroundConfig(iters=4, batch_size=8), {"accelerator": "cpu"},
+        ...                   None, torch.device("cpu"), EngineConfig(steps_per_batch=1))
         >>> with CalibrationProgress(1, 0, False) as bar:
         ...     outcome = fit_layer(layer, fq, None, None, cache, cpu, "fc", bar)
         >>> layer.weight.equal(fq.hard_weight()), outcome.steps_run <= 4
@@ -165,11 +168,11 @@ def fit_layer(
         activation,
         config.lr_for(config.iters),
         name=name,
-        steps_per_batch=config.steps_per_batch,
+        steps_per_batch=settings.engine.steps_per_batch,
         input_quantizer=input_quantizer,
         stop_when_binary=config.stop_when_binary,
         scale_lr=config.scale_lr if config.learn_scale else None,
-        skip_settled=config.skip_settled,
+        skip_settled=settings.engine.skip_settled,
     )
     return _run(module, cache, config.iters, settings, bar)
 
@@ -204,9 +207,9 @@ def fit_block(
         settings.loss(steps),
         config.lr_for(steps),
         name=name,
-        steps_per_batch=config.steps_per_batch,
+        steps_per_batch=settings.engine.steps_per_batch,
         stop_when_binary=config.stop_when_binary,
         scale_lr=config.scale_lr if config.learn_scale else None,
-        skip_settled=config.skip_settled,
+        skip_settled=settings.engine.skip_settled,
     )
     return _run(module, cache, steps, settings, bar)

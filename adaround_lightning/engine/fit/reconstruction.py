@@ -48,7 +48,7 @@ SETTLE_CHECK_EVERY = 16
 @functools.cache
 def _log_skip_settled_off() -> None:
     """Say once per process that DDP turns ``skip_settled`` off (not once per fit)."""
-    log.info("adaround.skip_settled is off under DDP: every fit trains all elements")
+    log.info("engine.skip_settled is off under DDP: every fit trains all elements")
 
 
 class RoundingReconstruction(L.LightningModule):

@@ -72,7 +72,7 @@ class CacheReport:
     """Where the activation cache lived and how often the data went through the networks.
 
     Attributes:
-        device: The ``adaround.cache_device`` setting.
+        device: The ``engine.cache_device`` setting.
         dtype: The storage dtype.
         budget_bytes: The memory budget (None: the default shares).
         peak_bytes: Per tier (``accelerator``, ``cpu``, ``disk``), the most bytes held at once.

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from adaround_lightning import AdaroundConfig, QuantConfig, adaround
+from adaround_lightning import AdaroundConfig, EngineConfig, QuantConfig, adaround
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.engine.cache import storage
 from adaround_lightning.engine.cache.storage import CacheAllocator
@@ -87,8 +87,13 @@ def test_disk_buffers_leave_no_files(tmp_path: Path) -> None:
 
 
 def _run(model: nn.Module, images: torch.Tensor, **settings: object) -> dict[str, torch.Tensor]:
-    config = AdaroundConfig(iters=6, batch_size=16, steps_per_batch=1, **settings)
-    result = adaround(model, images, QuantConfig(weight_bits=3), config, CPU, progress=False)
+    config, engine = (
+        AdaroundConfig(iters=6, batch_size=16),
+        EngineConfig(steps_per_batch=1, **settings),
+    )
+    result = adaround(
+        model, images, QuantConfig(weight_bits=3), config, CPU, progress=False, engine=engine
+    )
     return {name: q.integer_weight() for name, q in result.quantizers.items()}
 
 
@@ -108,8 +113,11 @@ def test_a_tiny_budget_spills_to_disk_and_stays_under_it(
     tiny_cnn: nn.Module, images: torch.Tensor
 ) -> None:
     budget = 40_000  # bytes: one block input of the tiny CNN fits, not the whole cache
-    config = AdaroundConfig(iters=4, batch_size=16, cache_budget_gb=budget / 2**30)
-    result = adaround(tiny_cnn, images, config=config, trainer=CPU, progress=False)
+    config, engine = (
+        AdaroundConfig(iters=4, batch_size=16),
+        EngineConfig(cache_budget_gb=budget / 2**30),
+    )
+    result = adaround(tiny_cnn, images, config=config, trainer=CPU, progress=False, engine=engine)
     assert result.cache is not None
     assert result.cache.peak_bytes.get("disk", 0) > 0
     in_memory = sum(n for tier, n in result.cache.peak_bytes.items() if tier != "disk")
@@ -120,8 +128,9 @@ def test_a_full_disk_is_an_error_before_anything_is_lost(
     tiny_cnn: nn.Module, images: torch.Tensor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checkpoint = tmp_path / "checkpoints"
-    settings = {"iters": 4, "batch_size": 16, "cache_device": "disk"}
-    reference = adaround(tiny_cnn, images, config=AdaroundConfig(**settings), trainer=CPU)
+    settings = {"config": AdaroundConfig(iters=4, batch_size=16), "trainer": CPU}
+    settings["engine"] = EngineConfig(cache_device="disk")
+    reference = adaround(tiny_cnn, images, **settings)
     Usage = namedtuple("Usage", "total used free")
     real_usage, calls = shutil.disk_usage, []
 
@@ -134,8 +143,7 @@ def test_a_full_disk_is_an_error_before_anything_is_lost(
         adaround(
             tiny_cnn,
             images,
-            config=AdaroundConfig(**settings),
-            trainer=CPU,
+            **settings,
             checkpoint=checkpoint,
             checkpoint_tag="t",
         )
@@ -145,8 +153,7 @@ def test_a_full_disk_is_an_error_before_anything_is_lost(
     resumed = adaround(
         tiny_cnn,
         images,
-        config=AdaroundConfig(**settings),
-        trainer=CPU,
+        **settings,
         checkpoint=checkpoint,
         checkpoint_tag="t",
     )
@@ -165,7 +172,8 @@ def test_auto_keeps_the_cache_on_the_gpu_when_it_fits(
     spilled = adaround(
         tiny_cnn,
         images,
-        config=AdaroundConfig(iters=4, batch_size=16, cache_budget_gb=40_000 / 2**30),
+        config=AdaroundConfig(iters=4, batch_size=16),
+        engine=EngineConfig(cache_budget_gb=40_000 / 2**30),
         trainer=gpu,
         progress=False,
     )

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from adaround_lightning import AdaroundConfig, QuantConfig, adaround
+from adaround_lightning import AdaroundConfig, EngineConfig, QuantConfig, adaround
 from adaround_lightning.engine.cache.stream import plan_stream
 
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -32,10 +32,11 @@ class _SkipAcross(nn.Module):
 
 
 def _run(model: nn.Module, images: torch.Tensor, stream: bool, iters: int = 5, **settings: object):
-    config = AdaroundConfig(
-        iters=iters, batch_size=16, steps_per_batch=1, stream=stream, **settings
+    config = AdaroundConfig(iters=iters, batch_size=16, **settings)
+    engine = EngineConfig(steps_per_batch=1, stream=stream)
+    return adaround(
+        model, images, QuantConfig(weight_bits=3), config, CPU, progress=False, engine=engine
     )
-    return adaround(model, images, QuantConfig(weight_bits=3), config, CPU, progress=False)
 
 
 def _same_integers(a, b) -> None:

@@ -10,6 +10,7 @@ from torch import nn
 
 from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.engine.cache.activation_cache import CalibrationCache
+from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.engine.fit import reconstruction
 from adaround_lightning.engine.fit.active_set import ActiveRounding, swap_parameter
 from adaround_lightning.engine.fit.fit_step import FitSettings, fit_block, fit_layer
@@ -41,15 +42,9 @@ def _fit_block(skip_settled: bool, seed: int, steps_per_batch: int) -> dict[str,
         n: quantizer_for_weight(block.get_submodule(n).weight, 3, True, "minmax")
         for n in ("0", "2")
     }
-    config = AdaroundConfig(
-        iters=300,
-        batch_size=16,
-        lr=0.05,
-        steps_per_batch=steps_per_batch,
-        stop_when_binary=False,
-        skip_settled=skip_settled,
-    )
-    settings = FitSettings(config, CPU, None, torch.device("cpu"))
+    config = AdaroundConfig(iters=300, batch_size=16, lr=0.05, stop_when_binary=False)
+    engine = EngineConfig(steps_per_batch=steps_per_batch, skip_settled=skip_settled)
+    settings = FitSettings(config, CPU, None, torch.device("cpu"), engine)
     with CalibrationProgress(1, 0, False) as bar:
         outcome = fit_block(block, quantizers, 300, cache, settings, "block", bar)
     assert outcome.steps_run == 300
@@ -147,8 +142,9 @@ def test_a_layer_fit_with_settled_elements_skipped_matches_and_writes_V_back() -
         cache.cache_block(layer, layer, layer, layer)
         cache.cache_layer(layer, layer, layer, layer, activation=None, layer_index=0)
         quantizer = quantizer_for_weight(layer.weight, 2, True, "minmax")
-        config = AdaroundConfig(iters=200, batch_size=16, lr=0.1, skip_settled=skip_settled)
-        settings = FitSettings(config, CPU, None, torch.device("cpu"))
+        config = AdaroundConfig(iters=200, batch_size=16, lr=0.1)
+        engine = EngineConfig(skip_settled=skip_settled)
+        settings = FitSettings(config, CPU, None, torch.device("cpu"), engine)
         with CalibrationProgress(1, 0, False) as bar:
             fit_layer(layer, quantizer, None, None, cache, settings, "fc", bar)
         return quantizer.integer_weight(), quantizer.V.detach().clone()

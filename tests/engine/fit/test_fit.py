@@ -8,6 +8,7 @@ from torch import nn
 
 from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.engine.cache.activation_cache import CalibrationCache
+from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.engine.fit import fit_step as fit_module
 from adaround_lightning.engine.fit.fit_step import FitSettings, fit_layer
 from adaround_lightning.engine.progress import CalibrationProgress
@@ -53,9 +54,9 @@ def _fit_once(
         lr=0.5,
         reg_param=1.0,
         stop_when_binary=stop_when_binary,
-        skip_settled=skip_settled,
     )
-    settings = FitSettings(config, {"accelerator": "cpu", "devices": 1}, None, torch.device("cpu"))
+    cpu, engine = {"accelerator": "cpu", "devices": 1}, EngineConfig(skip_settled=skip_settled)
+    settings = FitSettings(config, cpu, None, torch.device("cpu"), engine)
     with CalibrationProgress(1, 0, False) as bar:
         outcome = fit_layer(layer, quantizer, None, None, cache, settings, "fc", bar)
     return quantizer.integer_weight(), outcome
