@@ -7,8 +7,10 @@ quantized layer's input passes a ``QuantizeLinear``/``DequantizeLinear`` pair (u
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,22 +76,69 @@ def export_float_onnx(
     Path(path).write_bytes(buffer.getvalue())
 
 
-def _weight_forms(
-    layers: list[QuantizedLayer],
-) -> dict[tuple[tuple[int, ...], bytes], tuple[QuantizedLayer, bool]]:
-    """Per float content an exported initializer may have, its layer and whether transposed.
+_Forms = dict[tuple[tuple[int, ...], bytes], list[tuple[QuantizedLayer, bool]]]
+
+
+def _content(weight: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+    return weight.shape, weight.tobytes()
+
+
+def _weight_forms(layers: list[QuantizedLayer], stand_ins: dict[str, np.ndarray]) -> _Forms:
+    """Per float content an exported initializer may have, its layers and whether transposed.
 
     A Linear applied to an input of 3 or more dimensions (ViT, Swin, ConvNeXt MLPs) is exported
     as ``MatMul`` with ``W^T`` constant-folded into an initializer: that form is matched too.
+    A layer exported with a stand-in (:func:`_distinct_weights`) is found by the stand-in.
     """
-    forms: dict[tuple[tuple[int, ...], bytes], tuple[QuantizedLayer, bool]] = {}
+    forms: _Forms = {}
     for layer in layers:
-        weight = layer.dequantized().numpy()
-        forms[(weight.shape, weight.tobytes())] = (layer, False)
+        weight = stand_ins.get(layer.name)
+        weight = layer.dequantized().numpy() if weight is None else weight
+        forms.setdefault(_content(weight), []).append((layer, False))
         if weight.ndim == 2:
             transposed = np.ascontiguousarray(weight.T)
-            forms.setdefault((transposed.shape, transposed.tobytes()), (layer, True))
+            forms.setdefault(_content(transposed), []).append((layer, True))
     return forms
+
+
+@contextlib.contextmanager
+def _distinct_weights(model: nn.Module, layers: list[QuantizedLayer]) -> Iterator[dict]:
+    """Give layers whose ``s * q`` another layer shares a distinct stand-in while exporting.
+
+    The exporter keeps one initializer per content (timm zero-initialises the last norm of each
+    residual block, so its folded convolutions are all zero): a stand-in per such layer keeps
+    one initializer each, found by the stand-in and replaced by that layer's own integers.
+    """
+    groups: dict[tuple[tuple[int, ...], bytes], list[QuantizedLayer]] = {}
+    for layer in layers:
+        groups.setdefault(_content(layer.dequantized().numpy()), []).append(layer)
+    shared = [layer for group in groups.values() if len(group) > 1 for layer in group]
+    saved, stand_ins = {}, {}
+    for index, layer in enumerate(shared):
+        weight = model.get_submodule(layer.name).weight
+        count = weight.numel()
+        # Values in (index + 1, index + 2]: distinct between layers, and from real weights.
+        values = (torch.arange(1, count + 1, dtype=torch.float64) / count + index + 1).float()
+        saved[layer.name] = weight.detach().clone()
+        weight.data.copy_(values.reshape(weight.shape))
+        stand_ins[layer.name] = values.reshape(weight.shape).numpy()
+    try:
+        yield stand_ins
+    finally:
+        for name, weight in saved.items():
+            model.get_submodule(name).weight.data.copy_(weight)
+
+
+def _match(forms: _Forms, init: object, replaced: set[str]) -> tuple[QuantizedLayer, bool] | None:
+    """The layer whose ``s * q`` this initializer holds: by content, its name breaking ties."""
+    from onnx import numpy_helper
+
+    array = numpy_helper.to_array(init)
+    if array.dtype != np.float32:
+        return None
+    free = [c for c in forms.get((array.shape, array.tobytes()), []) if c[0].name not in replaced]
+    named = [c for c in free if f"{c[0].name}.weight" == init.name]
+    return (named or free or [None])[0]
 
 
 def weight_dequantize(layer: QuantizedLayer, transposed: bool, output: str) -> tuple[list, object]:
@@ -138,11 +187,10 @@ def export_onnx(
     stored transposed, ``(in, out)``, with ``axis = 1``.
     """
     import onnx
-    from onnx import numpy_helper
 
     model = model.eval().cpu()
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _distinct_weights(model, layers) as stand_ins:
         # The TorchScript exporter is deprecated upstream. Tried against the dynamo exporter
         # (torch.export + onnxscript) on this project's CPU: both keep every Conv/Linear weight
         # as an initializer named after its parameter, but dynamo took 27.7 s for ResNet18
@@ -153,13 +201,12 @@ def export_onnx(
         _torchscript_export(model, example_input, buffer, opset)
     graph_model = onnx.load_from_string(buffer.getvalue())
     graph = graph_model.graph
-    forms = _weight_forms(layers)
+    forms = _weight_forms(layers, stand_ins)
     replaced: set[str] = set()
     kept, nodes = [], []
     for init in graph.initializer:
-        array = numpy_helper.to_array(init)
-        found = forms.get((array.shape, array.tobytes())) if array.dtype == np.float32 else None
-        if found is None or found[0].name in replaced:
+        found = _match(forms, init, replaced)
+        if found is None:
             kept.append(init)
             continue
         replaced.add(found[0].name)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from adaround_lightning.graph.outputs import output_tensors
 from adaround_lightning.graph.trace import trace_network
 
 __all__ = ["fold_batch_norms", "set_submodule"]
@@ -54,8 +55,11 @@ class _Saved:
 
 
 def _output(model: nn.Module, example_input: torch.Tensor) -> torch.Tensor:
-    out = model(example_input)
-    return out if isinstance(out, torch.Tensor) else torch.zeros(())
+    # Every tensor of the output (dicts, lists, Hugging Face ModelOutputs), flattened.
+    tensors = output_tensors(model(example_input))
+    return (
+        torch.cat([t.detach().float().flatten() for t in tensors]) if tensors else torch.zeros(())
+    )
 
 
 def _unchanged(before: torch.Tensor, after: torch.Tensor) -> bool:
@@ -133,6 +137,20 @@ def fold_batch_norms(model: nn.Module, example_input: torch.Tensor) -> list[tupl
     return _fold_one_by_one(model, pairs, reference, example_input)
 
 
+def _after_fold(norm: nn.Module) -> nn.Module:
+    """What stays of a folded norm: nothing, or the activation a norm-plus-activation carries.
+
+    timm's ``BatchNormAct2d`` (a ``BatchNorm2d`` subclass) applies its dropout and activation
+    after normalising; folding moves only the normalisation into the layer.
+    """
+    act, drop = getattr(norm, "act", None), getattr(norm, "drop", None)
+    if not isinstance(act, nn.Module):
+        return nn.Identity()
+    if isinstance(drop, nn.Module) and not isinstance(drop, nn.Identity):
+        return nn.Sequential(drop, act)
+    return act
+
+
 def _fold_all(model: nn.Module, pairs: list[tuple[str, str]]) -> list[tuple[_Saved, nn.Module]]:
     """Fold every pair; returns, per pair, the layer's old weights and the BatchNorm module."""
     undo = []
@@ -140,7 +158,7 @@ def _fold_all(model: nn.Module, pairs: list[tuple[str, str]]) -> list[tuple[_Sav
         conv, norm = model.get_submodule(name), model.get_submodule(norm_name)
         undo.append((_Saved.of(conv), norm))
         _fold_into(conv, norm)
-        set_submodule(model, norm_name, nn.Identity())
+        set_submodule(model, norm_name, _after_fold(norm))
     return undo
 
 
@@ -156,7 +174,7 @@ def _fold_one_by_one(
         norm = model.get_submodule(norm_name)
         saved = _Saved.of(conv)
         _fold_into(conv, norm)
-        set_submodule(model, norm_name, nn.Identity())
+        set_submodule(model, norm_name, _after_fold(norm))
         if not _unchanged(reference, _output(model, example_input)):
             saved.restore(conv)
             set_submodule(model, norm_name, norm)

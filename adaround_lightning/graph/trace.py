@@ -18,7 +18,12 @@ and ``Bottleneck``, EfficientNet ``MBConv`` and ``FusedMBConv``, RegNet ``ResBot
 SqueezeNet ``Fire``, GoogLeNet and Inception-v3 inception modules, DenseNet dense layers,
 ConvNeXt ``CNBlock``, ViT ``EncoderBlock``, Swin (V1 and V2) blocks, and MaxViT's ``MBConv`` and
 ``PartitionAttentionLayer``, and torch's ``nn.TransformerEncoderLayer``; ``adaround.blocks``
-patterns add more. A block is fitted on its cached first input alone: one called with anything
+patterns add more. Models outside that list (timm, Hugging Face, your own) get their blocks from
+the structure (:func:`discovered_blocks`): an element of an ``nn.Sequential`` or ``nn.ModuleList``
+(or one of several sibling modules of one class) that holds two or more quantizable layers,
+called once with one tensor and returning one tensor,
+is a block, the innermost such element where they nest (a residual or transformer block, not its
+stage). A block is fitted on its cached first input alone: one called with anything
 more (a mask, a second tensor) is not fitted as a block, and the trace says so. Every
 quantizable layer outside such a module is a block of its own. Blocks are ordered by when their
 first layer runs.
@@ -149,6 +154,40 @@ class NetworkTrace:
     #: Block modules whose layers are fitted one by one instead, name -> why (a block is fitted
     #: on its cached first input alone, so it must be called with nothing else that matters).
     not_blocks: dict[str, str] = field(default_factory=dict)
+    #: Blocks found from the structure (:func:`discovered_blocks`) and fitted as blocks.
+    discovered: list[str] = field(default_factory=list)
+
+
+def discovered_blocks(model: nn.Module) -> set[str]:
+    """Repeated units holding two or more quantizable layers, innermost where they nest.
+
+    A unit is an element of a Sequential or ModuleList (timm's ``blocks``/``stages``, Hugging
+    Face's ``encoder.layer``, torchvision's ``layer1``) or one of several siblings of one class
+    (timm RegNet's ``b1``, ``b2``); a unit's own parts (an attention, an MLP, a
+    squeeze-excitation) are single attributes and stay inside it.
+
+    Example:
+        >>> unit = lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+        >>> sorted(discovered_blocks(nn.Sequential(unit(), unit(), nn.Linear(4, 2))))
+        ['0', '1']
+    """
+    layers = [name for name, m in model.named_modules() if isinstance(m, QUANTIZABLE_TYPES)]
+    found = set()
+    for name, parent in model.named_modules():
+        children = list(parent.named_children())
+        classes = [type(child) for _, child in children]
+        repeated = name and isinstance(parent, nn.Sequential | nn.ModuleList)
+        for child_name, child in children:
+            full = f"{name}.{child_name}" if name else child_name
+            # An element of a container, or one of several siblings of its class (timm's
+            # RegStage holds its blocks as attributes b1, b2, ...).
+            # Two containers side by side (features, classifier) are not repeated units.
+            container = isinstance(child, nn.Sequential | nn.ModuleList)
+            unit = repeated or (classes.count(type(child)) > 1 and not container)
+            inside = sum(1 for layer in layers if layer.startswith(f"{full}."))
+            if unit and not isinstance(child, QUANTIZABLE_TYPES) and inside >= 2:
+                found.add(full)
+    return {b for b in found if not any(o.startswith(f"{b}.") for o in found)}
 
 
 def _outer_block(name: str, block_names: set[str]) -> str | None:
@@ -195,11 +234,28 @@ class _CallRecorder:
 
 
 class _BlockCallChecker:
-    """Pre-hooks on the block modules: which are called with more than their first input."""
+    """Hooks on the block modules: which take or return more than one tensor, or run twice.
+
+    A block is fitted on its one cached input and its one output.
+    """
 
     def __init__(self, names: dict[nn.Module, str]) -> None:
         self.names = names
         self.not_blocks: dict[str, str] = {}
+        self.calls: dict[str, int] = {}
+
+    def output_hook(self, module: nn.Module, args: tuple, output: object) -> None:
+        name = self.names[module]
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.calls[name] > 1:
+            self.not_blocks.setdefault(
+                name, "called more than once, so its layers are fitted alone"
+            )
+        if not isinstance(output, torch.Tensor):
+            self.not_blocks.setdefault(
+                name,
+                f"returns {type(output).__name__}, not one tensor, so its layers are fitted alone",
+            )
 
     def hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         name = self.names[module]
@@ -221,8 +277,10 @@ def _record_calls(
     handles = []
     for module in checker.names if checker else ():
         handles.append(module.register_forward_pre_hook(checker.hook, with_kwargs=True))
+        handles.append(module.register_forward_hook(checker.output_hook))
     for m in model.modules():
-        if not list(m.children()) or isinstance(m, QUANTIZABLE_TYPES):
+        # Norm-plus-activation modules (timm BatchNormAct2d) hold children but are norms.
+        if not list(m.children()) or isinstance(m, (*QUANTIZABLE_TYPES, *_NORM_TYPES)):
             handles.append(m.register_forward_pre_hook(recorder.pre_hook))
             handles.append(m.register_forward_hook(recorder.hook))
     try:
@@ -331,10 +389,16 @@ def trace_network(
         for name, module in model.named_modules()
         if name and (isinstance(module, block_types) or _matches(name, module, block_patterns))
     }
-    checker = _BlockCallChecker({model.get_submodule(n): n for n in block_names})
+    # Found from the structure: used where no known or declared block covers them.
+    discovered = {n for n in discovered_blocks(model) if _outer_block(n, block_names) is None}
+    checker = _BlockCallChecker({model.get_submodule(n): n for n in block_names | discovered})
     calls = _record_calls(model, example_input, checker)
     layers, shared, unsupported = _layers_from_calls(calls)
-    blocks = _group_blocks(layers, block_names - set(checker.not_blocks))
+    rejected = set(checker.not_blocks)
+    blocks = _group_blocks(layers, (block_names | discovered) - rejected)
+    found = sorted(discovered - rejected)
+    # A discovered candidate that does not qualify is no news; a known or declared one is.
+    not_blocks = {n: why for n, why in checker.not_blocks.items() if n in block_names}
     largest = max(
         (
             c.output.numel() * c.output.element_size()
@@ -344,11 +408,11 @@ def trace_network(
         default=0,
     )
     per_sample = largest // max(1, example_input.shape[0])
-    if checker.not_blocks:
+    if not_blocks:
         log.warning(
             "not fitted as blocks: %s",
-            "; ".join(f"{name} ({why})" for name, why in checker.not_blocks.items()),
+            "; ".join(f"{name} ({why})" for name, why in not_blocks.items()),
         )
     return NetworkTrace(
-        layers, blocks, unsupported, shared, per_sample, not_blocks=checker.not_blocks
+        layers, blocks, unsupported, shared, per_sample, not_blocks=not_blocks, discovered=found
     )

@@ -149,12 +149,19 @@ def _log_blocks(plan: CalibrationPlan, config: AdaroundConfig) -> None:
     in_blocks = sum(len(b.layers) for b in joint)
     if not joint and len(plan.trace.layers) > 1:
         log.warning(
-            "adaround.granularity=block, but no block of this model is known: all %d layers are "
-            "fitted one by one (layer-wise); declare its blocks with adaround.blocks=[PATTERN] "
-            "(module or class names, e.g. [EncoderBlock])",
+            "adaround.granularity=block, but no block of this model is known or found from its "
+            "structure: all %d layers are fitted one by one (layer-wise); declare its blocks "
+            "with adaround.blocks=[PATTERN] (module or class names, e.g. [EncoderBlock])",
             len(plan.trace.layers),
         )
         return
+    found = plan.trace.discovered
+    if found:
+        log.info(
+            "blocks found from the model's structure: %d (%s)",
+            len(found),
+            ", ".join(found[:4]) + (" ..." if len(found) > 4 else ""),
+        )
     log.info(
         "block reconstruction: %d layers in %d blocks; %d fitted on their own: %s",
         in_blocks,

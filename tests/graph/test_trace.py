@@ -110,3 +110,56 @@ def test_torch_transformer_encoder_layers_are_blocks() -> None:
     separate_attention_projections(encoder)
     trace = trace_network(encoder, example)
     assert [(b.name, len(b.layers)) for b in trace.blocks] == [("layers.0", 6), ("layers.1", 6)]
+
+
+class _Unit(nn.Module):
+    """A residual unit with an attribute sub-module of two layers (like squeeze-excitation)."""
+
+    def __init__(self, returns_tuple: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.gate = nn.Sequential(nn.Conv2d(4, 2, 1), nn.ReLU(), nn.Conv2d(2, 4, 1))
+        self.returns_tuple = returns_tuple
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        y = x + self.conv(x) * torch.sigmoid(self.gate(x))
+        return (y, x) if self.returns_tuple else y
+
+
+class _Stages(nn.Module):
+    def __init__(self, returns_tuple: bool = False) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        # Stages of units: the units are the blocks, not the stages.
+        self.stages = nn.Sequential(nn.Sequential(_Unit(), _Unit()), nn.Sequential(_Unit()))
+        self.odd_list = nn.ModuleList([_Unit(returns_tuple)])
+        self.shared = nn.ModuleList([_Unit()])
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(self.stem(x))
+        out = self.odd_list[0](x)
+        x = out[0] if isinstance(out, tuple) else out
+        x = self.shared[0](self.shared[0](x))  # called twice: not a block
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("returns_tuple", [False, True])
+def test_blocks_are_discovered_innermost_and_only_where_they_qualify(returns_tuple: bool) -> None:
+    torch.manual_seed(0)
+    model = _Stages(returns_tuple).eval()
+    trace = trace_network(model, torch.randn(2, 3, 8, 8))
+    expected = ["odd_list.0"] if not returns_tuple else []
+    assert trace.discovered == sorted(["stages.0.0", "stages.0.1", "stages.1.0", *expected])
+    joint = {b.name: len(b.layers) for b in trace.blocks if len(b.layers) > 1}
+    assert joint == {name: 3 for name in trace.discovered}
+    assert not trace.not_blocks  # rejected candidates are not warned about
+
+
+def test_a_known_block_type_wins_over_discovery() -> None:
+    model = torchvision.models.resnet18(num_classes=2).eval()
+    trace = trace_network(model, torch.randn(2, 3, 32, 32))
+    assert trace.discovered == []
+    assert {b.name for b in trace.blocks if len(b.layers) > 1} == {
+        f"layer{i}.{j}" for i in range(1, 5) for j in range(2)
+    }

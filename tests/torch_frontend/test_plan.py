@@ -99,7 +99,9 @@ def test_declared_blocks_are_fitted_jointly_and_reported(pattern: str) -> None:
     torch.manual_seed(0)
     model, images = _MyNet().eval(), torch.randn(16, 3, 8, 8)
     default = plan_calibration(model, images[:2], QuantConfig(4))
-    assert all(len(block.layers) == 1 for block in default.trace.blocks)
+    # Found from the structure without a pattern: elements of body with two layers each.
+    assert default.trace.discovered == ["body.0", "body.1"]
+    assert [len(b.layers) for b in default.trace.blocks] == [1, 2, 2, 1]
     plan = plan_calibration(model, images[:2], QuantConfig(4), (pattern,))
     joint = {block.name: [i.name for i in block.layers] for block in plan.trace.blocks}
     assert joint["body.0"] == ["body.0.conv1", "body.0.conv2"] and len(joint) == 4
