@@ -21,6 +21,7 @@ from adaround_lightning.engine.walk_options import WalkOptions
 from adaround_lightning.onnx_frontend.onnx_adaround import adaround_graph
 from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.quant.quant_config import QuantConfig
+from adaround_lightning.torch_frontend.forward_adapter import ForwardAdapter, ForwardFn
 from adaround_lightning.torch_frontend.torch_adaround import CalibrationData, adaround_module
 from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 
@@ -38,6 +39,7 @@ def adaround(
     loggers: list[Logger] | None = None,
     progress: bool | None = None,
     engine: EngineConfig | None = None,
+    forward_fn: ForwardFn | None = None,
 ) -> AdaroundResult | OnnxAdaroundResult:
     """Quantize a network's Conv/Linear (Gemm/MatMul) weights with AdaRound.
 
@@ -56,8 +58,9 @@ def adaround(
         checkpoint_tag: A fingerprint of the settings; a checkpoint with another tag is refused.
         loggers: Lightning loggers shared by every layer's fit (metrics prefixed by layer name).
         progress: Show rich progress bars; None shows them on an interactive terminal outside CI.
-        engine: How the calibration runs: where the activation cache lives and its budget, the
-            batching of forward passes, the fit's step scheduling (default: ``EngineConfig()``).
+        engine: How it runs: the activation cache, pass batching, steps (``EngineConfig()``).
+        forward_fn: ``forward_fn(model, x)`` calls a network that takes keywords or more than
+            one tensor on a batch ``x``, e.g. ``lambda m, x: m(pixel_values=x, mask=MASK)``.
 
     Returns:
         An ``nn.Module``: an :class:`AdaroundResult` (the quantized and the BN-folded float
@@ -74,11 +77,13 @@ def adaround(
         21
     """
     quant, config = quant or QuantConfig(), config or AdaroundConfig()
-    options = WalkOptions(
-        dict(trainer or {}), checkpoint, checkpoint_tag, loggers, progress, engine or EngineConfig()
-    )
+    run = (checkpoint, checkpoint_tag, loggers, progress, engine or EngineConfig())
+    options = WalkOptions(dict(trainer or {}), *run)
     if isinstance(model, nn.Module):
+        model = ForwardAdapter(model, forward_fn) if forward_fn is not None else model
         return adaround_module(model, calibration_data, quant, config, options)
+    if forward_fn is not None:
+        raise UserError("forward_fn applies to a PyTorch network; an ONNX model reads one input")
     return adaround_graph(model, calibration_data, quant, config, options)
 
 

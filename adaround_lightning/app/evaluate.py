@@ -9,7 +9,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["Accuracy", "evaluate", "evaluate_with_onnx"]
+from adaround_lightning.graph.outputs import output_tensors
+
+__all__ = ["Accuracy", "evaluate", "evaluate_with_onnx", "scores"]
+
+
+def scores(output: object) -> torch.Tensor:
+    """The class scores of a model's output: its first tensor (``logits`` of a ModelOutput)."""
+    tensors = output_tensors(output)
+    if not tensors:
+        raise TypeError(f"the model returned {type(output).__name__}, which holds no tensor")
+    return tensors[0]
 
 
 class Accuracy:
@@ -64,7 +74,7 @@ def evaluate(
     model = model.eval().to(device)
     accuracy = Accuracy(num_classes, device)
     for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
-        accuracy.update(model(images.to(device)), labels)
+        accuracy.update(scores(model(images.to(device))), labels)
     return accuracy.compute()
 
 
@@ -97,7 +107,7 @@ def evaluate_with_onnx(
     onnx_accuracy = Accuracy(num_classes, torch.device("cpu"))
     max_diff = largest = 0.0
     for images, labels in DataLoader(dataset, batch_size=batch_size):
-        logits = model(images.to(device))
+        logits = scores(model(images.to(device)))
         onnx_logits = torch.from_numpy(session.run(["logits"], {"input": images.numpy()})[0])
         max_diff = max(max_diff, float((onnx_logits - logits.float().cpu()).abs().max()))
         largest = max(largest, float(logits.abs().max()))

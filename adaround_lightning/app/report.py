@@ -123,6 +123,12 @@ def _accuracy_rows(results: dict[str, Any]) -> str:
             f"<td>{metrics[m]:.2f}</td>" if m in metrics else "<td></td>" for m in ("top1", "top5")
         )
         rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
+    for key, row in results.get("agreement", {}).items():  # no evaluation set
+        text = (
+            f"{key}: top-1 agreement with FP32 {row['top1_agreement']:.2f} %, relative output "
+            f"error {row['relative_error']:.4f} ({row['images']} calibration images)"
+        )
+        rows.append(f'<tr><td colspan="3">{html.escape(text)}</td></tr>')
     return "\n".join(rows)
 
 

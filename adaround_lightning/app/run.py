@@ -6,6 +6,8 @@ tests call directly with a composed config.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from torch.utils.data import Dataset
 
 from adaround_lightning import export
 from adaround_lightning.api import adaround
+from adaround_lightning.app.agreement import onnx_parity, output_agreement
 from adaround_lightning.app.evaluate import evaluate, evaluate_with_onnx
 from adaround_lightning.app.evaluate_onnx import evaluate_onnx_models
 from adaround_lightning.app.phases import (
@@ -37,6 +40,7 @@ from adaround_lightning.core.environment import environment_record
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
 from adaround_lightning.engine.records.results import CalibrationResult, calibration_record
 from adaround_lightning.models.model_builder import build_model
+from adaround_lightning.models.preprocessing import weights_preprocessing
 from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 
@@ -76,6 +80,20 @@ def summary_table(results: dict[str, Any]) -> str:
         AdaRound           85.00
         * weights only: no bias correction
     """
+    if "fp32" not in results:  # no evaluation set: agreement with the float outputs
+        agreement = results.get("agreement", {})
+        return (
+            "\n".join(
+                f"{label:<17} top-1 agreement with FP32 {row['top1_agreement']:6.2f}%, "
+                f"relative output error {row['relative_error']:.4f}"
+                for label, row in (
+                    ("round-to-nearest", agreement.get("nearest")),
+                    ("AdaRound", agreement.get("adaround")),
+                )
+                if row
+            )
+            or "no evaluation set"
+        )
     keys = [k for k in ("top1", "top5") if k in results["fp32"]]
     lines = [f"{'model':<17}" + "".join(f"{k:>7}" for k in keys)]
     rows = (("FP32", "fp32"), ("round-to-nearest*", "nearest"), ("AdaRound", "adaround"))
@@ -105,7 +123,23 @@ class RunSetup:
     process: ProcessContext
     model: nn.Module | str
     images: torch.Tensor
-    eval_set: Dataset
+    eval_set: Dataset | None
+
+
+def _preprocess_as_trained(settings: RunConfig, model: nn.Module) -> None:
+    """Resize, crop, mean and std of the model's pretrained weights, unless given explicitly."""
+    trained = weights_preprocessing(settings.model, model)
+    if trained is None:
+        return
+    given = {o.split("=", 1)[0].rsplit(".", 1)[-1] for o in task_overrides() if "preprocess." in o}
+    kept = {key: value for key, value in trained.items() if key not in given}
+    settings.data.preprocess = dataclasses.replace(settings.data.preprocess, **kept)
+    log.info(
+        "preprocessing of %s's pretrained weights: %s%s",
+        settings.model.name,
+        ", ".join(f"{key} {value}" for key, value in kept.items()),
+        f" (data.preprocess.{', .'.join(sorted(given))} as given)" if given else "",
+    )
 
 
 def setup(cfg: DictConfig | dict[str, Any]) -> RunSetup:
@@ -117,6 +151,8 @@ def setup(cfg: DictConfig | dict[str, Any]) -> RunSetup:
     settings, out_dir, process = prepare_run(cfg)
     onnx_path = settings.model.onnx
     model = str(onnx_path) if onnx_path else build_model(settings.model)
+    if not onnx_path:
+        _preprocess_as_trained(settings, model)
     images = calibration_images(settings.data)
     eval_set = evaluation_dataset(settings.data)
     log.info(
@@ -124,7 +160,7 @@ def setup(cfg: DictConfig | dict[str, Any]) -> RunSetup:
         f"model.onnx={onnx_path}" if onnx_path else settings.model.name,
         images.shape[0],
         tuple(images.shape[1:]),
-        len(eval_set),  # type: ignore[arg-type]
+        len(eval_set) if eval_set is not None else 0,  # type: ignore[arg-type]
     )
     return RunSetup(cfg, settings, out_dir, process, model, images, eval_set)
 
@@ -148,6 +184,33 @@ def calibrate(run_setup: RunSetup) -> CalibrationResult:
     )
 
 
+def _agreement_only(
+    run_setup: RunSetup, result: CalibrationResult, exported: dict[str, Any]
+) -> dict[str, Any]:
+    """No labels: the quantized outputs against the float ones on the calibration images."""
+    if not isinstance(result, AdaroundResult) or not isinstance(run_setup.model, nn.Module):
+        log.info("no evaluation set (data.eval_split=null): no accuracy for the ONNX path")
+        return {}
+    images, device = run_setup.images, run_setup.process.device
+    batch = run_setup.settings.data.batch_size
+    agreement = {
+        "nearest": output_agreement(run_setup.model, result.nearest_model(), images, device, batch),
+        "adaround": output_agreement(run_setup.model, result.model, images, device, batch),
+    }
+    if "onnx" in exported.get("outputs", {}):
+        path = run_setup.out_dir / export.ONNX_FILE
+        exported["onnx"] = onnx_parity(path, copy.deepcopy(result.model), images[:64])
+    log.info(
+        "no evaluation set: AdaRound agrees with FP32 on %.2f%% of top-1 (round-to-nearest "
+        "%.2f%%), relative output error %.4f, on the %d calibration images",
+        agreement["adaround"]["top1_agreement"],
+        agreement["nearest"]["top1_agreement"],
+        agreement["adaround"]["relative_error"],
+        len(images),
+    )
+    return {"agreement": agreement}
+
+
 def evaluate_models(
     run_setup: RunSetup, result: CalibrationResult, exported: dict[str, Any]
 ) -> dict[str, Any]:
@@ -159,6 +222,8 @@ def evaluate_models(
     settings, eval_set = run_setup.settings, run_setup.eval_set
     device, num_classes = run_setup.process.device, settings.model.num_classes
     batch = settings.data.batch_size
+    if eval_set is None:
+        return _agreement_only(run_setup, result, exported)
     if isinstance(result, OnnxAdaroundResult):
         path = run_setup.out_dir / export.ONNX_FILE
         accuracy, exported["onnx"] = evaluate_onnx_models(
@@ -202,7 +267,7 @@ def write_results(
         "quant": quant,
         "input_shape": list(images.shape[1:]),
         "calibration_images": int(min(len(images), settings.adaround.num_samples)),
-        "eval_images": len(run_setup.eval_set),  # type: ignore[arg-type]
+        "eval_images": len(run_setup.eval_set) if run_setup.eval_set is not None else 0,  # type: ignore[arg-type]
         **calibration_record(result),
         "seconds": round(seconds, 3),
         "environment": environment_record(run_setup.process.device),

@@ -127,6 +127,8 @@ def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
     values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     assert isinstance(values, dict)
     kept = {k: v for k, v in values.items() if k not in ("output_dir", "resume", "export", "hydra")}
+    if isinstance(kept.get("model"), dict) and kept["model"].get("source") == "torchvision":
+        kept["model"] = {k: v for k, v in kept["model"].items() if k != "source"}  # as before it
     if isinstance(kept.get("data"), dict):
         kept["data"] = {
             k: v

@@ -49,6 +49,8 @@ class DataSource(Choice):
     FASHION_MNIST = "fashion_mnist"
     IMAGEFOLDER = "imagefolder"
     IMAGENET = "imagenet"
+    #: A folder of unlabelled images (searched recursively): calibration only.
+    IMAGES = "images"
 
 
 #: The words of :class:`DataSource`.
@@ -82,10 +84,13 @@ class DataConfig:
     """Calibration and evaluation data.
 
     Attributes:
-        source: One of ``embedded``, ``fashion_mnist``, ``imagefolder``, ``imagenet``.
+        source: One of ``embedded``, ``fashion_mnist``, ``imagefolder``, ``imagenet`` or
+            ``images`` (a folder of unlabelled images, searched recursively; no evaluation).
         root: Folder of the data (unused by ``embedded``).
         calibration: Size, seed and split of the calibration set.
-        eval_split: Split evaluated (``val`` for ImageFolder layouts, ``test`` for Fashion-MNIST).
+        eval_split: Split evaluated (``val`` for ImageFolder layouts, ``test`` for Fashion-MNIST);
+            None: no evaluation (no accuracy table; the float and quantized outputs are still
+            compared on the calibration images).
         eval_size: Evaluate only the first ``eval_size`` images (None: all).
         preprocess: Resize, crop, pad, mean/std, grey to RGB.
         batch_size: Batch size of evaluation and of loading calibration images.
@@ -95,7 +100,7 @@ class DataConfig:
     source: DataSource = DataSource.EMBEDDED
     root: str | None = None
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    eval_split: str = "val"
+    eval_split: str | None = "val"
     eval_size: int | None = None
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     batch_size: int = 256
@@ -121,6 +126,8 @@ class DataConfig:
                 raise UserError(
                     f"data.root={self.root} is not a folder: pass an existing data.root=PATH"
                 )
+        if self.source == DataSource.IMAGES:
+            self.eval_split = None  # unlabelled: nothing to score against
         if self.eval_size is not None and self.eval_size < 1:
             raise UserError(f"data.eval_size must be positive or null, got {self.eval_size}")
         if self.batch_size < 1 or self.num_workers < 0:
@@ -190,6 +197,31 @@ def _image_folder(config: DataConfig, split: str) -> Dataset:
         ) from None
 
 
+class _ImageFiles(Dataset):
+    """Every image under a folder, sorted by path, as ``(image, 0)``."""
+
+    def __init__(self, files: list[Path], transform: Any) -> None:
+        self.files, self.transform = files, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(_read_image(str(self.files[index]))), 0
+
+
+def _unlabelled(config: DataConfig) -> Dataset:
+    assert config.root is not None
+    root = Path(config.root).expanduser()
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(
+            f"data.root={config.root} holds no images ({', '.join(_IMAGE_SUFFIXES)}): "
+            "pass a folder of images"
+        )
+    return _ImageFiles(files, build_transform(config.preprocess))
+
+
 def _stack_images(dataset: Dataset, config: DataConfig) -> torch.Tensor:
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers)
     try:
@@ -225,7 +257,9 @@ def calibration_images(config: DataConfig) -> torch.Tensor:
     if config.source == "fashion_mnist":
         images, _ = _fashion_mnist(config, calib.split)
         return _transform_uint8(config, images[_draw(len(images), calib.size, calib.seed).numpy()])
-    dataset = _image_folder(config, calib.split)
+    dataset = (
+        _unlabelled(config) if config.source == "images" else _image_folder(config, calib.split)
+    )
     subset = Subset(dataset, _draw(len(dataset), calib.size, calib.seed).tolist())
     return _stack_images(subset, config)
 
@@ -239,8 +273,8 @@ def _fashion_mnist(config: DataConfig, split: str) -> tuple[np.ndarray, np.ndarr
         raise UserError(str(error).splitlines()[0]) from None
 
 
-def evaluation_dataset(config: DataConfig) -> Dataset:
-    """The labelled evaluation set, items ``(image, label)``.
+def evaluation_dataset(config: DataConfig) -> Dataset | None:
+    """The labelled evaluation set, items ``(image, label)``; None without ``eval_split``.
 
     Example:
         >>> config = DataConfig(source="embedded", eval_split="test", eval_size=10,
@@ -249,6 +283,8 @@ def evaluation_dataset(config: DataConfig) -> Dataset:
         >>> len(evaluation_dataset(config))
         10
     """
+    if config.eval_split is None:
+        return None
     if config.source in ("embedded", "fashion_mnist"):
         if config.source == "embedded":
             sample = _load_embedded()

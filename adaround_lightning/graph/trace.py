@@ -176,7 +176,7 @@ def discovered_blocks(model: nn.Module) -> set[str]:
     for name, parent in model.named_modules():
         children = list(parent.named_children())
         classes = [type(child) for _, child in children]
-        repeated = name and isinstance(parent, nn.Sequential | nn.ModuleList)
+        repeated = isinstance(parent, nn.Sequential | nn.ModuleList)
         for child_name, child in children:
             full = f"{name}.{child_name}" if name else child_name
             # An element of a container, or one of several siblings of its class (timm's

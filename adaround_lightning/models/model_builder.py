@@ -1,4 +1,4 @@
-"""Build the network to quantize: a torchvision classifier, optionally from a checkpoint."""
+"""Build the network to quantize (torchvision, timm, Hugging Face, any class), its checkpoint."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ from torch import nn
 
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.data.assets import resolve_path
+from adaround_lightning.models.zoo_sources import (
+    ModelSource,
+    build_hf,
+    build_target,
+    build_timm,
+    timm_known,
+)
 
 __all__ = [
     "QUICKSTART_ARCH",
@@ -67,14 +74,20 @@ class ModelConfig:
     """Which network to quantize.
 
     Attributes:
-        name: A torchvision classification model name (``torchvision.models.list_models``),
-            or a torchvision model class (``VisionTransformer``, ``SwinTransformer``, ...)
-            whose constructor arguments are ``kwargs``: for your own sizes, e.g. a small ViT.
+        name: With ``source=torchvision``: a classification model name
+            (``torchvision.models.list_models``) or a model class (``VisionTransformer``, ...)
+            whose constructor arguments are ``kwargs``. With ``timm``: a ``timm.list_models()``
+            name. With ``hf``: a folder written by ``save_pretrained`` or a hub id. With
+            ``target``: the dotted path of an ``nn.Module`` class or factory.
         num_classes: Output classes.
         weights: torchvision weights to load (``"DEFAULT"``, ``"IMAGENET1K_V2"``, ...), fetched
-            through torchvision's own cache; None for none (then give ``checkpoint``).
-        checkpoint: A ``state_dict`` file or a Lightning checkpoint, loaded after ``weights``.
-        kwargs: Extra keyword arguments of the torchvision builder (e.g. ``width_mult``).
+            through torchvision's own cache; with ``timm``, any value loads timm's pretrained
+            weights; None for none (then give ``checkpoint``). Unused by ``hf`` (the folder or
+            hub id holds them) and ``target``.
+        checkpoint: A ``state_dict`` file (``.pt``, ``.pth``, ``.safetensors``) or a
+            Lightning ``.ckpt``, loaded after ``weights``.
+        kwargs: Extra keyword arguments of the builder (e.g. ``width_mult``).
+        source: ``torchvision`` (default), ``timm``, ``hf`` or ``target`` (:class:`ModelSource`).
         onnx: A float ONNX classifier to quantize instead (the ONNX path); ``name`` is then
             only its label and the torchvision settings are not used.
     """
@@ -85,21 +98,33 @@ class ModelConfig:
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     onnx: str | None = None
+    source: ModelSource = ModelSource.TORCHVISION
 
     def __post_init__(self) -> None:
+        self.source = ModelSource.parse(self.source, "model.source")
         if self.onnx is not None and not Path(self.onnx).is_file():
             raise UserError(
                 f"model.onnx={self.onnx}: no such file; pass the path of a float .onnx model"
             )
+        if self.source == ModelSource.TIMM and self.onnx is None and not timm_known(self.name):
+            raise UserError(
+                f"model.name={self.name!r} is not a timm model; choose one of timm.list_models()"
+            )
         available = torchvision.models.list_models(module=torchvision.models)
         known = self.name in available or _model_class(self.name) is not None
-        if self.onnx is None and not known:
+        torchvision_source = self.source == ModelSource.TORCHVISION
+        if self.onnx is None and torchvision_source and not known:
             raise UserError(
                 f"model.name={self.name!r} is not a torchvision classification model; "
                 f"choose one of torchvision.models.list_models(), e.g. resnet18, mobilenet_v2, "
                 "or a torchvision model class such as VisionTransformer"
             )
-        if self.onnx is None and _model_class(self.name) is not None and self.weights is not None:
+        if (
+            self.onnx is None
+            and torchvision_source
+            and _model_class(self.name) is not None
+            and self.weights is not None
+        ):
             raise UserError(
                 f"model.name={self.name} is a class, built from model.kwargs: it has no "
                 "torchvision weights; set model.weights=null and model.checkpoint=PATH"
@@ -130,8 +155,18 @@ def _strip_prefix(state: dict[str, Any], model_keys: set[str]) -> dict[str, Any]
     return state
 
 
+def _read_state(file: Path) -> Any:
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a ``state_dict`` or a Lightning checkpoint into ``model``, strictly.
+    """Load a ``state_dict`` (``.pt``, ``.pth``, ``.safetensors``) or a Lightning ``.ckpt``.
+
+    Strictly: every key and shape must fit.
 
     Raises:
         UserError: If the file is missing or unreadable, or its keys or shapes do not fit.
@@ -147,11 +182,12 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
             f"model.checkpoint={path} does not exist: pass the path of a state_dict file"
         )
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = _read_state(file)
     except Exception as error:
         raise UserError(
             f"model.checkpoint={path} is not a readable torch checkpoint ({type(error).__name__}); "
-            "pass a file written by torch.save(model.state_dict()) or a Lightning .ckpt"
+            "pass a file written by torch.save(model.state_dict()), safetensors' save_file or a "
+            "Lightning .ckpt"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]  # Lightning checkpoint
@@ -202,18 +238,7 @@ def _build_untrained(config: ModelConfig, kwargs: dict[str, Any]) -> nn.Module:
         ) from None
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """Build the torchvision model of ``config`` in eval mode, with its weights.
-
-    Example:
-        >>> build_model(ModelConfig(name="resnet18", num_classes=10)).fc.out_features
-        10
-        >>> vit = build_model(ModelConfig("VisionTransformer", 10, kwargs={"image_size": 32,
-        ...     "patch_size": 8, "num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16}))
-        >>> vit.heads.head.out_features
-        10
-    """
-    kwargs = dict(config.kwargs)
+def _build_torchvision(config: ModelConfig, kwargs: dict[str, Any]) -> nn.Module:
     weights = config.weights
     if weights is not None:
         try:
@@ -240,8 +265,32 @@ def build_model(config: ModelConfig) -> nn.Module:
             ) from None
     else:
         model = _build_untrained(config, kwargs)
-        if config.checkpoint is None:
-            log.warning("model.weights and model.checkpoint are both unset: the model is untrained")
+    return model
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the network of ``config`` in eval mode, with its weights and checkpoint.
+
+    Example:
+        >>> build_model(ModelConfig(name="resnet18", num_classes=10)).fc.out_features
+        10
+        >>> vit = build_model(ModelConfig("VisionTransformer", 10, kwargs={"image_size": 32,
+        ...     "patch_size": 8, "num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16}))
+        >>> vit.heads.head.out_features
+        10
+    """
+    kwargs, source = dict(config.kwargs), config.source
+    if source == ModelSource.TIMM:
+        model = build_timm(config.name, config.num_classes, config.weights is not None, kwargs)
+    elif source == ModelSource.HF:
+        model = build_hf(config.name, config.num_classes, kwargs)
+    elif source == ModelSource.TARGET:
+        model = build_target(config.name, kwargs)
+    else:
+        model = _build_torchvision(config, kwargs)
+    untrained = source in (ModelSource.TORCHVISION, ModelSource.TIMM) and config.weights is None
+    if untrained and config.checkpoint is None:
+        log.warning("model.weights and model.checkpoint are both unset: the model is untrained")
     if config.checkpoint is not None:
         load_checkpoint(model, config.checkpoint)
     return model.eval()

@@ -1,0 +1,68 @@
+"""Without labels: how closely the quantized network follows the float one.
+
+With ``data.eval_split=null`` (or unlabelled ``data=images``) there is no accuracy to report;
+the run compares the float and quantized outputs on the calibration images instead, and the
+ONNX file's outputs with PyTorch's on the same images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from adaround_lightning.app.evaluate import scores
+from adaround_lightning.export import onnx_logits
+
+__all__ = ["onnx_parity", "output_agreement"]
+
+
+@torch.no_grad()
+def output_agreement(
+    float_model: nn.Module,
+    quantized_model: nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Top-1 agreement (of every position for dense outputs) and the relative output error.
+
+    Returns:
+        ``images``, ``top1_agreement`` (percent of argmaxes over dim 1 that agree) and
+        ``relative_error`` (``||q - f|| / ||f||`` over all outputs).
+
+    Example:
+        >>> net = nn.Linear(4, 3)
+        >>> output_agreement(net, net, torch.randn(8, 4), torch.device("cpu"), 4)["top1_agreement"]
+        100.0
+    """
+    agree = positions = 0
+    error = reference = 0.0
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device)
+        f = scores(float_model(x)).double()
+        q = scores(quantized_model(x)).double()
+        agree += int((f.argmax(1) == q.argmax(1)).sum())
+        positions += f.argmax(1).numel()
+        error += float(((q - f) ** 2).sum())
+        reference += float((f**2).sum())
+    return {
+        "images": len(images),
+        "top1_agreement": 100.0 * agree / max(1, positions),
+        "relative_error": (error / reference) ** 0.5 if reference > 0 else 0.0,
+    }
+
+
+@torch.no_grad()
+def onnx_parity(path: Path, model: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """``max_abs_logit_diff`` and ``max_abs_logit`` of the ONNX file against ``model``."""
+    x = images.cpu()
+    reference = scores(model.cpu()(x)).numpy()
+    exported = onnx_logits(path, x)
+    return {
+        "max_abs_logit_diff": float(np.abs(exported - reference).max()),
+        "max_abs_logit": float(np.abs(reference).max()),
+    }
