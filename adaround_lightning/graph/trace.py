@@ -46,6 +46,7 @@ __all__ = [
     "Block",
     "LayerInfo",
     "NetworkTrace",
+    "replay_block_arguments",
     "trace_network",
 ]
 
@@ -156,6 +157,9 @@ class NetworkTrace:
     not_blocks: dict[str, str] = field(default_factory=dict)
     #: Blocks found from the structure (:func:`discovered_blocks`) and fitted as blocks.
     discovered: list[str] = field(default_factory=list)
+    #: Blocks called with constants besides their input, and those constants (replayed when the
+    #: walk calls the block alone: :func:`replay_block_arguments`).
+    replayed: dict[str, tuple[tuple, dict]] = field(default_factory=dict)
 
 
 def discovered_blocks(model: nn.Module) -> set[str]:
@@ -243,6 +247,9 @@ class _BlockCallChecker:
         self.names = names
         self.not_blocks: dict[str, str] = {}
         self.calls: dict[str, int] = {}
+        #: Blocks called with constants besides their input (HF Swin's feature-map size):
+        #: name -> (the other positional arguments, the keywords), replayed on every call.
+        self.replay: dict[str, tuple[tuple, dict]] = {}
 
     def output_hook(self, module: nn.Module, args: tuple, output: object) -> None:
         name = self.names[module]
@@ -251,6 +258,9 @@ class _BlockCallChecker:
             self.not_blocks.setdefault(
                 name, "called more than once, so its layers are fitted alone"
             )
+        first = output[0] if isinstance(output, tuple | list) and output else None
+        if isinstance(first, torch.Tensor) and name in self.replay:
+            return  # a tuple whose first tensor the network reads (HF layers)
         if not isinstance(output, torch.Tensor):
             self.not_blocks.setdefault(
                 name,
@@ -262,11 +272,22 @@ class _BlockCallChecker:
         # None and False are what a call without them gives (masks, flags left at defaults).
         extra = [type(a).__name__ for a in args[1:] if a is not None and a is not False]
         extra += [k for k, v in kwargs.items() if v is not None and v is not False]
-        if extra and name not in self.not_blocks:
+        if extra and _constant((args[1:], kwargs)):
+            self.replay[name] = (tuple(args[1:]), dict(kwargs))
+        elif extra and name not in self.not_blocks:
             self.not_blocks[name] = (
                 f"called with more than its first input ({', '.join(extra)}), so its layers are "
                 "fitted one by one"
             )
+
+
+def _constant(value: object) -> bool:
+    """Numbers, strings, flags and None, nested in tuples, lists and dicts: no tensor."""
+    if isinstance(value, tuple | list):
+        return all(_constant(v) for v in value)
+    if isinstance(value, dict):
+        return all(_constant(v) for v in value.values())
+    return value is None or isinstance(value, bool | int | float | str)
 
 
 def _record_calls(
@@ -399,20 +420,42 @@ def trace_network(
     found = sorted(discovered - rejected)
     # A discovered candidate that does not qualify is no news; a known or declared one is.
     not_blocks = {n: why for n, why in checker.not_blocks.items() if n in block_names}
-    largest = max(
-        (
-            c.output.numel() * c.output.element_size()
-            for c in calls
-            if isinstance(c.output, torch.Tensor)
-        ),
-        default=0,
-    )
-    per_sample = largest // max(1, example_input.shape[0])
+    per_sample = _largest_output(calls) // max(1, example_input.shape[0])
     if not_blocks:
         log.warning(
             "not fitted as blocks: %s",
             "; ".join(f"{name} ({why})" for name, why in not_blocks.items()),
         )
+    replayed = {n: v for n, v in checker.replay.items() if n not in rejected}
     return NetworkTrace(
-        layers, blocks, unsupported, shared, per_sample, not_blocks=not_blocks, discovered=found
+        layers, blocks, unsupported, shared, per_sample, not_blocks, found, replayed
     )
+
+
+def _largest_output(calls: list[_Call]) -> int:
+    """Bytes of the largest tensor any traced module returned."""
+    tensors = [c.output for c in calls if isinstance(c.output, torch.Tensor)]
+    return max((t.numel() * t.element_size() for t in tensors), default=0)
+
+
+def replay_block_arguments(model: nn.Module, replayed: dict[str, tuple[tuple, dict]]) -> None:
+    """Let the walk call such blocks with their input alone, as it calls every block.
+
+    Called with one tensor (by the walk, not the network), the block gets its recorded
+    constants back and returns its first output tensor; the network's own calls, which pass
+    them, are left alone.
+    """
+    for name, (args, kwargs) in replayed.items():
+        module = model.get_submodule(name)
+        standalone: list[bool] = []
+
+        def before(_: nn.Module, a: tuple, kw: dict, args=args, kwargs=kwargs, flag=standalone):
+            flag.append(len(a) == 1 and not kw)
+            return ((a[0], *args), dict(kwargs)) if flag[-1] else None
+
+        def after(_: nn.Module, a: tuple, kw: dict, out: object, flag=standalone) -> object:
+            alone = flag.pop() if flag else False
+            return out[0] if alone and isinstance(out, tuple | list) else None
+
+        module.register_forward_pre_hook(before, with_kwargs=True)
+        module.register_forward_hook(after, with_kwargs=True)

@@ -29,6 +29,7 @@ from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, load_p
 from adaround_lightning.engine.records.coverage import WeightCoverage, weight_coverage
 from adaround_lightning.engine.records.results import CacheReport
 from adaround_lightning.engine.walk_options import WalkOptions
+from adaround_lightning.graph.trace import replay_block_arguments
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.torch_frontend.networks import float_and_quantized
 from adaround_lightning.torch_frontend.plan import CalibrationPlan, plan_calibration
@@ -111,6 +112,8 @@ def prepare_walk(
     example = inputs.images[:2]
     fp_model, q_model = float_and_quantized(model, example)
     plan = plan_calibration(fp_model, example, quant, tuple(config.blocks))
+    for network in (fp_model, q_model):  # blocks called with constants besides their input
+        replay_block_arguments(network, plan.trace.replayed)
     if process.is_main:
         _log_blocks(plan, config)
     stream = None

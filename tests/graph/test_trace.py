@@ -163,3 +163,41 @@ def test_a_known_block_type_wins_over_discovery() -> None:
     assert {b.name for b in trace.blocks if len(b.layers) > 1} == {
         f"layer{i}.{j}" for i in range(1, 5) for j in range(2)
     }
+
+
+class _SizedLayer(nn.Module):
+    """Like Hugging Face's Swin layers: takes the feature map's size, returns a tuple."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 8), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int], mask: None = None) -> tuple:
+        assert x.shape[1] == size[0] * size[1]
+        return (x + self.fc2(torch.relu(self.fc1(x))), None)
+
+
+class _SizedStage(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_SizedLayer(), _SizedLayer()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, (2, 3), None)[0]
+        return x
+
+
+def test_blocks_called_with_constants_are_replayed_alone_and_left_alone_in_the_network() -> None:
+    from adaround_lightning.graph.trace import replay_block_arguments
+
+    torch.manual_seed(0)
+    model, x = _SizedStage().eval(), torch.randn(2, 6, 4)
+    trace = trace_network(model, x)
+    assert trace.replayed == {"layers.0": (((2, 3), None), {}), "layers.1": (((2, 3), None), {})}
+    assert [len(b.layers) for b in trace.blocks] == [2, 2]
+    before = model(x)
+    replay_block_arguments(model, trace.replayed)
+    torch.testing.assert_close(model(x), before)  # the network's own calls are unchanged
+    alone = model.layers[0](x)  # the walk's call: the constants come back, one tensor out
+    torch.testing.assert_close(alone, model.layers[0](x, (2, 3))[0])

@@ -80,7 +80,7 @@ ZOO: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], bool]] = {
     "hf_convnext": (_hf("convnext"), (3, 64, 64), True),
     "hf_resnet": (_hf("resnet"), (3, 64, 64), True),
     # Swin's layers take the feature map's size as a second argument: fitted layer by layer.
-    "hf_swin": (_hf("swin"), (3, 32, 32), False),
+    "hf_swin": (_hf("swin"), (3, 32, 32), True),
     "tv_deeplabv3": (
         _tv("deeplabv3_mobilenet_v3_large", num_classes=4, weights_backbone=None),
         (3, 64, 64),
