@@ -23,36 +23,44 @@ __all__ = ["onnx_parity", "output_agreement"]
 @torch.no_grad()
 def output_agreement(
     float_model: nn.Module,
-    quantized_model: nn.Module,
+    quantized: dict[str, nn.Module],
     images: torch.Tensor,
     device: torch.device,
     batch_size: int,
-) -> dict[str, Any]:
-    """Top-1 agreement (of every position for dense outputs) and the relative output error.
+) -> dict[str, dict[str, Any]]:
+    """Per quantized model: top-1 agreement (every position of dense outputs) and relative error.
+
+    One float pass per batch serves every quantized model.
 
     Returns:
-        ``images``, ``top1_agreement`` (percent of argmaxes over dim 1 that agree) and
-        ``relative_error`` (``||q - f|| / ||f||`` over all outputs).
+        Per name, ``images``, ``top1_agreement`` (percent of argmaxes over dim 1 that agree)
+        and ``relative_error`` (``||q - f|| / ||f||`` over all outputs).
 
     Example:
         >>> net = nn.Linear(4, 3)
-        >>> output_agreement(net, net, torch.randn(8, 4), torch.device("cpu"), 4)["top1_agreement"]
+        >>> output_agreement(net, {"same": net}, torch.randn(8, 4), torch.device("cpu"), 4)[
+        ...     "same"]["top1_agreement"]
         100.0
     """
-    agree = positions = 0
-    error = reference = 0.0
+    agree = dict.fromkeys(quantized, 0)
+    error = dict.fromkeys(quantized, 0.0)
+    positions, reference = 0, 0.0
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device)
         f = scores(float_model(x)).double()
-        q = scores(quantized_model(x)).double()
-        agree += int((f.argmax(1) == q.argmax(1)).sum())
         positions += f.argmax(1).numel()
-        error += float(((q - f) ** 2).sum())
         reference += float((f**2).sum())
+        for name, model in quantized.items():
+            q = scores(model(x)).double()
+            agree[name] += int((f.argmax(1) == q.argmax(1)).sum())
+            error[name] += float(((q - f) ** 2).sum())
     return {
-        "images": len(images),
-        "top1_agreement": 100.0 * agree / max(1, positions),
-        "relative_error": (error / reference) ** 0.5 if reference > 0 else 0.0,
+        name: {
+            "images": len(images),
+            "top1_agreement": 100.0 * agree[name] / max(1, positions),
+            "relative_error": (error[name] / reference) ** 0.5 if reference > 0 else 0.0,
+        }
+        for name in quantized
     }
 
 

@@ -193,10 +193,8 @@ def _agreement_only(
         return {}
     images, device = run_setup.images, run_setup.process.device
     batch = run_setup.settings.data.batch_size
-    agreement = {
-        "nearest": output_agreement(run_setup.model, result.nearest_model(), images, device, batch),
-        "adaround": output_agreement(run_setup.model, result.model, images, device, batch),
-    }
+    quantized = {"nearest": result.nearest_model(), "adaround": result.model}
+    agreement = output_agreement(run_setup.model, quantized, images, device, batch)
     if "onnx" in exported.get("outputs", {}):
         path = run_setup.out_dir / export.ONNX_FILE
         exported["onnx"] = onnx_parity(path, copy.deepcopy(result.model), images[:64])
