@@ -66,11 +66,15 @@ def output_agreement(
 
 @torch.no_grad()
 def onnx_parity(path: Path, model: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """``max_abs_logit_diff`` and ``max_abs_logit`` of the ONNX file against ``model``."""
+    """``max_abs_logit_diff``, ``max_abs_logit`` and ``top1_agreement`` of the ONNX file."""
     x = images.cpu()
     reference = scores(model.cpu()(x)).numpy()
     exported = onnx_logits(path, x)
+    flat_exported = exported.reshape(len(x), -1)
+    flat_reference = reference.reshape(len(x), -1)
+    same = flat_exported.argmax(1) == flat_reference.argmax(1)
     return {
         "max_abs_logit_diff": float(np.abs(exported - reference).max()),
         "max_abs_logit": float(np.abs(reference).max()),
+        "top1_agreement": 100.0 * float(same.mean()),
     }

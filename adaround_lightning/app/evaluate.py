@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from adaround_lightning.export.onnx import onnx_session
 from adaround_lightning.graph.outputs import output_tensors
 
 __all__ = ["Accuracy", "evaluate", "evaluate_with_onnx", "scores"]
@@ -90,28 +91,29 @@ def evaluate_with_onnx(
     """One pass over ``dataset``: PyTorch and onnxruntime accuracy, and their largest logit gap.
 
     Returns:
-        ``(pytorch, onnx)``; ``onnx`` also holds ``max_abs_logit_diff`` and ``max_abs_logit``
-        (PyTorch's largest logit magnitude, the scale the grid check's bound is relative to).
+        ``(pytorch, onnx)``; ``onnx`` also holds ``max_abs_logit_diff``, ``max_abs_logit``
+        (PyTorch's largest logit magnitude, the scale the grid check's bound is relative to) and
+        ``top1_agreement`` (percent of images whose predicted class is the same).
     """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # Basic graph optimizations only: the extended ones fuse DequantizeLinear + MatMul into
-    # integer kernels that compute otherwise than the float graph (1.8e-4 on logits of 0.35 in
-    # tests/export), so the parity figure would measure onnxruntime, not the export.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    # No graph optimizations: they change a quantized graph's numerics (onnx_session).
+    session = onnx_session(Path(onnx_path))
     model = model.eval().to(device)
     torch_accuracy = Accuracy(num_classes, device)
     onnx_accuracy = Accuracy(num_classes, torch.device("cpu"))
     max_diff = largest = 0.0
+    agree = count = 0
     for images, labels in DataLoader(dataset, batch_size=batch_size):
         logits = scores(model(images.to(device)))
         onnx_logits = torch.from_numpy(session.run(["logits"], {"input": images.numpy()})[0])
         max_diff = max(max_diff, float((onnx_logits - logits.float().cpu()).abs().max()))
         largest = max(largest, float(logits.abs().max()))
+        agree += int((onnx_logits.argmax(1) == logits.float().cpu().argmax(1)).sum())
+        count += len(labels)
         torch_accuracy.update(logits, labels)
         onnx_accuracy.update(onnx_logits, labels)
-    parity = {"max_abs_logit_diff": max_diff, "max_abs_logit": largest}
+    parity = {
+        "max_abs_logit_diff": max_diff,
+        "max_abs_logit": largest,
+        "top1_agreement": 100.0 * agree / max(1, count),
+    }
     return torch_accuracy.compute(), {**onnx_accuracy.compute(), **parity}

@@ -132,6 +132,7 @@ def quant_summary(settings: RunConfig) -> dict[str, Any]:
         "scale_method": str(quant.scale_method),
         "act_bits": quant.act_bits,
         "act_observer": str(quant.act_observer),
+        "act_symmetric": quant.act_symmetric,
         "act_in_loop": config.act_in_loop,
         "granularity": str(config.granularity),
         "bias_correction": config.bias_correction,

@@ -16,6 +16,7 @@ from adaround_lightning.data.sources import CalibrationConfig, DataConfig
 from adaround_lightning.data.transforms import PreprocessConfig
 from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.engine.engine_config import EngineConfig
+from adaround_lightning.export.export_config import check_target
 from adaround_lightning.export.run_dir import ExportConfig
 from adaround_lightning.models.model_builder import ModelConfig
 from adaround_lightning.quant.quant_config import QuantConfig
@@ -56,6 +57,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
+        check_target(self.export, self.quant.act_bits, self.quant.act_symmetric)
 
 
 def _build(cls: type, section: str, values: Any) -> Any:
@@ -113,6 +115,11 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+#: Settings added after run dirs existed, with the value that reproduces the behaviour before
+#: them: at that value they are left out of the fingerprint, so those run dirs resume.
+_ADDED_SETTINGS: dict[tuple[str, str], Any] = {("quant", "act_symmetric"): False}
+
+
 def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
     """Hash of the settings that decide the calibration's result.
 
@@ -135,6 +142,10 @@ def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:
             for k, v in kept["data"].items()
             if k not in ("eval_size", "eval_split", "num_workers")
         }
+    for (section, key), default in _ADDED_SETTINGS.items():
+        values_of = kept.get(section)
+        if isinstance(values_of, dict) and values_of.get(key, default) == default:
+            kept[section] = {k: v for k, v in values_of.items() if k != key}
     # The engine's settings were adaround.* before they had a section: hashed there, run dirs
     # from before the split resume.
     adaround = {**(kept.get("adaround") or {}), **(kept.pop("engine", None) or {})}

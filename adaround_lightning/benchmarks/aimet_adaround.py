@@ -19,14 +19,15 @@ state_dict, BatchNorm folded (AIMET's ``fold_all_batch_norms``), then
 ``Adaround.apply_adaround`` with ``iters`` iterations per layer, ``reg_param=0.01``,
 ``beta_range=(20, 2)``, ``warm_start=0.2``, ``num_samples // batch_size`` calibration batches of
 ``batch_size`` images, every Conv/Linear layer (first and last included) at ``bits`` with AIMET's
-min-max symmetric weight grid (``QuantScheme.post_training_tf``), per channel or per tensor. The
+min-max symmetric weight grid (``QuantScheme.post_training_tf``; ``--quant-scheme tf_enhanced``
+for AIMET's own default, the SQNR-optimal range), per channel or per tensor. The
 AdaRound encodings are loaded and frozen into a ``QuantizationSimModel`` evaluated with
 activation quantizers removed (``A32``, weights only) or 8-bit (``A8``, min-max ranges from the
 calibration images). Round-to-nearest with the same QuantSim is reported alongside. One JSON line
 per (bits, per_channel, act_bits) is appended to ``--out``.
 
 Example:
-    /work/aimet-venv/bin/python -m adaround_lightning.benchmarks.aimet_adaround \
+    AIMET_VENV/bin/python -m adaround_lightning.benchmarks.aimet_adaround \
         --arch resnet18 --checkpoint checkpoints/fashion_mnist/resnet18/model.pt \
         --bits 4 --per-channel true --act-bits 32 8 --iters 500 --num-samples 512 \
         --batch-size 32 --seed 0 --out results.jsonl
@@ -93,6 +94,9 @@ class AdaroundSettings:
         beta_range: Start and end of the annealed beta.
         warm_start: Fraction of the iterations without the rounding regulariser.
         seed: Seed set (torch, numpy, random) before each AdaRound run.
+        quant_scheme: AIMET's encoding analysis, ``tf`` (min-max) or ``tf_enhanced`` (AIMET's
+            own default: the SQNR-optimal range from a histogram), for the weights of AdaRound
+            and round-to-nearest and for the A8 activation ranges.
     """
 
     iters: int = 500
@@ -101,6 +105,12 @@ class AdaroundSettings:
     beta_range: tuple[float, float] = (20.0, 2.0)
     warm_start: float = 0.2
     seed: int = 0
+    quant_scheme: str = "tf"
+
+
+def _scheme(aimet: SimpleNamespace, name: str) -> Any:
+    """AIMET's ``QuantScheme`` member of ``tf`` or ``tf_enhanced``."""
+    return getattr(aimet.QuantScheme, f"post_training_{name}")
 
 
 def _aimet() -> SimpleNamespace:
@@ -292,7 +302,7 @@ def run_adaround(
         path=str(workdir),
         filename_prefix=prefix,
         default_param_bw=bits,
-        default_quant_scheme=aimet.QuantScheme.post_training_tf,
+        default_quant_scheme=_scheme(aimet, settings.quant_scheme),
         default_config_file=str(config_file),
     )
     seconds = time.perf_counter() - start
@@ -343,6 +353,7 @@ def quantsim_top1(
     batch_size: int,
     encodings: Path | None = None,
     eval_batch_size: int = 256,
+    quant_scheme: str = "tf",
 ) -> float:
     """Top-1 of AIMET's ``QuantizationSimModel`` of ``model``.
 
@@ -357,6 +368,7 @@ def quantsim_top1(
         encodings: AdaRound parameter encodings, loaded and frozen (None: nearest rounding with
             min-max weight encodings).
         eval_batch_size: Batch size of the evaluation.
+        quant_scheme: ``tf`` or ``tf_enhanced`` (:class:`AdaroundSettings`).
 
     Returns:
         Top-1 in percent.
@@ -370,7 +382,7 @@ def quantsim_top1(
     sim = aimet.QuantizationSimModel(
         model,
         dummy_input=dummy,
-        quant_scheme=aimet.QuantScheme.post_training_tf,
+        quant_scheme=_scheme(aimet, quant_scheme),
         default_output_bw=act_bits if act_bits < FLOAT_ACTS else 8,
         default_param_bw=bits,
         config_file=str(config_file),
@@ -453,6 +465,7 @@ def run_grid(
                         test=test,
                         batch_size=settings.batch_size,
                         eval_batch_size=eval_batch_size,
+                        quant_scheme=settings.quant_scheme,
                     )
                     nearest = evaluate(folded) if with_nearest else None
                     ada = evaluate(adarounded, encodings=encodings)
@@ -467,6 +480,7 @@ def run_grid(
                         "num_samples": len(calib),
                         "batch_size": settings.batch_size,
                         "seed": settings.seed,
+                        "quant_scheme": settings.quant_scheme,
                         "fp32_top1": fp32,
                         "nearest_top1": nearest,
                         "adaround_top1": ada,
@@ -510,6 +524,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-nearest", action="store_true", help="skip round-to-nearest")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=None, help="JSON-lines file appended to")
+    parser.add_argument(
+        "--quant-scheme",
+        choices=("tf", "tf_enhanced"),
+        default="tf",
+        help="AIMET's encoding analysis (tf_enhanced is AIMET's own default)",
+    )
     return parser
 
 
@@ -532,7 +552,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(args.arch, args.checkpoint, args.arch_kwargs)
     calib, test = fashion_mnist_data(args.source, args.root, args.num_samples, args.calib_seed)
     log.info("calibration %s, test %d images", tuple(calib.shape), len(test))  # type: ignore[arg-type]
-    settings = AdaroundSettings(iters=args.iters, batch_size=args.batch_size, seed=args.seed)
+    settings = AdaroundSettings(
+        iters=args.iters,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        quant_scheme=args.quant_scheme,
+    )
     record = {
         "arch": args.arch,
         "checkpoint": str(args.checkpoint),

@@ -45,11 +45,14 @@ VIT_TINY_KWARGS: dict[str, Any] = {
     "hidden_dim": 64,
     "mlp_dim": 128,
 }
-#: Architectures of ``--arch``: the torchvision builder or class, and its keyword arguments.
-ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
-    "resnet18": ("resnet18", {}),
-    "mobilenet_v2": ("mobilenet_v2", {}),
-    "vit_tiny": ("VisionTransformer", VIT_TINY_KWARGS),
+#: Architectures of ``--arch``: the builder or class name, its keyword arguments and the model
+#: source (``torchvision`` or ``timm``: ``timm_resnet18`` is ``timm.create_model("resnet18")``,
+#: whose blocks are found by the trace rather than by a class list).
+ARCHS: dict[str, tuple[str, dict[str, Any], str]] = {
+    "resnet18": ("resnet18", {}, "torchvision"),
+    "mobilenet_v2": ("mobilenet_v2", {}, "torchvision"),
+    "vit_tiny": ("VisionTransformer", VIT_TINY_KWARGS, "torchvision"),
+    "timm_resnet18": ("resnet18", {}, "timm"),
 }
 #: ``--act-bits`` value meaning "activations in float" (weights-only quantization).
 FLOAT_ACTS = 32
@@ -76,7 +79,8 @@ def build_model(
     so both runners calibrate the network the app would.
 
     Args:
-        arch: A key of :data:`ARCHS`: ``resnet18``, ``mobilenet_v2`` or ``vit_tiny``.
+        arch: A key of :data:`ARCHS`: ``resnet18``, ``mobilenet_v2``, ``vit_tiny`` or
+            ``timm_resnet18``.
         checkpoint: Path of a ``torch.save``-d state_dict.
         arch_kwargs: Keyword arguments of the builder (``num_classes`` defaults to 10).
 
@@ -90,11 +94,15 @@ def build_model(
     """
     if arch not in ARCHS:
         raise ValueError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    name, preset = ARCHS[arch]
+    name, preset, source = ARCHS[arch]
     kwargs = {"num_classes": 10, **preset, **(arch_kwargs or {})}
     num_classes = kwargs.pop("num_classes")
     config = ModelConfig(
-        name=name, num_classes=num_classes, kwargs=kwargs, checkpoint=str(checkpoint)
+        name=name,
+        num_classes=num_classes,
+        kwargs=kwargs,
+        checkpoint=str(checkpoint),
+        source=source,  # type: ignore[arg-type]
     )
     return library_build_model(config).float().eval()
 

@@ -145,6 +145,8 @@ def run_grid(
                         "nearest_top1": nearest_top1[cell],
                         "adaround_top1": _top1(quantized, test, eval_batch_size),
                         "adaround_seconds": round(seconds, 1),
+                        "layers": len(result.layers),
+                        "layers_in_blocks": sum(1 for r in result.layers if r.block is not None),
                     }
                     log.info(
                         "W%dA%d %s %s: fp32 %.2f nearest %.2f adaround %.2f (%.0f s)",

@@ -61,6 +61,14 @@ ARCHS: dict[str, dict[str, Any]] = {
         "optimizer": "adamw",
         "weight_decay": 0.05,
     },
+    # timm's ResNet18 (zero-initialised last BN per block, its own module names).
+    "timm_resnet18": {
+        "name": "resnet18",
+        "source": "timm",
+        "kwargs": {"num_classes": 10},
+        "max_lr": 0.1,
+        "epochs": 3,
+    },
 }
 
 #: Where checkpoints go by default (ignored by git).
@@ -102,7 +110,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     epochs = args.epochs if args.epochs is not None else preset["epochs"]
     max_lr = args.max_lr if args.max_lr is not None else preset["max_lr"]
     out: Path = args.out if args.out is not None else DEFAULT_CHECKPOINT_DIR / args.arch
-    arch = {"name": preset.get("name", args.arch), "kwargs": dict(preset["kwargs"])}
+    arch = {
+        "name": preset.get("name", args.arch),
+        "kwargs": dict(preset["kwargs"]),
+        "source": preset.get("source", "torchvision"),
+    }
     optimizer = preset.get("optimizer", "sgd")
 
     t_start = time.perf_counter()

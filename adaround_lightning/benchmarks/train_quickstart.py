@@ -124,10 +124,11 @@ def build_quickstart_model(arch: dict | None = None) -> nn.Module:
     """Build the (untrained) quickstart network.
 
     Args:
-        arch: ``{"name": ..., "kwargs": {...}}``; defaults to :data:`QUICKSTART_ARCH`.
+        arch: ``{"name": ..., "kwargs": {...}}`` and optionally ``"source": "timm"``; defaults
+            to :data:`QUICKSTART_ARCH`.
 
     Returns:
-        The torchvision model, e.g. a ``MobileNetV2``.
+        The torchvision (or timm) model, e.g. a ``MobileNetV2``.
 
     Example:
         >>> model = build_quickstart_model()
@@ -135,6 +136,10 @@ def build_quickstart_model(arch: dict | None = None) -> nn.Module:
         torch.Size([1, 10])
     """
     arch = QUICKSTART_ARCH if arch is None else arch
+    if arch.get("source", "torchvision") == "timm":
+        import timm  # an optional dependency (extra "zoo")
+
+        return timm.create_model(arch["name"], **arch["kwargs"])
     factory = getattr(torchvision.models, arch["name"])
     return factory(**arch["kwargs"])
 

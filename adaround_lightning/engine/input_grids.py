@@ -32,7 +32,7 @@ def calibrate_input_grids(
 
     Args:
         names: The layers whose inputs are quantized.
-        quant: ``act_bits`` and ``act_observer``.
+        quant: ``act_bits``, ``act_symmetric`` and ``act_observer``.
         observe: Feeds every grid its layer's inputs.
         process: This process and the others (ranges are all-reduced under DDP).
         device: Where the grids live (default: the process's device).
@@ -50,7 +50,8 @@ def calibrate_input_grids(
     """
     assert quant.act_bits is not None
     grids = {
-        name: ActivationQuantizer(quant.act_bits).to(device or process.device) for name in names
+        name: ActivationQuantizer(quant.act_bits, quant.act_symmetric).to(device or process.device)
+        for name in names
     }
     observe(grids)
     for name, grid in grids.items():

@@ -22,7 +22,8 @@ def aimet_encodings(
 
     AIMET describes a signed symmetric grid with an unsigned offset: ``offset = q_min``,
     ``min = offset * scale``, ``max = (offset + 2**bits - 1) * scale = q_max * scale``.
-    An asymmetric activation grid with zero point ``z`` has ``offset = -z``; activation
+    An asymmetric activation grid with zero point ``z`` has ``offset = -z``, a symmetric one
+    (signed, ``z = 0``) ``offset = q_min``; activation
     encodings are keyed by layer name, then ``"input"``, then the input index ``"0"``.
 
     Example:
@@ -49,14 +50,15 @@ def aimet_encodings(
         ]
     activations: dict[str, Any] = {}
     for name, quantizer in (input_quantizers or {}).items():
-        scale, offset = float(quantizer.scale), -int(quantizer.zero_point)
+        scale = float(quantizer.scale)
+        offset = quantizer.quant_min - int(quantizer.zero_point)
         activations[name] = {
             "input": {
                 "0": {
                     "bitwidth": quantizer.bits,
                     "dtype": "int",
-                    "is_symmetric": "False",
-                    "max": (offset + quantizer.quant_max) * scale,
+                    "is_symmetric": str(quantizer.symmetric),
+                    "max": (offset + 2**quantizer.bits - 1) * scale,
                     "min": offset * scale,
                     "offset": offset,
                     "scale": scale,

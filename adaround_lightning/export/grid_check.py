@@ -5,11 +5,13 @@ can from the float network rather than trusting the code that wrote the files:
 
 * ``floor(W/s)`` from the float weights (``float_weights.safetensors``) and the exported scales,
   in float64; with the learned ``V`` every integer must be ``clamp(floor(W/s) + 1[V >= 0])``;
-* the ONNX ``DequantizeLinear`` of each weight: its int8 initializer, scales, zero points (all
+* the ONNX ``DequantizeLinear`` of each weight: its integer initializer (``INT4``/``UINT4``
+  unpacked, or ``INT8``; the container must hold the layer's range), scales, zero points (all
   0) and ``axis`` (the channel axis, or a scalar scale per tensor), read from the graph;
 * AIMET's encodings by AIMET's definition: ``offset = q_min``, ``min = offset * scale``,
   ``max = (offset + 2**bitwidth - 1) * scale``, one entry per channel;
-* the ONNX-vs-PyTorch logit gap of the run's evaluation, against :data:`LOGIT_TOLERANCE`.
+* the ONNX-vs-PyTorch logit gap of the run's evaluation, against :data:`LOGIT_TOLERANCE`
+  (weights only), or their agreement on the predicted class (with activation grids).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from adaround_lightning.export.integers import (
     load_quantized_weights,
 )
 from adaround_lightning.export.onnx import OnnxWeight, onnx_weights
+from adaround_lightning.export.qnn import QNN_ENCODINGS_FILE, check_qnn_files
 from adaround_lightning.export.run_dir import (
     ENCODINGS_FILE,
     FLOAT_WEIGHTS_FILE,
@@ -40,12 +43,17 @@ from adaround_lightning.export.run_dir import (
     WEIGHTS_FILE,
 )
 
-__all__ = ["LOGIT_TOLERANCE", "verify_grid"]
+__all__ = ["ACT_TOP1_AGREEMENT", "LOGIT_TOLERANCE", "verify_grid"]
 
 #: The ONNX model's logits may differ from PyTorch's by at most this fraction of the largest
 #: logit magnitude (at least 1): float32 kernels that add in another order, nothing more. The
 #: quickstart measures 5.7e-6 on logits of about 10.
 LOGIT_TOLERANCE = 1e-4
+
+#: With activation grids: the least percentage of images on which model.onnx and PyTorch
+#: predict the same class (see ``_check_logit_gap``). The quickstart measures 100 % at A8 and
+#: A4 (1000 images; 99.1 % of its A8 logits within 1e-4, the rest one rounding step apart).
+ACT_TOP1_AGREEMENT = 99.0
 
 #: ``W/s`` this close to an integer (relative, a few float32 ulps) may floor either way in the
 #: float32 arithmetic of the export; the float64 recomputation accepts both there.
@@ -149,13 +157,23 @@ def _rounding_from_state(layer: QuantizedLayer, state: dict[str, torch.Tensor]) 
         )
 
 
+#: The integers each ONNX container holds.
+_CONTAINER_RANGES = {"INT4": (-8, 7), "UINT4": (0, 15), "INT8": (-128, 127), "UINT8": (0, 255)}
+
+
 def _check_onnx(layer: QuantizedLayer, weight: OnnxWeight | None) -> None:
     if weight is None:
-        raise GridCheckError(f"{layer.name}: {ONNX_FILE} has no int8 weight for the layer")
+        raise GridCheckError(f"{layer.name}: {ONNX_FILE} has no integer weight for the layer")
+    low, high = _CONTAINER_RANGES.get(weight.container, (1, 0))
+    if not low <= layer.quant_min <= layer.quant_max <= high:
+        raise GridCheckError(
+            f"{layer.name}: {ONNX_FILE} stores its {layer.bits}-bit integers "
+            f"[{layer.quant_min}, {layer.quant_max}] as {weight.container}, which cannot hold them"
+        )
     q = layer.q.numpy()
     # A Linear weight read by a MatMul on 3-D inputs is stored transposed, (in, out).
     transposed = q.ndim == 2 and not np.array_equal(weight.q, q) and weight.q.shape == q.T.shape
-    if weight.q.dtype != np.int8 or not np.array_equal(weight.q, q.T if transposed else q):
+    if not np.array_equal(weight.q.astype(np.int16), (q.T if transposed else q).astype(np.int16)):
         raise GridCheckError(f"{layer.name}: {ONNX_FILE} stores different integers")
     if not np.array_equal(weight.scale.reshape(-1), layer.scale.reshape(-1).numpy()):
         raise GridCheckError(f"{layer.name}: {ONNX_FILE} has different scales")
@@ -219,17 +237,32 @@ def _check_input_grids(files: _RunFiles, run_dir: Path) -> int:
             if (
                 entry is None
                 or entry["scale"] != float(quantizer.scale)
-                or entry["offset"] != -int(quantizer.zero_point)
+                or entry["offset"] != quantizer.quant_min - int(quantizer.zero_point)
             ):
                 raise GridCheckError(f"{name}: {ENCODINGS_FILE} has a different input grid")
     return len(input_quantizers)
 
 
-def _check_logit_gap(parity: dict[str, Any] | None) -> float | None:
-    """The evaluation's ONNX-vs-PyTorch gap against :data:`LOGIT_TOLERANCE`; None if unmeasured."""
+def _check_logit_gap(parity: dict[str, Any] | None, activation_grids: int) -> float | None:
+    """The evaluation's ONNX-vs-PyTorch gap against :data:`LOGIT_TOLERANCE`; None if unmeasured.
+
+    With activation grids the two runtimes may round a value that their float sums (added in
+    another order) put on either side of a rounding tie one step apart, and that step travels
+    on through the network: the logit gap is then reported, and the predicted classes must
+    agree on at least :data:`ACT_TOP1_AGREEMENT` percent of the images.
+    """
     if not parity or "max_abs_logit_diff" not in parity:
         return None
     gap, scale = float(parity["max_abs_logit_diff"]), float(parity.get("max_abs_logit", 1.0))
+    if activation_grids:
+        agreement = parity.get("top1_agreement")
+        if agreement is not None and not float(agreement) >= ACT_TOP1_AGREEMENT:
+            raise GridCheckError(
+                f"{ONNX_FILE}: its predicted class differs from PyTorch's on "
+                f"{100.0 - float(agreement):.2f} % of the images, more than "
+                f"{100.0 - ACT_TOP1_AGREEMENT:g} % (activation grids)"
+            )
+        return gap
     bound = LOGIT_TOLERANCE * max(1.0, scale)
     if not gap <= bound:
         raise GridCheckError(
@@ -250,7 +283,9 @@ def verify_grid(run_dir: Path, onnx_parity: dict[str, Any] | None = None) -> dic
 
     Returns:
         ``{"layers", "weights", "activation_grids", "rounding_reference", "max_abs_logit_diff",
-        "passed": True}``.
+        "onnx_containers", "qnn_weights", "passed": True}``; ``onnx_containers`` counts the
+        ONNX weights per element type (``{"INT4": 52}``), ``qnn_weights`` the weights of
+        ``model_qnn.onnx`` checked (None: no QNN files).
 
     Raises:
         GridCheckError: Naming the first layer and file that disagree.
@@ -263,16 +298,25 @@ def verify_grid(run_dir: Path, onnx_parity: dict[str, Any] | None = None) -> dic
         _check_layer(files, layer)
     if onnx_parity is None and files.results is not None:
         onnx_parity = files.results.get("onnx")
-    gap = _check_logit_gap(onnx_parity) if files.onnx is not None else None
+    activation_grids = _check_input_grids(files, run_dir)
+    gap = _check_logit_gap(onnx_parity, activation_grids) if files.onnx is not None else None
+    qnn_weights = (
+        check_qnn_files(run_dir, files.layers) if (run_dir / QNN_ENCODINGS_FILE).is_file() else None
+    )
+    containers: dict[str, int] = {}
+    for weight in (files.onnx or {}).values():
+        containers[weight.container] = containers.get(weight.container, 0) + 1
     return {
         "layers": len(files.layers),
         "weights": sum(layer.q.numel() for layer in files.layers),
-        "activation_grids": _check_input_grids(files, run_dir),
+        "activation_grids": activation_grids,
         "rounding_reference": (
             f"floor(W/s) from {FLOAT_WEIGHTS_FILE}"
             if files.float_weights is not None
             else f"floor(W/s) saved in {STATE_FILE}"
         ),
         "max_abs_logit_diff": gap,
+        "onnx_containers": containers,
+        "qnn_weights": qnn_weights,
         "passed": True,
     }

@@ -122,7 +122,7 @@ def save_quantized_weights(
         tensors[f"{name}.input_zero_point"] = quantizer.zero_point.detach().cpu().reshape(())
         activations[name] = {
             "bits": quantizer.bits,
-            "quant_min": 0,
+            "quant_min": quantizer.quant_min,
             "quant_max": quantizer.quant_max,
         }
     for layer in layers:
@@ -191,7 +191,7 @@ def load_input_quantizers(path: Path) -> dict[str, ActivationQuantizer]:
     with safe_open(str(path), framework="pt") as handle:
         activations = json.loads(handle.metadata().get("activations", "{}"))
         for name, grid in activations.items():
-            quantizer = ActivationQuantizer(grid["bits"])
+            quantizer = ActivationQuantizer(grid["bits"], symmetric=grid["quant_min"] < 0)
             quantizer.scale.copy_(handle.get_tensor(f"{name}.input_scale"))
             quantizer.zero_point.copy_(handle.get_tensor(f"{name}.input_zero_point"))
             quantizer.calibrated = True

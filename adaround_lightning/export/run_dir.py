@@ -17,20 +17,20 @@ carry the same integers, scales, zero points, axes and ranges.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from adaround_lightning.core.atomic import atomic_torch_save, atomic_write, atomic_write_text
-from adaround_lightning.core.errors import UserError
 from adaround_lightning.engine.records.results import CalibrationResult
+from adaround_lightning.export.export_config import ExportConfig, ExportTarget
 from adaround_lightning.export.integers import (
     quantized_layers,
     quantizer_states,
     save_quantized_weights,
 )
+from adaround_lightning.export.qnn import write_qnn_files
 
 __all__ = [
     "ENCODINGS_FILE",
@@ -63,28 +63,6 @@ MANIFEST_FILE = "manifest.json"
 ONNX_LAYERS_FILE = "onnx_layers.json"
 
 
-@dataclass
-class ExportConfig:
-    """What a run exports besides ``quantized_model.pt``.
-
-    Attributes:
-        onnx: Write ``model.onnx`` (int8 weights through ``DequantizeLinear``) and evaluate it
-            with onnxruntime.
-        opset: ONNX opset (13 or newer: per-axis ``DequantizeLinear``).
-        verify: Run the grid check on the written files at the end of the run.
-    """
-
-    onnx: bool = True
-    opset: int = 17
-    verify: bool = True
-
-    def __post_init__(self) -> None:
-        if self.opset < 13:
-            raise UserError(
-                f"export.opset must be >= 13 (per-axis DequantizeLinear), got {self.opset}"
-            )
-
-
 def save_float_weights(path: Path, weights: dict[str, torch.Tensor]) -> None:
     """``float_weights.safetensors``: the float ``W`` of every quantized layer (PyTorch layout)."""
     from safetensors.torch import save_file
@@ -110,6 +88,13 @@ def save_run_files(
     layers = quantized_layers(result.quantizers)
     # The integers of every layer, computed once for every file.
     outputs = result.write_model_files(out_dir, example_input, config, layers)
+    if config.target == ExportTarget.QNN and "onnx" in outputs:
+        act_bits = {q.bits for q in result.act_quantizers.values()}
+        if len(act_bits) > 1:
+            raise ValueError(f"export.target=qnn: one activation bit width expected, {act_bits}")
+        outputs |= write_qnn_files(
+            out_dir / outputs["onnx"], out_dir, layers, next(iter(act_bits), None)
+        )
     atomic_write(
         out_dir / WEIGHTS_FILE,
         lambda tmp: save_quantized_weights(Path(tmp), layers, result.act_quantizers),

@@ -107,4 +107,4 @@ class OnnxAdaroundResult(SavesRunFiles):
 
         The graph needs no example input, and is always written (``config.onnx`` is PyTorch's).
         """
-        return write_onnx_model_files(self, out_dir, layers)
+        return write_onnx_model_files(self, out_dir, layers, config)  # type: ignore[arg-type]

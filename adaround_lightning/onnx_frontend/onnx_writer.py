@@ -1,7 +1,10 @@
 """Write an ONNX calibration back into the user's graph, and the run dir's other files.
 
 The quantized graph is the input graph with, per quantized layer, its float weight initializer
-replaced by an int8 one behind a ``DequantizeLinear`` whose output keeps the weight's name (so
+replaced by an integer one (``INT4`` or ``INT8``, as
+:meth:`~adaround_lightning.export.export_config.ExportConfig.int4_weights` says; the graph is
+converted to ``export.opset`` when older) behind a ``DequantizeLinear`` whose output keeps the
+weight's name (so
 every node and tensor name of the input stays), its bias initializer holding the corrected bias,
 and with ``quant.act_bits`` a ``[Clip ->] QuantizeLinear -> DequantizeLinear`` on its input.
 Encodings are AIMET-ONNX's: keyed by tensor names (weights by initializer, inputs by the tensor
@@ -19,11 +22,12 @@ import numpy as np
 
 from adaround_lightning.core.atomic import atomic_write, atomic_write_text
 from adaround_lightning.export.encodings import aimet_encodings
+from adaround_lightning.export.export_config import ExportConfig
 from adaround_lightning.export.integers import (
     QuantizedLayer,
     quantized_layers,
 )
-from adaround_lightning.export.onnx import weight_dequantize
+from adaround_lightning.export.onnx import convert_opset, weight_dequantize
 from adaround_lightning.export.run_dir import (
     ONNX_FILE,
     ONNX_LAYERS_FILE,
@@ -47,11 +51,15 @@ def _input_qdq(name: str, source: str, quantizer: ActivationQuantizer) -> tuple[
     base = f"{name}.input"
     initializers = [
         numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"),
-        numpy_helper.from_array(np.array(zero, np.uint8), f"{base}_zero_point"),
+        # int8 with zero point 0 for a symmetric grid (TensorRT's form), else uint8.
+        numpy_helper.from_array(
+            np.array(zero, np.int8 if quantizer.symmetric else np.uint8), f"{base}_zero_point"
+        ),
     ]
     nodes, current = [], source
-    if quantizer.bits < 8:  # the b-bit range inside uint8's, as the PyTorch export does
-        low, high = (0 - zero) * scale, (quantizer.quant_max - zero) * scale
+    if quantizer.bits < 8:  # the b-bit range inside the 8-bit one, as the PyTorch export does
+        low = (quantizer.quant_min - zero) * scale
+        high = (quantizer.quant_max - zero) * scale
         initializers += [
             numpy_helper.from_array(np.array(low, np.float32), f"{base}_clip_min"),
             numpy_helper.from_array(np.array(high, np.float32), f"{base}_clip_max"),
@@ -82,11 +90,16 @@ def _replace_initializers(graph: Any, replaced: dict[str, Any], removed: set[str
 
 
 def write_quantized_onnx(
-    result: OnnxAdaroundResult, path: Path, layers: list[QuantizedLayer] | None = None
+    result: OnnxAdaroundResult,
+    path: Path,
+    layers: list[QuantizedLayer] | None = None,
+    config: ExportConfig | None = None,
 ) -> None:
-    """The input graph with int8 weights behind ``DequantizeLinear`` (and input QDQ), checked.
+    """The input graph with integer weights behind ``DequantizeLinear`` (and input QDQ), checked.
 
     ``layers``: the result's integers when the caller has them already (else computed here).
+    ``config``: the containers and opset (default :class:`ExportConfig`'s); a graph older than
+    ``config.opset`` is converted only when a 4-bit container needs it.
 
     Example:
         >>> # see adaround_onnx's example; then
@@ -95,13 +108,20 @@ def write_quantized_onnx(
     import onnx
     from onnx import numpy_helper
 
+    config = ExportConfig() if config is None else config
+    layers = layers if layers is not None else quantized_layers(result.quantizers)
     model = copy.deepcopy(result.graph.model)
+    if any(config.int4_weights(layer.bits) for layer in layers):
+        model = convert_opset(model, config.opset)
     graph = model.graph
     replaced, removed, weight_nodes = {}, set(), []
-    for quantized in layers if layers is not None else quantized_layers(result.quantizers):
+    for quantized in layers:
         layer = result.layer(quantized.name)
         transposed = result.forms[quantized.name].transposed
-        initializers, node = weight_dequantize(quantized, transposed, layer.weight)
+        int4 = config.int4_weights(quantized.bits)
+        initializers, node = weight_dequantize(
+            quantized, transposed, layer.weight, int4, zero_point=not int4
+        )
         removed.add(layer.weight)
         replaced.update({init.name: init for init in initializers})
         weight_nodes.append(node)
@@ -157,13 +177,18 @@ def _layer_map(result: OnnxAdaroundResult) -> dict[str, dict[str, Any]]:
 
 
 def write_onnx_model_files(
-    result: OnnxAdaroundResult, out_dir: Path, layers: list[QuantizedLayer] | None = None
+    result: OnnxAdaroundResult,
+    out_dir: Path,
+    layers: list[QuantizedLayer] | None = None,
+    config: ExportConfig | None = None,
 ) -> dict[str, str]:
     """``model.onnx`` and ``onnx_layers.json`` of an ONNX calibration (atomically).
 
     Returns:
         ``{kind: file name}`` for ``results.json``.
     """
-    atomic_write(out_dir / ONNX_FILE, lambda tmp: write_quantized_onnx(result, Path(tmp), layers))
+    atomic_write(
+        out_dir / ONNX_FILE, lambda tmp: write_quantized_onnx(result, Path(tmp), layers, config)
+    )
     atomic_write_text(out_dir / LAYERS_FILE, json.dumps(_layer_map(result), indent=1))
     return {"onnx": ONNX_FILE, "onnx_layers": LAYERS_FILE}

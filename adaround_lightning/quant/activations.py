@@ -7,6 +7,9 @@ asymmetric, per tensor, unsigned ``b``-bit integers with a zero point,
 
 so post-ReLU inputs (``min = 0``) use every level and signed inputs (the network input, linear
 bottlenecks) are covered too. The range always contains 0, so zero padding is exact.
+``symmetric=True`` (``quant.act_symmetric``, what TensorRT requires) gives signed integers with
+zero point 0 instead: ``q = clamp(round(x / s), -2**(b-1), 2**(b-1) - 1)``,
+``s = max(|min|, |max|) / (2**(b-1) - 1)``.
 
 Ranges are calibrated on the calibration images (``quant.act_observer``):
 
@@ -77,6 +80,7 @@ class ActivationQuantizer(nn.Module):
 
     Args:
         bits: Bit width, 2 to 8 (integers ``0 .. 2**bits - 1``).
+        symmetric: Signed integers ``-2**(bits-1) .. 2**(bits-1) - 1`` with zero point 0.
 
     Attributes:
         scale: The step ``s`` (float32 scalar).
@@ -90,12 +94,14 @@ class ActivationQuantizer(nn.Module):
         [-1.0, 0.0, 0.20000000298023224, 2.0]
     """
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, symmetric: bool = False) -> None:
         super().__init__()
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise ValueError(f"activation bits must be an integer from 2 to 8, got {bits!r}")
         self.bits = bits
-        self.quant_max = 2**bits - 1
+        self.symmetric = bool(symmetric)
+        self.quant_min = -(2 ** (bits - 1)) if symmetric else 0
+        self.quant_max = 2 ** (bits - 1) - 1 if symmetric else 2**bits - 1
         self.drop_prob = 0.0
         self.register_buffer("scale", torch.tensor(1.0), persistent=False)
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32), persistent=False)
@@ -127,6 +133,10 @@ class ActivationQuantizer(nn.Module):
     def _qparams(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The range must contain 0 (exact zero padding); a zero-width range gets a unit step.
         low, high = torch.clamp(low, max=0.0), torch.clamp(high, min=0.0)
+        if self.symmetric:  # zero point 0: the larger side sets the step
+            scale = torch.maximum(-low, high) / self.quant_max
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+            return scale.float(), torch.zeros_like(scale, dtype=torch.int32)
         scale = (high - low) / self.quant_max
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         zero_point = torch.clamp(torch.round(-low / scale), 0, self.quant_max)
@@ -187,8 +197,11 @@ class ActivationQuantizer(nn.Module):
         if self.bits < 8:
             # torch's fake-quant op takes 8-bit ranges; clamp first to the b-bit range (this
             # exports as Clip -> QuantizeLinear -> DequantizeLinear, equal to the b-bit grid).
-            x = torch.clamp(x, (0 - zero_point) * scale, (self.quant_max - zero_point) * scale)
-        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+            low = (self.quant_min - zero_point) * scale
+            x = torch.clamp(x, low, (self.quant_max - zero_point) * scale)
+        # (-128, 127) exports as an int8 QuantizeLinear, (0, 255) as a uint8 one.
+        wide = (-128, 127) if self.symmetric else (0, 255)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, *wide)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x^`` (straight-through gradient inside the range); identity until calibrated."""
@@ -201,12 +214,13 @@ class ActivationQuantizer(nn.Module):
         return quantized
 
     def integer_range(self) -> tuple[float, float]:
-        """Float values of the smallest and largest integer: ``s (0 - z)``, ``s (q_max - z)``."""
+        """Float values of the end integers: ``s (q_min - z)`` and ``s (q_max - z)``."""
         scale, zero = float(self.scale), int(self.zero_point)
-        return scale * (0 - zero), scale * (self.quant_max - zero)
+        return scale * (self.quant_min - zero), scale * (self.quant_max - zero)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, calibrated={self.calibrated}"
+        kind = ", symmetric" if self.symmetric else ""
+        return f"bits={self.bits}{kind}, calibrated={self.calibrated}"
 
 
 def _quantize_first_input(module: nn.Module, args: tuple) -> tuple:
@@ -306,6 +320,7 @@ def calibrate_input_quantizers(
     observer: str = "minmax",
     chunk: int = 256,
     context: ProcessContext | None = None,
+    symmetric: bool = False,
 ) -> dict[str, ActivationQuantizer]:
     """Calibrate and attach ``bits``-bit input quantizers to the named layers of ``model``.
 
@@ -319,7 +334,7 @@ def calibrate_input_quantizers(
         ['0', '2']
     """
     device = data.device
-    quantizers = {name: ActivationQuantizer(bits).to(device) for name in names}
+    quantizers = {name: ActivationQuantizer(bits, symmetric).to(device) for name in names}
     observe_inputs(model, quantizers, data, chunk)
     for quantizer in quantizers.values():
         quantizer.calibrate(observer, context)

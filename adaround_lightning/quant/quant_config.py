@@ -40,6 +40,8 @@ class QuantConfig:
         act_bits: Bits of the activations feeding every quantized layer (2 to 8), None for
             float activations (see :mod:`adaround_lightning.quant.activations`).
         act_observer: How activation ranges are calibrated: ``minmax`` or ``mse``.
+        act_symmetric: Signed activation grids with zero point 0 (TensorRT's only form)
+            instead of unsigned ones with a zero point.
     """
 
     weight_bits: int = 4
@@ -51,6 +53,7 @@ class QuantConfig:
     scale_method: ScaleMethod = ScaleMethod.AUTO
     act_bits: int | None = None
     act_observer: ActObserver = ActObserver.MINMAX
+    act_symmetric: bool = False
 
     def __post_init__(self) -> None:
         _check_bits("quant.weight_bits", self.weight_bits)

@@ -30,8 +30,10 @@ __all__ = ["load_quantized"]
 
 def _input_shape(run_dir: Path) -> list[int]:
     for name in (RESULTS_FILE, MANIFEST_FILE):  # a CLI run's, or result.save()'s
-        if (run_dir / name).is_file():
-            return json.loads((run_dir / name).read_text())["input_shape"]
+        if (run_dir / name).is_file():  # a failed run's results.json has no input_shape
+            shape = json.loads((run_dir / name).read_text()).get("input_shape")
+            if shape is not None:
+                return shape
     raise UserError(
         f"{run_dir} has neither {RESULTS_FILE} nor {MANIFEST_FILE}: pass a finished run dir, "
         "or a folder written by result.save(folder, example_input)"

@@ -100,7 +100,7 @@ class AdaroundResult(SavesRunFiles):
             model = copy.deepcopy(self.model).cpu()
             atomic_write(
                 out_dir / ONNX_FILE,
-                lambda tmp: export_onnx(model, layers, example_input, Path(tmp), config.opset),
+                lambda tmp: export_onnx(model, layers, example_input, Path(tmp), config),
             )
             outputs["onnx"] = ONNX_FILE
         return outputs

@@ -58,6 +58,18 @@ CASES: list[tuple[str, list[str], str]] = [
     ("lr", ["adaround.lr=-1"], "adaround.lr must be > 0"),
     ("warm-start", ["adaround.warm_start=1.5"], "adaround.warm_start must be in"),
     ("drop-prob", ["adaround.drop_prob=1.0"], "adaround.drop_prob must be in"),
+    ("export-target", ["export.target=tflite"], "export.target must be one of"),
+    ("export-container", ["export.container=int2"], "export.container must be one of"),
+    (
+        "tensorrt-act-bits",
+        ["export.target=tensorrt", "quant.act_bits=4", "quant.act_symmetric=true"],
+        "TensorRT quantizes activations to 8 bits only, not quant.act_bits=4",
+    ),
+    (
+        "tensorrt-asymmetric",
+        ["export.target=tensorrt", "quant.act_bits=8"],
+        "add quant.act_symmetric=true",
+    ),
     ("cache-device", ["engine.cache_device=gpu"], "engine.cache_device must be one of"),
     ("cache-budget", ["engine.cache_budget_gb=-1"], "engine.cache_budget_gb must be > 0"),
     ("cache-dtype", ["engine.cache_dtype=int8"], "engine.cache_dtype must be one of"),

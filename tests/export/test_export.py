@@ -72,15 +72,18 @@ def test_round_trip_and_onnx_parity(
             assert entry["min"] == pytest.approx(qmin * scale) and entry["max"] == pytest.approx(
                 qmax * scale
             )
-    # ONNX: int8 initializers through DequantizeLinear; logits match PyTorch.
+    # ONNX: INT4 initializers up to 4 bits, else INT8, through DequantizeLinear; logits match.
     import onnx
 
-    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    graph_model = onnx.load(str(tmp_path / "model.onnx"))
+    assert [o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx")] == [21]
+    graph = graph_model.graph
     dequant = [n for n in graph.node if n.op_type == "DequantizeLinear"]
     assert len(dequant) == len(result.quantizers)
     weights = {i.name: i for i in graph.initializer if i.name.endswith(".weight_quantized")}
     assert len(weights) == len(result.quantizers)
-    assert all(w.data_type == onnx.TensorProto.INT8 for w in weights.values())
+    container = onnx.TensorProto.INT4 if bits <= 4 else onnx.TensorProto.INT8
+    assert all(w.data_type == container for w in weights.values())
     # No float copy of a quantized weight is left in the graph.
     float_names = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
     assert not any(f"{name}.weight" in float_names for name in result.quantizers)

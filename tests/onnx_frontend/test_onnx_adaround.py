@@ -158,3 +158,43 @@ def test_bad_settings(model_path, images, quant, config, fragment) -> None:
 def test_inputs_the_graph_cannot_run(model_path) -> None:
     with pytest.raises(UserError, match="onnxruntime cannot run the model on inputs"):
         adaround_onnx(model_path, torch.randn(32, 4, 8, 8), QuantConfig(), _config(), CPU)
+
+
+def test_onnx_path_writes_int4_tensorrt_and_qnn_forms(model_path, images, tmp_path):
+    from adaround_lightning.export import ExportConfig
+
+    int4 = adaround_onnx(model_path, images, QuantConfig(weight_bits=3), _config(), CPU)
+    int4.save(tmp_path / "int4", images[:2], ExportConfig(verify=False))
+    int4.save(tmp_path / "int8", images[:2], ExportConfig(container="int8", verify=False))
+    types = {
+        form: {
+            i.data_type
+            for i in onnx.load(str(tmp_path / form / "model.onnx")).graph.initializer
+            if i.name.endswith("_quantized")
+        }
+        for form in ("int4", "int8")
+    }
+    assert types == {"int4": {onnx.TensorProto.INT4}, "int8": {onnx.TensorProto.INT8}}
+    x = images[:8].numpy()
+    a = ort_run(onnx.load(str(tmp_path / "int4" / "model.onnx")), x)
+    b = ort_run(onnx.load(str(tmp_path / "int8" / "model.onnx")), x)
+    assert np.abs(a - b).max() <= 1e-5 * max(1.0, float(np.abs(b).max()))
+    assert verify_grid(tmp_path / "int4")["onnx_containers"] == {"INT4": 4}
+    # TensorRT: symmetric int8 input grids, int8 weights, every zero point an int8 0.
+    quant = QuantConfig(weight_bits=4, act_bits=8, act_symmetric=True)
+    trt = adaround_onnx(model_path, images, quant, _config(), CPU)
+    trt.save(tmp_path / "trt", images[:2], ExportConfig(target="tensorrt", verify=False))
+    graph = onnx.load(str(tmp_path / "trt" / "model.onnx")).graph
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    q_dq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(q_dq) == 3 * 4
+    for node in q_dq:
+        zero_point = values[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any()
+    # QNN: encodings keyed by tensors of model.onnx.
+    trt.save(tmp_path / "qnn", images[:2], ExportConfig(target="qnn", verify=False))
+    document = json.loads((tmp_path / "qnn" / "model_qnn.encodings").read_text())
+    graph = onnx.load(str(tmp_path / "qnn" / "model.onnx")).graph
+    tensors = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    keys = [e["name"] for e in document["param_encodings"] + document["activation_encodings"]]
+    assert len(keys) == 8 and set(keys) <= tensors

@@ -202,3 +202,21 @@ def test_the_mse_observer_samples_every_pixel_position_not_one() -> None:
     # and about uniformly: each position holds 1/64 of the draws, within a loose bound.
     counts = torch.bincount(seen.long(), minlength=64).float()
     assert counts.min() > 0.5 * counts.mean() and counts.max() < 1.5 * counts.mean()
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_symmetric_grid_matches_the_float64_formula(bits: int) -> None:
+    g = torch.Generator().manual_seed(100 + bits)
+    x = torch.randn(4096, generator=g) * 3
+    low, high = float(torch.rand(1, generator=g)) * -4, float(torch.rand(1, generator=g)) * 4
+    aq = ActivationQuantizer(bits, symmetric=True)
+    aq.set_range(low, high)
+    qmax = 2 ** (bits - 1) - 1
+    scale = max(-low, high) / qmax  # the module docstring's formula, in float64
+    expected = scale * torch.clamp(torch.round(x.double() / scale), -qmax - 1, qmax)
+    assert int(aq.zero_point) == 0 and (aq.quant_min, aq.quant_max) == (-qmax - 1, qmax)
+    assert float(aq.scale) == pytest.approx(scale, rel=1e-6)
+    off = (aq(x).double() - expected).abs()
+    assert (off <= 1e-5).float().mean() >= 0.999
+    assert torch.all((off <= 1e-5) | ((off - scale).abs() <= 1e-5))
+    assert float(aq(torch.zeros(3)).abs().max()) == 0.0

@@ -46,17 +46,21 @@ class ActivationGrid:
     bits: int
     scale: torch.Tensor
     zero_point: torch.Tensor
+    symmetric: bool = False
 
     @classmethod
     def of(cls, quantizer: ActivationQuantizer) -> ActivationGrid:
         """The grid of a calibrated input quantizer."""
         return cls(
-            quantizer.bits, quantizer.scale.detach().cpu(), quantizer.zero_point.detach().cpu()
+            quantizer.bits,
+            quantizer.scale.detach().cpu(),
+            quantizer.zero_point.detach().cpu(),
+            quantizer.symmetric,
         )
 
     def to_quantizer(self, device: torch.device) -> ActivationQuantizer:
         """A calibrated input quantizer with this grid, on ``device``."""
-        quantizer = ActivationQuantizer(self.bits).to(device)
+        quantizer = ActivationQuantizer(self.bits, self.symmetric).to(device)
         quantizer.scale.copy_(self.scale)
         quantizer.zero_point.copy_(self.zero_point)
         quantizer.calibrated = True
@@ -102,7 +106,12 @@ class LayerCheckpoint:
             "bias": self.bias,
             "act_state": None
             if act is None
-            else {"bits": act.bits, "scale": act.scale, "zero_point": act.zero_point},
+            else {
+                "bits": act.bits,
+                "scale": act.scale,
+                "zero_point": act.zero_point,
+                "symmetric": act.symmetric,
+            },
             "floor_scale": self.floor_scale,
         }
 
@@ -118,7 +127,9 @@ class LayerCheckpoint:
             bias=entry.get("bias"),
             act_state=None
             if act is None
-            else ActivationGrid(act["bits"], act["scale"], act["zero_point"]),
+            else ActivationGrid(
+                act["bits"], act["scale"], act["zero_point"], bool(act.get("symmetric", False))
+            ),
             floor_scale=entry.get("floor_scale"),
         )
 
