@@ -1,7 +1,7 @@
 """The package's shape: no import cycle, dependencies one way, short functions, unique names.
 
-The layering map is the README's architecture table: each subpackage may import only the ones
-listed for it (and itself).
+The layering map is the architecture table in docs/architecture.md: each subpackage may
+import only the ones listed for it (and itself).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def test_dependencies_follow_the_layering_map() -> None:
         area = _area(module)
         if area == TOOLS:
             continue
-        assert area in LAYERS, f"{module}: add its subpackage to LAYERS (and the README)"
+        assert area in LAYERS, f"{module}: add its subpackage to LAYERS (and docs/architecture.md)"
         for target in imported:
             other = _area(target)
             if other != area and other not in LAYERS[area]:

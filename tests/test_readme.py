@@ -1,4 +1,4 @@
-"""The README's configuration reference states the defaults that the config groups really have."""
+"""docs/configuration.md states the defaults that the config groups really have."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from adaround_lightning.app.cli import CONFIG_DIR
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 # Default cells that describe rather than state a value (set by the recipe, required, ...).
 DESCRIPTIVE = {"recipe", "—", "ImageNet"}
 

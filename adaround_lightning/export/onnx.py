@@ -242,6 +242,38 @@ def weight_dequantize(
     return initializers, node
 
 
+def _replace_weights(
+    graph: Any, layers: list[QuantizedLayer], stand_ins: dict, config: ExportConfig
+) -> None:
+    """Replace every quantized weight initializer of ``graph`` by ``DequantizeLinear(q)``."""
+    forms = _weight_forms(layers, stand_ins)
+    replaced: set[str] = set()
+    kept, nodes = [], []
+    for init in graph.initializer:
+        found = _match(forms, init, replaced)
+        if found is None:
+            kept.append(init)
+            continue
+        replaced.add(found[0].name)
+        int4 = config.int4_weights(found[0].bits)
+        initializers, node = weight_dequantize(
+            found[0], found[1], init.name, int4, zero_point=not int4
+        )
+        kept += initializers
+        nodes.append(node)
+    missing = sorted({layer.name for layer in layers} - replaced)
+    if missing:
+        raise GridCheckError(
+            f"ONNX export: no initializer equals s * q for {missing[:3]}; the model's weights "
+            "are not the quantized ones"
+        )
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    existing = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + existing)
+
+
 def export_onnx(
     model: nn.Module,
     layers: list[QuantizedLayer],
@@ -282,33 +314,7 @@ def export_onnx(
     graph_model = onnx.load_from_string(buffer.getvalue())
     if opset > TORCHSCRIPT_MAX_OPSET:
         graph_model = convert_opset(graph_model, opset)
-    graph = graph_model.graph
-    forms = _weight_forms(layers, stand_ins)
-    replaced: set[str] = set()
-    kept, nodes = [], []
-    for init in graph.initializer:
-        found = _match(forms, init, replaced)
-        if found is None:
-            kept.append(init)
-            continue
-        replaced.add(found[0].name)
-        int4 = config.int4_weights(found[0].bits)
-        initializers, node = weight_dequantize(
-            found[0], found[1], init.name, int4, zero_point=not int4
-        )
-        kept += initializers
-        nodes.append(node)
-    missing = sorted({layer.name for layer in layers} - replaced)
-    if missing:
-        raise GridCheckError(
-            f"ONNX export: no initializer equals s * q for {missing[:3]}; the model's weights "
-            "are not the quantized ones"
-        )
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    existing = list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes + existing)
+    _replace_weights(graph_model.graph, layers, stand_ins, config)
     onnx.checker.check_model(graph_model)
     onnx.save(graph_model, str(path))
 

@@ -1,6 +1,6 @@
 """Bad input through the command line: one ``error:`` line naming the fix, exit 2, no outputs.
 
-Every case here is listed in the README's table of bad inputs.
+Every case here is listed in the table of bad inputs in docs/runs.md.
 """
 
 from __future__ import annotations

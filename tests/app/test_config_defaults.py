@@ -140,7 +140,7 @@ def test_hydra_itself_refuses_a_wrong_type() -> None:
 
 def _readme_defaults() -> dict[str, str]:
     # | `adaround.iters` | 10000 | ... -> {"adaround.iters": "10000"}; rows of one key only.
-    readme = (CONFIG_DIR.parent / "README.md").read_text()
+    readme = (CONFIG_DIR.parent / "docs" / "configuration.md").read_text()
     section = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
