@@ -57,7 +57,14 @@ class RunConfig:
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UserError(f"seed must be a non-negative integer, got {self.seed!r}")
-        check_target(self.export, self.quant.act_bits, self.quant.act_symmetric)
+        check_target(
+            self.export, self.quant.act_bits, self.quant.act_symmetric, self.quant.group_size
+        )
+        if self.quant.group_size is not None and self.adaround.learn_scale:
+            raise UserError(
+                "adaround.learn_scale learns one ratio per channel, not per group: set "
+                "adaround.learn_scale=false with quant.group_size"
+            )
 
 
 def _build(cls: type, section: str, values: Any) -> Any:
@@ -117,7 +124,10 @@ def _canonical(value: Any) -> Any:
 
 #: Settings added after run dirs existed, with the value that reproduces the behaviour before
 #: them: at that value they are left out of the fingerprint, so those run dirs resume.
-_ADDED_SETTINGS: dict[tuple[str, str], Any] = {("quant", "act_symmetric"): False}
+_ADDED_SETTINGS: dict[tuple[str, str], Any] = {
+    ("quant", "act_symmetric"): False,
+    ("quant", "group_size"): None,
+}
 
 
 def fingerprint(cfg: DictConfig | dict[str, Any]) -> str:

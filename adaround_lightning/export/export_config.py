@@ -101,13 +101,16 @@ class ExportConfig:
         )
 
 
-def check_target(config: ExportConfig, act_bits: int | None, act_symmetric: bool) -> None:
+def check_target(
+    config: ExportConfig, act_bits: int | None, act_symmetric: bool, group_size: int | None = None
+) -> None:
     """Refuse, before calibration, settings that ``config.target`` cannot represent.
 
     Args:
         config: The export settings.
         act_bits: ``quant.act_bits`` (None: float activations).
         act_symmetric: ``quant.act_symmetric``.
+        group_size: ``quant.group_size`` (block-wise ``DequantizeLinear``: opset 21 or newer).
 
     Raises:
         UserError: One line naming the setting to change.
@@ -115,6 +118,16 @@ def check_target(config: ExportConfig, act_bits: int | None, act_symmetric: bool
     Example:
         >>> check_target(ExportConfig(target="tensorrt"), 8, act_symmetric=True)
     """
+    if group_size is not None and config.onnx and config.opset < INT4_OPSET:
+        raise UserError(
+            f"quant.group_size needs block-wise DequantizeLinear, opset {INT4_OPSET} or newer: "
+            f"set export.opset={INT4_OPSET} (got {config.opset}) or export.onnx=false"
+        )
+    if group_size is not None and config.target == ExportTarget.TENSORRT:
+        raise UserError(
+            "export.target=tensorrt: its int8 weights are per channel or per tensor only; "
+            "set quant.group_size=null"
+        )
     if config.target != ExportTarget.TENSORRT or act_bits is None:
         return
     if act_bits != 8:

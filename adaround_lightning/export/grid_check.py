@@ -171,16 +171,26 @@ def _check_onnx(layer: QuantizedLayer, weight: OnnxWeight | None) -> None:
             f"[{layer.quant_min}, {layer.quant_max}] as {weight.container}, which cannot hold them"
         )
     q = layer.q.numpy()
+    if layer.group_size is not None and q.ndim > 2:  # stored (C_out, K), then reshaped
+        q = q.reshape(q.shape[0], -1)
     # A Linear weight read by a MatMul on 3-D inputs is stored transposed, (in, out).
     transposed = q.ndim == 2 and not np.array_equal(weight.q, q) and weight.q.shape == q.T.shape
     if not np.array_equal(weight.q.astype(np.int16), (q.T if transposed else q).astype(np.int16)):
         raise GridCheckError(f"{layer.name}: {ONNX_FILE} stores different integers")
-    if not np.array_equal(weight.scale.reshape(-1), layer.scale.reshape(-1).numpy()):
+    scale = weight.scale.T if transposed and layer.group_size is not None else weight.scale
+    if not np.array_equal(scale.reshape(-1), layer.scale.reshape(-1).numpy()):
         raise GridCheckError(f"{layer.name}: {ONNX_FILE} has different scales")
     if weight.zero_point.shape != weight.scale.shape or np.any(weight.zero_point != 0):
         raise GridCheckError(f"{layer.name}: {ONNX_FILE} zero points are not all 0 (symmetric)")
+    if weight.block_size != (layer.group_size or 0):
+        raise GridCheckError(
+            f"{layer.name}: {ONNX_FILE} has block_size {weight.block_size}, the grid groups of "
+            f"{layer.group_size}"
+        )
     per_tensor = layer.ch_axis is None
-    axis = None if per_tensor else (1 - layer.ch_axis if transposed else layer.ch_axis)
+    # Groups run along the input axis (1, or 0 when transposed); channels along ch_axis.
+    along = 1 if layer.group_size is not None else layer.ch_axis
+    axis = None if per_tensor else (1 - along if transposed else along)
     if (weight.scale.ndim == 0) != per_tensor or (not per_tensor and weight.axis != axis):
         raise GridCheckError(
             f"{layer.name}: {ONNX_FILE} dequantizes along axis {weight.axis}, the scales are "
@@ -215,7 +225,9 @@ def _check_layer(files: _RunFiles, layer: QuantizedLayer) -> None:
         _rounding_from_float(layer, weight, state["V"], state.get("floor_scale"))
     else:
         _rounding_from_state(layer, state)
-    if not torch.equal(state["scale"].flatten().float(), layer.scale.flatten()):
+    # A group-wise quantizer holds its scale expanded to the weight's shape.
+    grid = layer.broadcast_scale() if layer.group_size is not None else layer.scale
+    if not torch.equal(state["scale"].flatten().float(), grid.flatten()):
         raise GridCheckError(f"{layer.name}: scales differ between {STATE_FILE} and {WEIGHTS_FILE}")
     if files.model_state is not None:
         model_weight = files.model_state.get(f"{layer.name}.weight")

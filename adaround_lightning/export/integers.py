@@ -47,6 +47,8 @@ class QuantizedLayer:
         ch_axis: Channel axis of per-channel scales, None per tensor.
         quant_min: Smallest integer of the grid.
         quant_max: Largest integer of the grid.
+        group_size: Group-wise grid: ``scale`` is ``(C_out, K / group_size)``, one per
+            ``group_size`` consecutive elements of a channel's ``K`` (``flatten(1)``; None).
     """
 
     name: str
@@ -55,6 +57,7 @@ class QuantizedLayer:
     ch_axis: int | None
     quant_min: int
     quant_max: int
+    group_size: int | None = None
 
     @property
     def bits(self) -> int:
@@ -69,6 +72,8 @@ class QuantizedLayer:
         """The scale shaped to broadcast against ``q`` (one per channel along ``ch_axis``)."""
         if self.ch_axis is None:
             return self.scale
+        if self.group_size is not None:  # (C_out, K / G) -> (C_out, K) -> q's shape
+            return self.scale.repeat_interleave(self.group_size, dim=1).reshape(self.q.shape)
         shape = [1] * self.q.dim()
         shape[self.ch_axis] = -1
         return self.scale.reshape(shape)
@@ -86,17 +91,19 @@ def quantized_layers(quantizers: dict[str, AdaroundFakeQuantizer]) -> list[Quant
     layers = []
     for name, fq in quantizers.items():
         per_channel = fq.is_per_channel
+        if fq.group_size is not None:  # the expanded (C_out, C_in) scale, one per group
+            scale = fq.scale.reshape(fq.scale.shape[0], -1)[:, :: fq.group_size]
+        else:
+            scale = fq.scale.flatten() if per_channel else fq.scale.reshape(())
         layers.append(
             QuantizedLayer(
                 name=name,
                 q=fq.integer_weight().cpu().contiguous(),
-                scale=(fq.scale.flatten() if per_channel else fq.scale.reshape(()))
-                .float()
-                .cpu()
-                .contiguous(),
+                scale=scale.float().cpu().contiguous(),
                 ch_axis=fq.ch_axis if per_channel else None,
                 quant_min=int(fq.quant_min),
                 quant_max=int(fq.quant_max),
+                group_size=fq.group_size,
             )
         )
     return layers
@@ -134,6 +141,8 @@ def save_quantized_weights(
             "quant_min": layer.quant_min,
             "quant_max": layer.quant_max,
         }
+        if layer.group_size is not None:
+            grids[layer.name]["group_size"] = layer.group_size
     metadata = {"format": "adaround_lightning/1", "layers": json.dumps(grids)}
     if activations:
         metadata["activations"] = json.dumps(activations)
@@ -178,6 +187,7 @@ def load_quantized_weights(path: Path) -> list[QuantizedLayer]:
                     ch_axis=grid["ch_axis"],
                     quant_min=grid["quant_min"],
                     quant_max=grid["quant_max"],
+                    group_size=grid.get("group_size"),
                 )
             )
     return layers

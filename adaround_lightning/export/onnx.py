@@ -198,14 +198,40 @@ def container_dtype(layer: QuantizedLayer, int4: bool) -> np.dtype:
     return np.dtype(np.int8 if signed else np.uint8)
 
 
+def _stored_layout(layer: QuantizedLayer, transposed: bool) -> tuple:
+    """``(q, scale, axis, block attributes, shape to reshape to)`` as ``model.onnx`` stores them.
+
+    Per channel: ``axis = ch_axis``. Group-wise: blocks of ``G`` along the input axis (1), a
+    weight of more than two dimensions flattened to ``(C_out, K)`` (reshaped back after). A
+    transposed weight (``W^T``, ``(in, out)``) swaps the axes.
+    """
+    q, axis = layer.q.numpy(), layer.ch_axis
+    scale = layer.scale.numpy().astype(np.float32)
+    blocks, shape = {}, None
+    if layer.group_size is not None:
+        axis, blocks = 1, {"block_size": layer.group_size}
+        if q.ndim > 2:
+            shape, q = q.shape, q.reshape(q.shape[0], -1)
+    if transposed:
+        q = np.ascontiguousarray(q.T)
+        axis = None if axis is None else 1 - axis
+        scale = np.ascontiguousarray(scale.T) if blocks else scale
+    return q, scale, axis, blocks, shape
+
+
 def weight_dequantize(
     layer: QuantizedLayer,
     transposed: bool,
     output: str,
     int4: bool = False,
     zero_point: bool = True,
-) -> tuple[list, object]:
-    """The integer initializers of ``layer`` and the ``DequantizeLinear`` that gives ``output``.
+) -> tuple[list, list]:
+    """The integer initializers of ``layer`` and the nodes that give ``output``.
+
+    The nodes are a ``DequantizeLinear``, and for a group-wise grid on a weight of more than
+    two dimensions a ``Reshape`` after it: groups run along ``flatten(1)`` of the weight, and
+    ONNX's block-wise ``DequantizeLinear`` (``block_size``, opset 21) along one axis, so the
+    integers are stored as ``(C_out, K)`` and reshaped.
 
     ``transposed``: the graph reads ``W^T``, shape ``(in, out)``, so the integers are
     transposed and per-channel scales run along axis 1. ``int4``: an ``INT4`` (or ``UINT4``)
@@ -216,11 +242,7 @@ def weight_dequantize(
     from onnx import helper, numpy_helper
 
     base = f"{layer.name}.weight"
-    q, axis = layer.q.numpy(), layer.ch_axis
-    if transposed:
-        q = np.ascontiguousarray(q.T)
-        axis = None if axis is None else 1 - axis
-    scale = layer.scale.numpy().astype(np.float32)
+    q, scale, axis, blocks, shape = _stored_layout(layer, transposed)
     dtype = container_dtype(layer, int4)
     initializers = [
         numpy_helper.from_array(q.astype(dtype), f"{base}_quantized"),
@@ -232,14 +254,22 @@ def weight_dequantize(
             numpy_helper.from_array(np.zeros(scale.shape, dtype=dtype), f"{base}_zero_point")
         )
         inputs.append(f"{base}_zero_point")
-    node = helper.make_node(
-        "DequantizeLinear",
-        inputs,
-        [output],
-        name=f"{base}_dequantize",
-        **({"axis": axis} if axis is not None else {}),
-    )
-    return initializers, node
+    dequantized = output if shape is None else f"{base}_grouped"
+    nodes = [
+        helper.make_node(
+            "DequantizeLinear",
+            inputs,
+            [dequantized],
+            name=f"{base}_dequantize",
+            **({"axis": axis} if axis is not None else {}),
+            **blocks,
+        )
+    ]
+    if shape is not None:  # (C_out, K) back to the weight's shape
+        initializers.append(numpy_helper.from_array(np.array(shape, np.int64), f"{base}_shape"))
+        reshape = [dequantized, f"{base}_shape"]
+        nodes.append(helper.make_node("Reshape", reshape, [output], name=f"{base}_reshape"))
+    return initializers, nodes
 
 
 def _replace_weights(
@@ -256,11 +286,11 @@ def _replace_weights(
             continue
         replaced.add(found[0].name)
         int4 = config.int4_weights(found[0].bits)
-        initializers, node = weight_dequantize(
+        initializers, weight_nodes = weight_dequantize(
             found[0], found[1], init.name, int4, zero_point=not int4
         )
         kept += initializers
-        nodes.append(node)
+        nodes += weight_nodes
     missing = sorted({layer.name for layer in layers} - replaced)
     if missing:
         raise GridCheckError(
@@ -354,6 +384,7 @@ class OnnxWeight:
         scale: Its scale initializer (float32, ``(C,)`` or a scalar).
         zero_point: Its zero-point initializer.
         axis: The node's ``axis`` attribute (ONNX's default, 1, when absent).
+        block_size: Its ``block_size`` attribute (0, ONNX's default: per axis or tensor).
     """
 
     q: np.ndarray
@@ -361,6 +392,7 @@ class OnnxWeight:
     zero_point: np.ndarray
     axis: int
     container: str = "INT8"
+    block_size: int = 0
 
 
 def onnx_weights(path: Path) -> dict[str, OnnxWeight]:
@@ -382,6 +414,7 @@ def onnx_weights(path: Path) -> dict[str, OnnxWeight]:
         if node.op_type != "DequantizeLinear" or not node.input[0].endswith(".weight_quantized"):
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        block_size = next((a.i for a in node.attribute if a.name == "block_size"), 0)
         q, scale = (arrays.get(name) for name in node.input[:2])
         if q is None or scale is None:
             continue  # an input computed in the graph: not one of our integer weights
@@ -393,7 +426,7 @@ def onnx_weights(path: Path) -> dict[str, OnnxWeight]:
         if zero is None:
             continue
         weights[node.input[0][: -len(".weight_quantized")]] = OnnxWeight(
-            q.astype(wide), scale, zero.astype(wide), axis, container
+            q.astype(wide), scale, zero.astype(wide), axis, container, block_size
         )
     return weights
 

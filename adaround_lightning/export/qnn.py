@@ -58,6 +58,7 @@ class TensorEncoding:
         scale: One per channel (``(C,)``) or a scalar (``()``), float32.
         offset: AIMET's offset, ``q_min - z``, shaped as ``scale``.
         symmetric: A signed grid with zero point 0.
+        block_size: Group-wise grid: ``scale`` is ``(C_out, C_in / block_size)`` (0: none).
     """
 
     name: str
@@ -65,18 +66,25 @@ class TensorEncoding:
     scale: np.ndarray
     offset: np.ndarray
     symmetric: bool
+    block_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The AIMET ``1.0.0`` entry."""
-        return {
+        kind = (
+            "PER_BLOCK" if self.block_size else "PER_CHANNEL" if self.scale.ndim else "PER_TENSOR"
+        )
+        entry = {
             "name": self.name,
             "dtype": "INT",
-            "enc_type": "PER_CHANNEL" if self.scale.ndim else "PER_TENSOR",
+            "enc_type": kind,
             "bw": self.bits,
             "is_sym": self.symmetric,
             "scale": [float(s) for s in self.scale.reshape(-1)],
             "offset": [int(o) for o in self.offset.reshape(-1)],
         }
+        if self.block_size:
+            entry["block_size"] = self.block_size
+        return entry
 
 
 def _constants(graph: Any) -> dict[str, np.ndarray]:
@@ -89,8 +97,19 @@ def _constants(graph: Any) -> dict[str, np.ndarray]:
     return values
 
 
-def _dequantized(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int) -> np.ndarray:
-    """``s * (q - z)`` in float32, ``s`` and ``z`` broadcast along ``axis`` when per channel."""
+def _dequantized(
+    q: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int, block_size: int = 0
+) -> np.ndarray:
+    """``s * (q - z)`` in float32, ``s`` and ``z`` broadcast along ``axis``.
+
+    Per channel they broadcast; block-wise they repeat ``block_size`` times along ``axis``.
+    """
+    if block_size:
+        scale = np.repeat(scale, block_size, axis=axis)
+        zero = np.repeat(zero, block_size, axis=axis)
+        return ((q.astype(np.int32) - zero.astype(np.int32)).astype(np.float32) * scale).astype(
+            np.float32
+        )
     shape = [1] * q.ndim
     if scale.ndim:
         shape[axis] = scale.size
@@ -113,11 +132,14 @@ def _weight_encodings(graph: Any, values: dict, layers: dict[str, QuantizedLayer
         absent = len(node.input) < 3 or not node.input[2]  # ONNX's default zero point: 0
         zero = np.zeros(scale.shape, np.int64) if absent else values[node.input[2]]
         axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % max(q.ndim, 1)
-        weight = _dequantized(q, scale, zero, axis)
+        block = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+        weight = _dequantized(q, scale, zero, axis, block)
         initializers.append(numpy_helper.from_array(weight, node.output[0]))
         offset = np.full(scale.shape, layer.quant_min, dtype=np.int64) - zero.astype(np.int64)
         encodings.append(
-            TensorEncoding(node.output[0], layer.bits, scale, offset.reshape(scale.shape), True)
+            TensorEncoding(
+                node.output[0], layer.bits, scale, offset.reshape(scale.shape), True, block
+            )
         )
         drop.add(index)
     return initializers, encodings
@@ -300,13 +322,16 @@ def check_qnn_files(run_dir: Path, layers: list[QuantizedLayer]) -> int:
             raise GridCheckError(f"{QNN_ENCODINGS_FILE}: {entry['name']} is no quantized weight")
         scale = np.asarray(entry["scale"], np.float64)
         q = layer.q.numpy()
-        shape = (-1,) + (1,) * (q.ndim - 1) if scale.size > 1 else ()
+        if weight.shape != q.shape and weight.size == q.size:  # grouped: (C_out, K), reshaped
+            weight = weight.reshape(q.shape)
+        grid = layer.broadcast_scale().double().numpy()  # the layer's own scale, on q's shape
         same = (
             entry["bw"] == layer.bits
             and set(entry["offset"]) == {layer.quant_min}
+            and entry.get("block_size", 0) == (layer.group_size or 0)
             and np.array_equal(scale, layer.scale.reshape(-1).double().numpy())
             and weight.shape == q.shape
-            and np.array_equal(np.rint(weight.astype(np.float64) / scale.reshape(shape)), q)
+            and np.array_equal(np.rint(weight.astype(np.float64) / grid), q)
         )
         if not same:
             raise GridCheckError(f"{layer.name}: {QNN_ONNX_FILE} or its encoding differs")

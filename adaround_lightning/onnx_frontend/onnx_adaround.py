@@ -132,6 +132,24 @@ def _layer_data(
     return inputs, torch.from_numpy(float_output).to(device)
 
 
+def _new_quantizer(
+    name: str, weight: torch.Tensor, bits: int, quant: QuantConfig
+) -> AdaroundFakeQuantizer:
+    """The layer's quantizer; a ``quant.group_size`` its weight cannot take is logged."""
+    quantizer = quantizer_for_weight(
+        weight, bits, quant.per_channel, quant.scale_method, quant.group_size
+    )
+    if quant.group_size is not None and quantizer.group_size is None:
+        log.warning(
+            "%s: quant.group_size=%d does not divide the size of one output channel of its "
+            "weight, of shape %s: per-channel grid",
+            name,
+            quant.group_size,
+            tuple(weight.shape),
+        )
+    return quantizer
+
+
 def _fit(
     layer: OnnxLayer,
     form: TorchForm,
@@ -148,7 +166,7 @@ def _fit(
     activation = activation_module(layer.activation, layer.activation_attributes)
     activation = activation if config.include_activation else None
     targets = activation(float_output) if activation is not None else float_output
-    quantizer = quantizer_for_weight(module.weight, bits, quant.per_channel, quant.scale_method)
+    quantizer = _new_quantizer(layer.name, module.weight, bits, quant)
     index = len(result.layers)
     pairs = LayerPairs(
         inputs,

@@ -111,7 +111,7 @@ def write_quantized_onnx(
     config = ExportConfig() if config is None else config
     layers = layers if layers is not None else quantized_layers(result.quantizers)
     model = copy.deepcopy(result.graph.model)
-    if any(config.int4_weights(layer.bits) for layer in layers):
+    if any(config.int4_weights(x.bits) or x.group_size is not None for x in layers):
         model = convert_opset(model, config.opset)
     graph = model.graph
     replaced, removed, weight_nodes = {}, set(), []
@@ -119,12 +119,12 @@ def write_quantized_onnx(
         layer = result.layer(quantized.name)
         transposed = result.forms[quantized.name].transposed
         int4 = config.int4_weights(quantized.bits)
-        initializers, node = weight_dequantize(
+        initializers, dequantize = weight_dequantize(
             quantized, transposed, layer.weight, int4, zero_point=not int4
         )
         removed.add(layer.weight)
         replaced.update({init.name: init for init in initializers})
-        weight_nodes.append(node)
+        weight_nodes += dequantize
         if layer.bias is not None:
             bias = result.values[layer.bias].astype(np.float32)
             replaced[layer.bias] = numpy_helper.from_array(bias, layer.bias)

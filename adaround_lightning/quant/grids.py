@@ -28,7 +28,13 @@ import torch
 
 from adaround_lightning.core.choices import Choice
 
-__all__ = ["SCALE_METHODS", "ScaleMethod", "mse_ratios", "weight_scale"]
+__all__ = [
+    "SCALE_METHODS",
+    "ScaleMethod",
+    "group_scale",
+    "mse_ratios",
+    "weight_scale",
+]
 
 _COARSE_STEP = 0.025  # of alpha in the coarse search
 _FINE = 11  # the best coarse alpha +- one coarse step, in steps of 0.005
@@ -67,6 +73,23 @@ SCALE_METHODS = ScaleMethod.words()
 def _max_abs(weight: torch.Tensor, per_channel: bool) -> torch.Tensor:
     w = weight.detach().float()
     return w.abs().flatten(1).amax(1) if per_channel else w.abs().max().reshape(1)
+
+
+@torch.no_grad()
+def group_scale(
+    weight: torch.Tensor, quant_min: int, quant_max: int, group_size: int, method: ScaleMethod | str
+) -> torch.Tensor:
+    """The scales of a group-wise grid: ``(C_out, K / G)``, ``K`` a channel's element count.
+
+    Each group of ``G`` consecutive elements of an output channel (in ``flatten(1)`` order) is
+    searched as a channel of its own, by :func:`weight_scale`'s method.
+
+    Example:
+        >>> group_scale(torch.tensor([[1.0, -0.5, 0.25, 0.1]]), -8, 7, 2, "maxabs")
+        tensor([[0.1429, 0.0357]])
+    """
+    groups = weight.reshape(-1, group_size)  # (C_out * K / G, G), row-major per channel
+    return weight_scale(groups, quant_min, quant_max, True, method).reshape(weight.shape[0], -1)
 
 
 @torch.no_grad()

@@ -42,6 +42,10 @@ class QuantConfig:
         act_observer: How activation ranges are calibrated: ``minmax`` or ``mse``.
         act_symmetric: Signed activation grids with zero point 0 (TensorRT's only form)
             instead of unsigned ones with a zero point.
+        group_size: One scale per ``group_size`` consecutive input elements of each output
+            channel of a Linear weight (group-wise grids; None: per channel). Needs
+            ``per_channel``; a weight it does not divide, and Conv weights, stay per channel
+            (logged).
     """
 
     weight_bits: int = 4
@@ -54,8 +58,18 @@ class QuantConfig:
     act_bits: int | None = None
     act_observer: ActObserver = ActObserver.MINMAX
     act_symmetric: bool = False
+    group_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.group_size is not None:
+            size = self.group_size
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"quant.group_size must be a positive integer, got {size!r}")
+            if not self.per_channel:
+                raise ValueError(
+                    "quant.group_size needs per-channel grids: set quant.per_channel=true "
+                    "(or quant.group_size=null)"
+                )
         _check_bits("quant.weight_bits", self.weight_bits)
         if self.act_bits is not None:
             _check_bits("quant.act_bits", self.act_bits)

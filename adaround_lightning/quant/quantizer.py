@@ -189,6 +189,10 @@ class AdaroundFakeQuantizer(nn.Module):
         #: since (:meth:`rescale`); None while they are the same. Not in the state_dict, so the
         #: seed's state layout is unchanged; checkpoints and exports carry it themselves.
         self.floor_scale: torch.Tensor | None = None
+        #: Group-wise grid (``quant.group_size``): one scale per ``group_size`` consecutive
+        #: elements of an output channel (``flatten(1)`` order), held expanded to the weight's
+        #: shape so every formula here stays elementwise; None: per channel or per tensor.
+        self.group_size: int | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -283,12 +287,16 @@ class AdaroundFakeQuantizer(nn.Module):
 
         Args:
             X: The float weight.
-            _scale: One scale (per-tensor) or one per channel along ``ch_axis``.
+            _scale: One scale (per-tensor), one per channel along ``ch_axis``, or with
+                ``group_size`` one per group, ``(C_out, C_in / group_size)``.
             _zero_point: Ignored: symmetric grids have zero point 0.
         """
         if not torch.isfinite(X).all():
             raise ValueError("the weight contains NaN or Inf values; it cannot be quantized")
-        if self.is_per_channel:
+        if self.group_size is not None:  # (C_out, K / G) -> (C_out, K) -> the weight's shape
+            scale = _scale.detach().reshape(X.shape[0], -1)
+            scale = scale.repeat_interleave(self.group_size, dim=1).reshape(X.shape)
+        elif self.is_per_channel:
             if _scale.numel() != X.shape[self.ch_axis]:
                 raise ValueError(
                     f"got {_scale.numel()} scales for {X.shape[self.ch_axis]} channels "

@@ -368,7 +368,18 @@ class CalibrationWalk:
         quant = self.context.quant
         weight = self.context.q_model.get_submodule(info.name).weight
         bits = self.context.plan.bits[info.name]
-        return quantizer_for_weight(weight, bits, quant.per_channel, quant.scale_method)
+        quantizer = quantizer_for_weight(
+            weight, bits, quant.per_channel, quant.scale_method, quant.group_size
+        )
+        if quant.group_size is not None and quantizer.group_size is None:
+            log.warning(
+                "%s: quant.group_size=%d does not divide the size of one output channel of its "
+                "weight, of shape %s: per-channel grid",
+                info.name,
+                quant.group_size,
+                tuple(weight.shape),
+            )
+        return quantizer
 
     def fit_block_jointly(
         self, block: Block, todo: list[LayerInfo], fp_block: nn.Module, q_block: nn.Module

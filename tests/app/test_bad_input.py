@@ -61,6 +61,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("export-target", ["export.target=tflite"], "export.target must be one of"),
     ("export-container", ["export.container=int2"], "export.container must be one of"),
     (
+        "group-size-opset",
+        ["quant.group_size=32", "export.opset=20", "export.onnx=true"],
+        "quant.group_size needs block-wise DequantizeLinear, opset 21 or newer",
+    ),
+    (
         "tensorrt-act-bits",
         ["export.target=tensorrt", "quant.act_bits=4", "quant.act_symmetric=true"],
         "TensorRT quantizes activations to 8 bits only, not quant.act_bits=4",

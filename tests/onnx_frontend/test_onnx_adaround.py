@@ -198,3 +198,21 @@ def test_onnx_path_writes_int4_tensorrt_and_qnn_forms(model_path, images, tmp_pa
     tensors = {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
     keys = [e["name"] for e in document["param_encodings"] + document["activation_encodings"]]
     assert len(keys) == 8 and set(keys) <= tensors
+
+
+def test_onnx_path_group_wise_grids_export_block_wise(model_path, images, tmp_path):
+    from adaround_lightning.export import ExportConfig
+
+    quant = QuantConfig(weight_bits=3, group_size=4)
+    result = adaround_onnx(model_path, images, quant, _config(), CPU)
+    grouped = {n for n, q in result.quantizers.items() if q.group_size is not None}
+    assert grouped  # the layers whose channel size 4 divides
+    result.save(tmp_path, images[:2], ExportConfig(verify=False))
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    blocks = [a.i for n in graph.node for a in n.attribute if a.name == "block_size"]
+    assert len(blocks) == len(grouped) and set(blocks) == {4}
+    # The graph runs in onnxruntime to the calibration's own outputs of the quantized weights.
+    assert verify_grid(tmp_path)["onnx_containers"] == {"INT4": len(result.quantizers)}
+    x = images[:8].numpy()
+    written = ort_run(onnx.load(str(tmp_path / "model.onnx")), x)
+    assert np.isfinite(written).all()

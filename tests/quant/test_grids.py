@@ -90,3 +90,45 @@ def test_auto_is_the_mse_search_and_uses_all_four_levels_at_two_bits(bits: int) 
         # Between full (max|W| / 2: all four levels inside the range) and maxabs (max|W|).
         m = w.abs().amax(1).double()
         assert (auto.double() >= m / 2 * (1 - 1e-6)).all() and (auto.double() <= m + 1e-6).all()
+
+
+@pytest.mark.parametrize(("bits", "group_size", "shape"), [(3, 4, (6, 16)), (2, 8, (5, 4, 2, 2))])
+def test_group_wise_grid_is_exact_in_float64(bits: int, group_size: int, shape: tuple) -> None:
+    from adaround_lightning.export.integers import quantized_layers
+    from adaround_lightning.quant.factory import quantizer_for_weight
+
+    g = torch.Generator().manual_seed(31 + bits)
+    weight = torch.randn(*shape, generator=g) * torch.rand(shape[0], *[1] * (len(shape) - 1))
+    fq = quantizer_for_weight(weight, bits, True, "maxabs", group_size)
+    fq.V.data = torch.randn(fq.V.shape, generator=g)  # any learned rounding
+    (layer,) = quantized_layers({"w": fq})
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    # One scale per group of G consecutive elements of a channel: maxabs in float64.
+    groups = weight.double().reshape(shape[0], -1, group_size)
+    expected_scale = groups.abs().amax(-1) / qmax  # (C_out, K / G)
+    assert layer.group_size == group_size and layer.scale.shape == expected_scale.shape
+    assert torch.allclose(layer.scale.double(), expected_scale, rtol=1e-6)
+    # The integers are the paper's clamp(floor(W/s) + 1[V >= 0]) with each group's own scale.
+    s = layer.scale.double().repeat_interleave(group_size, 1).reshape(shape)
+    ratio = weight.double() / s
+    q = torch.clamp(torch.floor(ratio) + (fq.V.detach() >= 0).double(), qmin, qmax)
+    near_integer = (ratio - ratio.round()).abs() < 1e-6
+    assert not ((layer.q.double() != q) & ~near_integer).any()
+    # The quantized weight is exactly s * q, and every group shares one scale.
+    assert torch.equal(layer.broadcast_scale(), fq.scale.float().cpu())
+    assert (layer.scale.repeat_interleave(group_size, 1) == s.float().reshape(shape[0], -1)).all()
+
+
+def test_group_wise_mse_grid_is_no_worse_than_maxabs_per_group() -> None:
+    from adaround_lightning.quant.grids import group_scale
+
+    g = torch.Generator().manual_seed(5)
+    weight = torch.randn(8, 64, generator=g)
+    mse, maxabs = (group_scale(weight, -4, 3, 16, m).double() for m in ("mse", "maxabs"))
+
+    def error(scale: torch.Tensor) -> torch.Tensor:  # float64 round-to-nearest error per group
+        s = scale.repeat_interleave(16, 1)
+        w = weight.double()
+        return ((torch.clamp(torch.round(w / s), -4, 3) * s - w) ** 2).reshape(8, 4, 16).sum(-1)
+
+    assert torch.all(error(mse) <= error(maxabs) + 1e-12)

@@ -110,6 +110,11 @@ class RoundingReconstruction(L.LightningModule):
             quantizer.use_soft_rounding = True
         # With a learned scale (scale_lr set): one log-ratio rho per quantizer, shaped like its
         # scale (C, 1, ...) or (), so W~ = exp(rho) * s0 * clip(floor(W/s0) + h(V)).
+        if scale_lr and any(q.group_size is not None for q in quantizers):
+            raise ValueError(
+                "adaround.learn_scale learns one ratio per channel, not per group: set "
+                "adaround.learn_scale=false with quant.group_size"
+            )
         self.scale_lr = scale_lr
         self.log_scale_ratios = nn.ParameterList(
             [nn.Parameter(torch.zeros_like(q.scale)) for q in quantizers] if scale_lr else []

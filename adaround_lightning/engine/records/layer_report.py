@@ -91,6 +91,7 @@ def layer_report(
         weight_shape=list(layer.weight.shape),
         bits=quantizer.bits,
         per_channel=quantizer.is_per_channel,
+        group_size=quantizer.group_size,
         activation=activation,
         mse_nearest=mse["nearest"],
         mse_adaround=mse["adaround"],

@@ -45,6 +45,8 @@ class LayerReport:
         loss_curve: ``[step, reconstruction, regularization]`` rows, at most 200.
         block: The block whose joint fit learned this layer's rounding, None when the layer
             was fitted on its own (layer-wise, or a layer outside any block).
+        group_size: Elements per scale of a group-wise grid (``quant.group_size``), None when
+            the grid is per channel or per tensor.
     """
 
     name: str
@@ -61,6 +63,7 @@ class LayerReport:
     loss_curve: list[list[float]] = field(default_factory=list)
     block: str | None = None
     steps_run: int | None = None
+    group_size: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form."""
