@@ -322,7 +322,9 @@ def check_qnn_files(run_dir: Path, layers: list[QuantizedLayer]) -> int:
             raise GridCheckError(f"{QNN_ENCODINGS_FILE}: {entry['name']} is no quantized weight")
         scale = np.asarray(entry["scale"], np.float64)
         q = layer.q.numpy()
-        if weight.shape != q.shape and weight.size == q.size:  # grouped: (C_out, K), reshaped
+        if q.ndim == 2 and weight.shape == q.T.shape and weight.shape != q.shape:
+            weight = weight.T  # a MatMul's W^T, (in, out)
+        elif weight.shape != q.shape and weight.size == q.size:  # grouped: (C_out, K)
             weight = weight.reshape(q.shape)
         grid = layer.broadcast_scale().double().numpy()  # the layer's own scale, on q's shape
         same = (

@@ -276,7 +276,7 @@ def test_a_linear_on_token_inputs_exports_as_int8_with_parity(
         AdaroundConfig(iters=8, batch_size=16),
         {"accelerator": "cpu"},
     )
-    export_run(result, tmp_path, images[:2], ExportConfig(onnx=True))
+    export_run(result, tmp_path, images[:2], ExportConfig(target="qnn"))
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     dequantize = {n.input[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
     assert len(dequantize) == len(result.quantizers) == 4
@@ -295,4 +295,5 @@ def test_a_linear_on_token_inputs_exports_as_int8_with_parity(
     with torch.no_grad():
         reference = result.model(x).numpy()
     assert np.abs(onnx_logits(tmp_path / "model.onnx", x) - reference).max() < 1e-4
-    assert verify_grid(tmp_path)["passed"]
+    assert np.abs(onnx_logits(tmp_path / "model_qnn.onnx", x) - reference).max() < 1e-4
+    assert verify_grid(tmp_path)["qnn_weights"] == 4  # W^T weights checked too
