@@ -52,7 +52,7 @@ from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.onnx_frontend.onnx_sampler import OnnxSampler
 from adaround_lightning.onnx_frontend.torch_form import TorchForm, activation_module, torch_form
 from adaround_lightning.quant.activations import ActivationQuantizer
-from adaround_lightning.quant.factory import quantizer_for_weight
+from adaround_lightning.quant.factory import layer_quantizer
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
@@ -132,24 +132,6 @@ def _layer_data(
     return inputs, torch.from_numpy(float_output).to(device)
 
 
-def _new_quantizer(
-    name: str, weight: torch.Tensor, bits: int, quant: QuantConfig
-) -> AdaroundFakeQuantizer:
-    """The layer's quantizer; a ``quant.group_size`` its weight cannot take is logged."""
-    quantizer = quantizer_for_weight(
-        weight, bits, quant.per_channel, quant.scale_method, quant.group_size
-    )
-    if quant.group_size is not None and quantizer.group_size is None:
-        log.warning(
-            "%s: quant.group_size=%d does not divide the size of one output channel of its "
-            "weight, of shape %s: per-channel grid",
-            name,
-            quant.group_size,
-            tuple(weight.shape),
-        )
-    return quantizer
-
-
 def _fit(
     layer: OnnxLayer,
     form: TorchForm,
@@ -166,7 +148,7 @@ def _fit(
     activation = activation_module(layer.activation, layer.activation_attributes)
     activation = activation if config.include_activation else None
     targets = activation(float_output) if activation is not None else float_output
-    quantizer = _new_quantizer(layer.name, module.weight, bits, quant)
+    quantizer = layer_quantizer(layer.name, module.weight, bits, quant)
     index = len(result.layers)
     pairs = LayerPairs(
         inputs,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from adaround_lightning.quant.grids import ScaleMethod, group_scale, weight_scale
+from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer, bits_to_range
 
-__all__ = ["groups_apply", "make_quantizer", "quantizer_for_weight"]
+__all__ = ["groups_apply", "layer_quantizer", "make_quantizer", "quantizer_for_weight"]
+
+log = logging.getLogger(__name__)
 
 
 def make_quantizer(bits: int, per_channel: bool) -> AdaroundFakeQuantizer:
@@ -65,4 +70,27 @@ def quantizer_for_weight(
             weight, quantizer.quant_min, quantizer.quant_max, per_channel, scale_method
         )
         quantizer.update_scale(weight, scale)
+    return quantizer
+
+
+def layer_quantizer(
+    name: str, weight: torch.Tensor, bits: int, quant: QuantConfig
+) -> AdaroundFakeQuantizer:
+    """:func:`quantizer_for_weight` with ``quant``'s grid; a group size it cannot take is logged.
+
+    Example:
+        >>> layer_quantizer("fc", torch.randn(4, 8), 3, QuantConfig(group_size=4)).group_size
+        4
+    """
+    quantizer = quantizer_for_weight(
+        weight, bits, quant.per_channel, quant.scale_method, quant.group_size
+    )
+    if quant.group_size is not None and quantizer.group_size is None:
+        log.warning(
+            "%s: quant.group_size=%d does not divide the size of one output channel of its "
+            "weight, of shape %s: per-channel grid",
+            name,
+            quant.group_size,
+            tuple(weight.shape),
+        )
     return quantizer

@@ -66,7 +66,7 @@ from adaround_lightning.quant.activations import (
     attach_input_quantizers,
     observe_inputs,
 )
-from adaround_lightning.quant.factory import quantizer_for_weight
+from adaround_lightning.quant.factory import layer_quantizer
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 from adaround_lightning.torch_frontend.plan import CalibrationPlan
@@ -368,18 +368,7 @@ class CalibrationWalk:
         quant = self.context.quant
         weight = self.context.q_model.get_submodule(info.name).weight
         bits = self.context.plan.bits[info.name]
-        quantizer = quantizer_for_weight(
-            weight, bits, quant.per_channel, quant.scale_method, quant.group_size
-        )
-        if quant.group_size is not None and quantizer.group_size is None:
-            log.warning(
-                "%s: quant.group_size=%d does not divide the size of one output channel of its "
-                "weight, of shape %s: per-channel grid",
-                info.name,
-                quant.group_size,
-                tuple(weight.shape),
-            )
-        return quantizer
+        return layer_quantizer(info.name, weight, bits, quant)
 
     def fit_block_jointly(
         self, block: Block, todo: list[LayerInfo], fp_block: nn.Module, q_block: nn.Module

@@ -35,6 +35,14 @@ def _constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     return values
 
 
+def _symmetric_a8(model: nn.Module, images: torch.Tensor):
+    """W4 with symmetric int8 input grids (TensorRT's form)."""
+    quant = QuantConfig(weight_bits=4, act_bits=8, act_symmetric=True)
+    return adaround(
+        model, images, quant, AdaroundConfig(iters=8, batch_size=16), {"accelerator": "cpu"}
+    )
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_four_bit_containers_give_the_int8_files_logits_in_fewer_bytes(
     tiny_cnn: nn.Module, images: torch.Tensor, bits: int, tmp_path: Path
@@ -65,13 +73,7 @@ def test_four_bit_containers_give_the_int8_files_logits_in_fewer_bytes(
 def test_tensorrt_target_has_only_int8_zero_point_0_q_dq(
     tiny_cnn: nn.Module, images: torch.Tensor, tmp_path: Path
 ) -> None:
-    result = adaround(
-        tiny_cnn,
-        images,
-        QuantConfig(weight_bits=4, act_bits=8, act_symmetric=True),
-        AdaroundConfig(iters=8, batch_size=16),
-        {"accelerator": "cpu"},
-    )
+    result = _symmetric_a8(tiny_cnn, images)
     export_run(result, tmp_path, images[:2], ExportConfig(target="tensorrt"))
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     values = _constants(graph)
@@ -90,13 +92,7 @@ def test_tensorrt_target_has_only_int8_zero_point_0_q_dq(
 def test_symmetric_activation_grids_keep_parity_with_onnxruntime(
     tiny_cnn: nn.Module, images: torch.Tensor, tmp_path: Path
 ) -> None:
-    result = adaround(
-        tiny_cnn,
-        images,
-        QuantConfig(weight_bits=4, act_bits=8, act_symmetric=True),
-        AdaroundConfig(iters=8, batch_size=16),
-        {"accelerator": "cpu"},
-    )
+    result = _symmetric_a8(tiny_cnn, images)
     assert all(int(aq.zero_point) == 0 for aq in result.act_quantizers.values())
     export_run(result, tmp_path, images[:2], ExportConfig())
     x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(3))
