@@ -9,6 +9,7 @@ a bar plot of per-layer error (``layer_error.png``) and the loss curves of a few
 from __future__ import annotations
 
 import html
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +187,27 @@ def _left_in_float(results: dict[str, Any]) -> str:
     return line
 
 
+def allocation_line(allocation: dict[str, Any]) -> str:
+    """One line on the bits a budget chose (``results.json``'s ``bit_allocation``).
+
+    Example:
+        >>> allocation_line({"budget": "quant.average_bits=3", "bits": {"a": 2, "b": 4},
+        ...     "average_bits": 3.0, "size_bytes": 1500, "uniform_size_bytes": {"2": 1000,
+        ...     "4": 2000}, "seconds": 0.5})
+        'mixed precision under quant.average_bits=3: 2 bits x 1, 4 bits x 1 layers; 3.000 average bits, 1.5 kB (uniform 2 bits 1.0 kB, 4 bits 2.0 kB); chosen in 0.5 s'
+    """  # noqa: E501
+    counts = Counter(allocation["bits"].values())
+    spread = ", ".join(f"{b} bits x {counts[b]}" for b in sorted(counts))
+    uniform = ", ".join(
+        f"{b} bits {n / 1e3:.1f} kB" for b, n in allocation["uniform_size_bytes"].items()
+    )
+    return (
+        f"mixed precision under {allocation['budget']}: {spread} layers; "
+        f"{allocation['average_bits']:.3f} average bits, {allocation['size_bytes'] / 1e3:.1f} kB "
+        f"(uniform {uniform}); chosen in {allocation['seconds']:.1f} s"
+    )
+
+
 def _environment_line(environment: dict[str, Any] | None) -> str:
     # What the integers depend on besides the settings (README, "Determinism").
     if not environment:
@@ -224,6 +246,9 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     onnx_diff = results.get("onnx", {}).get("max_abs_logit_diff")
     if onnx_diff is not None:
         meta += f", ONNX vs PyTorch max |Δlogit| {onnx_diff:.2g}"
+    allocation = results.get("bit_allocation")
+    if allocation:
+        meta += f"; {html.escape(allocation_line(allocation))}"
     skipped_html = _left_in_float(results)
     figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
     cache_html = _cache_line(results.get("cache")) + _environment_line(results.get("environment"))

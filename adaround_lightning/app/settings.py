@@ -127,6 +127,9 @@ def _canonical(value: Any) -> Any:
 _ADDED_SETTINGS: dict[tuple[str, str], Any] = {
     ("quant", "act_symmetric"): False,
     ("quant", "group_size"): None,
+    ("quant", "average_bits"): None,
+    ("quant", "max_size_mb"): None,
+    ("quant", "candidate_bits"): [2, 3, 4, 8],
 }
 
 

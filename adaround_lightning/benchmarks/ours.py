@@ -22,6 +22,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ from adaround_lightning.benchmarks.common import (
 )
 from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.engine.fit.trainer import quiet_lightning
+from adaround_lightning.engine.mixed.choose import BitAllocation
 from adaround_lightning.quant.activations import calibrate_input_quantizers
 from adaround_lightning.quant.quant_config import QuantConfig
 
@@ -67,6 +69,7 @@ def run_grid(
     eval_batch_size: int = 500,
     accelerator: str = "cpu",
     scale_method: str = "auto",
+    average_bits_list: Sequence[float] = (),
 ) -> list[dict[str, Any]]:
     """Calibrate once per (bits, per_channel, granularity); evaluate at every ``act_bits``.
 
@@ -84,6 +87,8 @@ def run_grid(
         eval_batch_size: Evaluation batch size.
         accelerator: Lightning accelerator of the fits.
         scale_method: ``quant.scale_method`` of the weight grid.
+        average_bits_list: Mixed-precision budgets (``quant.average_bits``), run after the
+            uniform ``bits_list``; their rows have ``bits`` null and the chosen bits.
 
     Returns:
         The rows.
@@ -95,9 +100,10 @@ def run_grid(
     fp32 = _top1(model, test, eval_batch_size)
     rows: list[dict[str, Any]] = []
     # Round-to-nearest does not depend on the granularity: evaluated once per grid cell.
-    nearest_top1: dict[tuple[int, bool, int], float] = {}
+    nearest_top1: dict[tuple[Any, Any, bool, int], float] = {}
+    weights = [(b, None) for b in bits_list] + [(None, float(b)) for b in average_bits_list]
     for per_channel in per_channel_list:
-        for bits in bits_list:
+        for bits, average_bits in weights:
             for granularity in granularities:
                 config = AdaroundConfig(
                     **{**adaround_config, "granularity": granularity, "num_samples": len(calib)}
@@ -109,7 +115,10 @@ def run_grid(
                     model,
                     calib,
                     QuantConfig(
-                        weight_bits=bits, per_channel=per_channel, scale_method=scale_method
+                        weight_bits=bits or math.ceil(average_bits or 4),
+                        per_channel=per_channel,
+                        scale_method=scale_method,
+                        average_bits=average_bits,
                     ),
                     config,
                     {"accelerator": accelerator, "devices": 1},
@@ -125,7 +134,7 @@ def run_grid(
                             calibrate_input_quantizers(
                                 network, names, calib.to(network_device(network)), act_bits
                             )
-                    cell = (bits, per_channel, act_bits)
+                    cell = (bits, average_bits, per_channel, act_bits)
                     if cell not in nearest_top1:
                         nearest_top1[cell] = _top1(nearest, test, eval_batch_size)
                     row = {
@@ -147,10 +156,12 @@ def run_grid(
                         "adaround_seconds": round(seconds, 1),
                         "layers": len(result.layers),
                         "layers_in_blocks": sum(1 for r in result.layers if r.block is not None),
+                        "average_bits": average_bits,
+                        **_allocation_fields(result.bit_allocation),
                     }
                     log.info(
-                        "W%dA%d %s %s: fp32 %.2f nearest %.2f adaround %.2f (%.0f s)",
-                        bits,
+                        "W%sA%d %s %s: fp32 %.2f nearest %.2f adaround %.2f (%.0f s)",
+                        bits or f"{average_bits:g} average",
                         act_bits,
                         "per-channel" if per_channel else "per-tensor",
                         granularity,
@@ -164,6 +175,18 @@ def run_grid(
                         with out.open("a") as handle:
                             handle.write(json.dumps(row) + "\n")
     return rows
+
+
+def _allocation_fields(allocation: BitAllocation | None) -> dict[str, Any]:
+    if allocation is None:
+        return {}
+    return {
+        "achieved_average_bits": round(allocation.average_bits, 4),
+        "size_bytes": allocation.size_bytes,
+        "uniform_size_bytes": allocation.uniform_size_bytes,
+        "allocation_seconds": round(allocation.seconds, 2),
+        "chosen_bits": allocation.bits,
+    }
 
 
 def network_device(model: torch.nn.Module) -> torch.device:
@@ -186,7 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--source", choices=("fashion_mnist", "embedded"), default="fashion_mnist")
     parser.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
-    parser.add_argument("--bits", type=int, nargs="+", default=[4])
+    parser.add_argument("--bits", type=int, nargs="*", default=[4])
+    parser.add_argument(
+        "--average-bits", type=float, nargs="*", default=[], help="mixed-precision budgets"
+    )
     parser.add_argument("--per-channel", type=parse_bool, nargs="+", default=[True])
     parser.add_argument("--granularity", nargs="+", default=["layer"])
     parser.add_argument("--act-bits", type=int, nargs="+", default=[FLOAT_ACTS, 8])
@@ -233,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out,
         accelerator=args.accelerator,
         scale_method=args.scale_method,
+        average_bits_list=args.average_bits,
     )
     return 0
 

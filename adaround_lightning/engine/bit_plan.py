@@ -13,7 +13,7 @@ from collections.abc import MutableMapping, Sequence
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.quant.quant_config import QuantConfig
 
-__all__ = ["EXCLUDED", "plan_bits"]
+__all__ = ["EXCLUDED", "explicit_bits", "plan_bits"]
 
 #: The reason recorded for a layer that ``quant.exclude`` keeps in float.
 EXCLUDED = "excluded by quant.exclude"
@@ -58,6 +58,20 @@ def plan_bits(
             f"({', '.join(reasons)}); narrow quant.exclude (patterns match layer names)"
         )
     return bits
+
+
+def explicit_bits(layers: Sequence[str], quant: QuantConfig) -> dict[str, int]:
+    """The layers whose bits ``quant.layer_bits`` or the first/last-layer rule set.
+
+    A budget (``quant.average_bits``, ``quant.max_size_mb``) chooses every other layer's bits.
+
+    Example:
+        >>> explicit_bits(["conv", "mid", "fc"], QuantConfig(4, last_layer_bits=8))
+        {'fc': 8}
+    """
+    first, last = (layers[0], layers[-1]) if layers else ("", "")
+    found = {name: quant.explicit_bits_for(name, name == first, name == last) for name in layers}
+    return {name: bits for name, bits in found.items() if bits is not None}
 
 
 def _check_patterns(layers: Sequence[str], quant: QuantConfig) -> None:

@@ -89,6 +89,12 @@ def _check_settings(config: AdaroundConfig, quant: QuantConfig, process: Process
             "adaround.act_in_loop needs the graph in PyTorch; with model.onnx the input grids "
             "are calibrated after the weights: set adaround.act_in_loop=false"
         )
+    if quant.has_budget:
+        raise UserError(
+            "quant.average_bits / quant.max_size_mb measure each layer's sensitivity with "
+            "gradients through the network, which model.onnx does not give: run the PyTorch "
+            "model, or set the bits with quant.layer_bits"
+        )
     if config.fisher:
         raise UserError(
             "adaround.fisher weighs block fits, and model.onnx is fitted layer by layer: "

@@ -46,6 +46,12 @@ class QuantConfig:
             channel of a Linear weight (group-wise grids; None: per channel). Needs
             ``per_channel``; a weight it does not divide, and Conv weights, stay per channel
             (logged).
+        average_bits: A budget: the mean bit width over all quantized weight elements; each
+            layer's bits are then chosen from ``candidate_bits`` by measured sensitivity
+            (:mod:`adaround_lightning.engine.mixed`). None: no average budget.
+        max_size_mb: A budget on the model's weight size in MB (10^6 bytes): quantized weights
+            at their bits, their scales and every parameter left in float at 32 bits.
+        candidate_bits: The bit widths a budget chooses from.
     """
 
     weight_bits: int = 4
@@ -59,8 +65,12 @@ class QuantConfig:
     act_observer: ActObserver = ActObserver.MINMAX
     act_symmetric: bool = False
     group_size: int | None = None
+    average_bits: float | None = None
+    max_size_mb: float | None = None
+    candidate_bits: list[int] = field(default_factory=lambda: [2, 3, 4, 8])
 
     def __post_init__(self) -> None:
+        self._check_budget()
         if self.group_size is not None:
             size = self.group_size
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -84,12 +94,43 @@ class QuantConfig:
             if value is not None:
                 _check_bits(f"quant.{name}", value)
 
+    def _check_budget(self) -> None:
+        for name in ("average_bits", "max_size_mb"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"quant.{name} must be a positive number or null, got {value!r}")
+            setattr(self, name, float(value))
+        candidates = list(self.candidate_bits)
+        if not candidates:
+            raise ValueError(
+                "quant.candidate_bits must list at least one bit width, e.g. [2,3,4,8]"
+            )
+        for bits in candidates:
+            _check_bits("quant.candidate_bits[]", bits)
+        self.candidate_bits = sorted(set(candidates))
+
+    @property
+    def has_budget(self) -> bool:
+        """Whether each layer's bits are chosen under ``average_bits`` / ``max_size_mb``."""
+        return self.average_bits is not None or self.max_size_mb is not None
+
     def is_excluded(self, name: str) -> bool:
         """Whether the layer called ``name`` stays in float."""
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.exclude)
 
     def bits_for(self, name: str, is_first: bool, is_last: bool) -> int:
         """Bit width of the layer ``name``: explicit patterns, then first/last, then the default."""
+        explicit = self.explicit_bits_for(name, is_first, is_last)
+        return self.weight_bits if explicit is None else explicit
+
+    def explicit_bits_for(self, name: str, is_first: bool, is_last: bool) -> int | None:
+        """The bits ``layer_bits`` or the first/last-layer rule set for ``name``, else None.
+
+        Under a budget these layers keep their bits (and count against it); the others are
+        chosen from ``candidate_bits``.
+        """
         for pattern, bits in self.layer_bits.items():
             if fnmatch.fnmatchcase(name, pattern):
                 return bits
@@ -97,4 +138,4 @@ class QuantConfig:
             return self.first_layer_bits
         if is_last and self.last_layer_bits is not None:
             return self.last_layer_bits
-        return self.weight_bits
+        return None

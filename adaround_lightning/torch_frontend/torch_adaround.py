@@ -31,6 +31,7 @@ from adaround_lightning.engine.records.results import CacheReport
 from adaround_lightning.engine.walk_options import WalkOptions
 from adaround_lightning.graph.trace import replay_block_arguments
 from adaround_lightning.quant.quant_config import QuantConfig
+from adaround_lightning.torch_frontend.mixed_plan import plan_with_budget
 from adaround_lightning.torch_frontend.networks import float_and_quantized
 from adaround_lightning.torch_frontend.plan import CalibrationPlan, plan_calibration
 from adaround_lightning.torch_frontend.torch_result import AdaroundResult
@@ -104,7 +105,6 @@ def prepare_walk(
         (2, 16, {})
     """
     checkpoint, loggers, engine = options.checkpoint, options.loggers, options.engine
-    checkpoint_tag = options.checkpoint_tag
     trainer_kwargs = trainer_kwargs_with_defaults(options.trainer)
     process = process_context(trainer_kwargs)
     images = calibration_tensor(calibration_data, config.num_samples)
@@ -112,6 +112,9 @@ def prepare_walk(
     example = inputs.images[:2]
     fp_model, q_model = float_and_quantized(model, example)
     plan = plan_calibration(fp_model, example, quant, tuple(config.blocks))
+    plan, allocation = plan_with_budget(  # under a budget: bits from measured sensitivity
+        plan, fp_model, inputs.images, quant, process, checkpoint, options.checkpoint_tag
+    )
     for network in (fp_model, q_model):  # blocks called with constants besides their input
         replay_block_arguments(network, plan.trace.replayed)
     if process.is_main:
@@ -120,7 +123,7 @@ def prepare_walk(
     if engine.stream:
         stream = plan_stream(fp_model, [block.name for block in plan.trace.blocks], example)
     allocator = _cache_allocator(engine, process.device, checkpoint)
-    finished = load_progress(checkpoint, checkpoint_tag) if checkpoint else {}
+    finished = load_progress(checkpoint, options.checkpoint_tag) if checkpoint else {}
     if not process.is_main:  # one process writes
         checkpoint, loggers = None, None
     context = WalkContext(
@@ -135,10 +138,11 @@ def prepare_walk(
         batch_size=inputs.batch_size,
         fit=FitSettings(config, trainer_kwargs, loggers, process.device, engine),
         checkpoint=checkpoint,
-        checkpoint_tag=checkpoint_tag,
+        checkpoint_tag=options.checkpoint_tag,
         allocator=allocator,
         stream=stream,
         forward_batch_size=_forward_chunk(engine, plan.trace.activation_bytes_per_sample),
+        allocation=allocation,
     )
     return context, finished
 
@@ -238,4 +242,5 @@ def adaround_module(
         act_quantizers=state.act_quantizers,
         cache=cache,
         coverage=coverage,
+        bit_allocation=context.allocation,
     )

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from adaround_lightning.core.atomic import atomic_torch_save, atomic_write
+from adaround_lightning.engine.mixed.choose import BitAllocation
 from adaround_lightning.engine.records.coverage import WeightCoverage
 from adaround_lightning.engine.records.results import CacheReport, LayerReport
 from adaround_lightning.export.encodings import aimet_encodings
@@ -44,6 +45,7 @@ class AdaroundResult(SavesRunFiles):
         cache: Where the activation cache lived and how many passes the walk made.
         coverage: Quantized weight elements out of all Conv/Linear/attention-projection ones,
             and every weight left in float with its reason.
+        bit_allocation: The bits a budget chose and what they cost (None without a budget).
     """
 
     model: nn.Module
@@ -55,6 +57,7 @@ class AdaroundResult(SavesRunFiles):
     act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
     cache: CacheReport | None = None
     coverage: WeightCoverage | None = None
+    bit_allocation: BitAllocation | None = None
 
     def nearest_model(self) -> nn.Module:
         """A copy of the float network with round-to-nearest weights on the same grids.

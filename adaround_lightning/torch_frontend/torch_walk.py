@@ -53,6 +53,7 @@ from adaround_lightning.engine.layer_steps import (
     log_finished_layer,
     restore_layer,
 )
+from adaround_lightning.engine.mixed.choose import BitAllocation
 from adaround_lightning.engine.progress import CalibrationProgress
 from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, save_layer_progress
 from adaround_lightning.engine.records.layer_report import layer_report, output_mse
@@ -96,6 +97,7 @@ class WalkContext:
         allocator: Where cached activations live (None: float32 on the compute device).
         stream: Which block inputs follow from the previous block's (None: all from the images).
         forward_batch_size: Chunk of the forward passes that fill the cache.
+        allocation: The bits a budget chose (``quant.average_bits``/``max_size_mb``), if any.
     """
 
     quant: QuantConfig
@@ -113,6 +115,7 @@ class WalkContext:
     allocator: CacheAllocator | None = None
     stream: StreamPlan | None = None
     forward_batch_size: int = 256
+    allocation: BitAllocation | None = None
 
     @property
     def act_in_loop(self) -> bool:

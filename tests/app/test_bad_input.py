@@ -25,6 +25,18 @@ CASES: list[tuple[str, list[str], str]] = [
     ("first-layer-bits", ["quant.first_layer_bits=12"], "quant.first_layer_bits must be"),
     ("layer-bits", ["quant.layer_bits={features.0.0:1}"], "quant.layer_bits['features.0.0']"),
     ("exclude-all", ["quant.exclude=[*]"], "no layer is left to quantize"),
+    ("average-bits", ["quant.average_bits=-1"], "quant.average_bits must be a positive number"),
+    ("candidate-bits", ["quant.candidate_bits=[1,4]"], "quant.candidate_bits[] must be an integer"),
+    (
+        "average-bits-too-low",
+        ["quant.average_bits=1.5"],
+        "quant.average_bits=1.5 allows 1.500 bits per weight on average, but 2 bits everywhere",
+    ),
+    (
+        "max-size-too-low",
+        ["quant.max_size_mb=0.05", "quant.last_layer_bits=8"],
+        "quant.max_size_mb=0.05 allows",
+    ),
     ("exclude-no-match", ["quant.exclude=[nosuch*]"], "quant.exclude pattern 'nosuch*' matches no"),
     (
         "layer-bits-no-match",
@@ -130,6 +142,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("setting-unknown", ["adaround.itres=100"], "unknown setting adaround.itres"),
     ("setting-moved", ["adaround.stream=false"], "adaround.stream is now engine.stream"),
     ("recipe", ["recipe=not_a_recipe"], "unknown recipe 'not_a_recipe'"),
+    (
+        "onnx-budget",
+        ["model.onnx={tmp}/small_cnn.onnx", "quant.average_bits=3"],
+        "quant.average_bits / quant.max_size_mb measure each layer's sensitivity",
+    ),
     ("onnx-missing", ["model.onnx={tmp}/none.onnx"], "none.onnx: no such file"),
     ("onnx-not-onnx", ["model.onnx={tmp}/text.pt"], "is not an ONNX model"),
     (

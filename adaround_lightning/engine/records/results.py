@@ -165,10 +165,12 @@ def calibration_record(result: CalibrationResult) -> dict[str, Any]:
         ({'fc': 'excluded'}, 1.235)
     """
     coverage, cache = result.coverage, result.cache
+    allocation = getattr(result, "bit_allocation", None)  # the ONNX path has none
     return {
         "layers": [report.to_dict() for report in result.layers],
         "skipped": dict(result.skipped),
         "coverage": coverage.to_dict() if coverage is not None else None,
         "cache": cache.to_dict() if cache is not None else None,
         "calibration_seconds": round(result.seconds, 3),
+        "bit_allocation": allocation.to_dict() if allocation is not None else None,
     }

@@ -1,0 +1,248 @@
+"""Mixed precision: measure each layer's sensitivity, then choose its bits under the budget.
+
+:func:`choose_bits` runs before the walk: :func:`~.sensitivity.layer_sensitivity` on up to
+:data:`SENSITIVITY_SAMPLES` calibration samples (summed over processes, so every process
+chooses the same bits), then :func:`~.allocation.allocate_bits`. The walk then fits every layer
+at its chosen bits; the choice is kept in the checkpoint folder so a resumed run fits the
+layers it has left at the same bits.
+
+Example:
+    >>> net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    >>> quant = QuantConfig(average_bits=3.0, candidate_bits=[2, 4])
+    >>> allocation = choose_bits(net, torch.randn(64, 8), {"0": net[0], "2": net[2]},
+    ...                          {}, quant, float_elements=36)
+    >>> allocation.average_bits <= 3.0, sorted(allocation.bits.values())
+    (True, [2, 4])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adaround_lightning.core.atomic import atomic_write_text
+from adaround_lightning.core.distributed import ProcessContext, all_reduce_sum
+from adaround_lightning.engine.mixed.allocation import allocate_bits, check_feasible
+from adaround_lightning.engine.mixed.budget import (
+    BitBudget,
+    LayerSize,
+    average_bits,
+    model_size_bytes,
+)
+from adaround_lightning.engine.mixed.sensitivity import layer_sensitivity
+from adaround_lightning.quant.factory import groups_apply
+from adaround_lightning.quant.quant_config import QuantConfig
+
+__all__ = ["ALLOCATION_FILE", "BitAllocation", "choose_bits", "load_allocation"]
+
+log = logging.getLogger(__name__)
+
+#: Calibration samples (over all processes) the sensitivity pass uses at most.
+SENSITIVITY_SAMPLES = 256
+#: Where a checkpoint folder keeps the chosen bits.
+ALLOCATION_FILE = "bit_allocation.json"
+
+
+@dataclass
+class BitAllocation:
+    """The bits a budget chose, and what they cost.
+
+    Attributes:
+        budget: The settings that set the budget, e.g. ``quant.average_bits=3``.
+        bits: Layer name -> bits, every quantized layer (fixed ones included).
+        fixed: Layers whose bits were set by ``quant.layer_bits`` or the first/last rule.
+        average_bits: Achieved mean bits over the quantized weight elements.
+        size_bytes: Achieved model size (:func:`~.budget.model_size_bytes`).
+        uniform_size_bytes: Size with every quantized layer at each candidate, for comparison.
+        predicted_error: Sum of the chosen layers' predicted errors.
+        errors: Predicted error (mean over samples) per layer and candidate bits.
+        samples: Calibration samples of the sensitivity pass.
+        seconds: Time of the sensitivity pass and the allocation.
+    """
+
+    budget: str
+    bits: dict[str, int]
+    fixed: list[str]
+    average_bits: float
+    size_bytes: int
+    uniform_size_bytes: dict[int, int]
+    predicted_error: float
+    errors: dict[str, dict[int, float]]
+    samples: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form (bits as string keys)."""
+        record = asdict(self)
+        record["size_mb"] = round(self.size_bytes / 1e6, 6)
+        record["uniform_size_bytes"] = {str(b): n for b, n in self.uniform_size_bytes.items()}
+        record["errors"] = {
+            name: {str(b): e for b, e in per_bits.items()} for name, per_bits in self.errors.items()
+        }
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> BitAllocation:
+        """Inverse of :meth:`to_dict` (JSON turns the candidate keys into strings)."""
+        values = {k: v for k, v in record.items() if k != "size_mb"}
+        values["uniform_size_bytes"] = {int(b): n for b, n in record["uniform_size_bytes"].items()}
+        values["errors"] = {
+            name: {int(b): e for b, e in per_bits.items()}
+            for name, per_bits in record["errors"].items()
+        }
+        return cls(**values)
+
+    def summary(self) -> str:
+        """One line: the budget, how many layers at each bit width, average bits and size."""
+        counts = Counter(self.bits.values())
+        spread = ", ".join(f"{b} bits x {counts[b]}" for b in sorted(counts))
+        return (
+            f"{self.budget}: {spread} layers; {self.average_bits:.3f} average bits, "
+            f"{self.size_bytes / 1e6:.3f} MB (sensitivity and allocation {self.seconds:.1f} s "
+            f"on {self.samples} samples)"
+        )
+
+
+def layer_sizes(
+    layers: Mapping[str, nn.Module], fixed_bits: Mapping[str, int], quant: QuantConfig
+) -> list[LayerSize]:
+    """Elements and scales of each layer's weight, in the order of ``layers``."""
+    sizes = []
+    for name, module in layers.items():
+        weight = module.weight
+        scales = weight.shape[0] if quant.per_channel else 1
+        if quant.per_channel and groups_apply(weight, quant.group_size):
+            scales = weight.numel() // quant.group_size  # type: ignore[operator]
+        sizes.append(LayerSize(name, weight.numel(), scales, fixed_bits.get(name)))
+    return sizes
+
+
+def _mean_errors(
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: Mapping[str, nn.Module],
+    quant: QuantConfig,
+    process: ProcessContext | None,
+) -> tuple[dict[str, dict[int, float]], int]:
+    count = max(1, SENSITIVITY_SAMPLES // (process.world_size if process else 1))
+    local = images[:count]
+    sums = layer_sensitivity(model, local, layers, quant.candidate_bits, quant)
+    names = list(layers)
+    table = torch.tensor(
+        [[sums.get(n, {}).get(b, -1.0) for b in quant.candidate_bits] for n in names],
+        dtype=torch.float64,
+        device=images.device,
+    )
+    samples = torch.tensor(float(local.shape[0]), dtype=torch.float64, device=images.device)
+    if process is not None:
+        table, samples = all_reduce_sum(table, process), all_reduce_sum(samples, process)
+    n = float(samples)
+    errors = {
+        name: {b: float(table[i, j]) / n for j, b in enumerate(quant.candidate_bits)}
+        for i, name in enumerate(names)
+        if name in sums
+    }
+    return errors, int(n)
+
+
+def choose_bits(
+    model: nn.Module,
+    images: torch.Tensor,
+    layers: Mapping[str, nn.Module],
+    fixed_bits: Mapping[str, int],
+    quant: QuantConfig,
+    float_elements: int,
+    process: ProcessContext | None = None,
+) -> BitAllocation:
+    """Each layer's bits under ``quant``'s budget, from its measured sensitivity.
+
+    Args:
+        model: The float (BN-folded) network.
+        images: This process's calibration inputs.
+        layers: Name -> module of every quantized layer, in execution order.
+        fixed_bits: Layers whose bits are set (``quant.layer_bits``, first/last rule).
+        quant: The budget (``average_bits``, ``max_size_mb``), candidates and grid settings.
+        float_elements: Parameter elements left in float (biases, norms, excluded layers).
+        process: Processes whose samples are pooled (None: this one alone).
+
+    Raises:
+        UserError: If the budget cannot be met even at the smallest candidate.
+    """
+    start = time.perf_counter()
+    fixed = dict(fixed_bits)
+    budget = BitBudget(quant.average_bits, quant.max_size_mb)
+    sizes = layer_sizes(layers, fixed, quant)
+    check_feasible(  # before the sensitivity pass: a budget no bits meet is a user error
+        sizes,
+        quant.candidate_bits,
+        budget.bit_elements_allowed(sizes, float_elements),
+        budget.describe(),
+    )
+    errors, samples = _mean_errors(model, images, layers, quant, process)
+    fixed.update(_unranked(layers, errors, fixed, quant))
+    sizes = layer_sizes(layers, fixed, quant)
+    bits = allocate_bits(
+        sizes, errors, quant.candidate_bits, budget.bit_elements_allowed(sizes, float_elements)
+    )
+    return BitAllocation(
+        budget=budget.describe(),
+        bits=bits,
+        fixed=sorted(fixed),
+        average_bits=average_bits(bits, sizes),
+        size_bytes=model_size_bytes(bits, sizes, float_elements),
+        uniform_size_bytes={
+            b: model_size_bytes(dict.fromkeys(bits, b), sizes, float_elements)
+            for b in quant.candidate_bits
+        },
+        predicted_error=sum(errors[n][b] for n, b in bits.items() if n not in fixed),
+        errors=errors,
+        samples=samples,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _unranked(
+    layers: Mapping[str, nn.Module],
+    errors: Mapping[str, Any],
+    fixed: Mapping[str, int],
+    quant: QuantConfig,
+) -> dict[str, int]:
+    """Layers no gradient reached keep ``quant.weight_bits`` (logged)."""
+    unranked = {}
+    for name in layers:
+        if name not in errors and name not in fixed:
+            log.warning(
+                "%s: no gradient of the network's output reached this layer's output, so its "
+                "sensitivity is unknown: it keeps quant.weight_bits=%d (counted in the budget)",
+                name,
+                quant.weight_bits,
+            )
+            unranked[name] = quant.weight_bits
+    return unranked
+
+
+def save_allocation(folder: Path, tag: str, allocation: BitAllocation) -> None:
+    """Keep ``allocation`` in the checkpoint ``folder`` for a resumed run of the same settings."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"tag": tag, **allocation.to_dict()}
+    atomic_write_text(folder / ALLOCATION_FILE, json.dumps(record, indent=1))
+
+
+def load_allocation(folder: Path, tag: str) -> BitAllocation | None:
+    """The allocation a run with the same settings chose in ``folder``, None if there is none."""
+    path = folder / ALLOCATION_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.pop("tag", None) != tag:
+        return None
+    return BitAllocation.from_dict(record)
