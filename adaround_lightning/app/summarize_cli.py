@@ -1,4 +1,8 @@
-"""``python -m adaround_lightning.summarize SWEEP_DIR``: rebuild a sweep's summary files."""
+"""``python -m adaround_lightning.summarize SWEEP_DIR [--with DIR ...]``: a sweep's summary files.
+
+``--with`` adds the jobs of other sweeps, e.g. uniform ``quant.weight_bits=2,3,4`` runs beside a
+``quant.average_bits`` sweep: the plot is then accuracy against model size for both.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +21,15 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m adaround_lightning.summarize", description=__doc__
     )
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun dir (job folders 0, 1, ...)")
+    parser.add_argument(
+        "--with", dest="also", type=Path, nargs="*", default=[], help="other sweep dirs to add"
+    )
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        sys.stderr.write(f"error: {args.sweep_dir} is not a folder: pass a multirun sweep dir\n")
-        return 2
-    rows = write_summary(args.sweep_dir)
+    for folder in (args.sweep_dir, *args.also):
+        if not folder.is_dir():
+            sys.stderr.write(f"error: {folder} is not a folder: pass a multirun sweep dir\n")
+            return 2
+    rows = write_summary(args.sweep_dir, args.also)
     if not rows:
         sys.stderr.write(f"error: {args.sweep_dir} holds no job folders\n")
         return 2

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,9 @@ COLUMNS = [
     "status",
     "overrides",
     "weight_bits",
+    "budget",
+    "average_bits",
+    "size_mb",
     "fp32_top1",
     "nearest_top1",
     "adaround_top1",
@@ -51,6 +55,18 @@ def _bits(job_dir: Path, results: dict[str, Any]) -> int | None:
     if config.is_file():
         return (yaml.safe_load(config.read_text()) or {}).get("quant", {}).get("weight_bits")
     return None
+
+
+def _footprint(results: dict[str, Any]) -> dict[str, Any]:
+    # The achieved average bits and size (both front ends' runs of a budget, every PyTorch run).
+    allocation = results.get("bit_allocation") or {}
+    footprint = results.get("footprint") or {}
+    size = footprint.get("size_bytes")
+    return {
+        "budget": allocation.get("budget", ""),
+        "average_bits": footprint.get("average_bits"),
+        "size_mb": None if size is None else size / 1e6,
+    }
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -93,6 +109,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
                 "status": status,
                 "overrides": " ".join(results.get("overrides") or _overrides(job_dir)),
                 "weight_bits": _bits(job_dir, results),
+                **_footprint(results),
                 "fp32_top1": results.get("fp32", {}).get("top1"),
                 "nearest_top1": results.get("nearest", {}).get("top1"),
                 "adaround_top1": results.get("adaround", {}).get("top1"),
@@ -108,6 +125,8 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         "job",
         "overrides",
         "status",
+        "average bits",
+        "size (MB)",
         "FP32 top-1",
         "nearest top-1",
         "AdaRound top-1",
@@ -121,7 +140,8 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         status = row["status"] if row["status"] != "failed" else f"failed: {row['error']}"
         lines.append(
-            f"| {row['job']} | `{row['overrides']}` | {status} | {fmt(row['fp32_top1'])} | "
+            f"| {row['job']} | `{row['overrides']}` | {status} | {fmt(row['average_bits'], 3)} | "
+            f"{fmt(row['size_mb'], 4)} | {fmt(row['fp32_top1'])} | "
             f"{fmt(row['nearest_top1'])} | {fmt(row['adaround_top1'])} | {fmt(row['seconds'], 1)} |"
         )
     return "\n".join(lines) + "\n"
@@ -132,6 +152,10 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if any(r["budget"] and r["status"] == "finished" for r in rows):
+        _size_plot(rows, path)
+        return
 
     finished = [r for r in rows if r["status"] == "finished" and r["weight_bits"] is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -169,8 +193,52 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+def _size_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy against model size: mixed-precision jobs as a line, uniform ones as points."""
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r["status"] == "finished" and r["size_mb"] is not None]
+    mixed = sorted((r for r in done if r["budget"]), key=lambda r: r["size_mb"])
+    uniform = sorted((r for r in done if not r["budget"]), key=lambda r: r["size_mb"])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    ax.plot(
+        [r["size_mb"] for r in mixed],
+        [r["adaround_top1"] for r in mixed],
+        "o-",
+        label="mixed precision (budget)",
+    )
+    for row in mixed:
+        ax.annotate(
+            f"{row['average_bits']:.2f} b", (row["size_mb"], row["adaround_top1"]), fontsize=7
+        )
+    ax.plot(
+        [r["size_mb"] for r in uniform],
+        [r["adaround_top1"] for r in uniform],
+        "s--",
+        label="uniform bits",
+    )
+    for row in uniform:
+        ax.annotate(f"W{row['weight_bits']}", (row["size_mb"], row["adaround_top1"]), fontsize=7)
+    fp32 = [r["fp32_top1"] for r in done if r["fp32_top1"] is not None]
+    if fp32:
+        ax.axhline(max(fp32), color="grey", linestyle=":", label="FP32")
+    ax.set_xlabel("model size (MB: weights at their bits, scales, float parameters)")
+    ax.set_ylabel("AdaRound top-1 accuracy (%)")
+    ax.set_title(f"{len(done)} of {len(rows)} jobs finished")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_summary(sweep_dir: Path, also: Sequence[Path] = ()) -> list[dict[str, Any]]:
     """Write ``summary.csv``, ``summary.md`` and ``summary.png`` in ``sweep_dir``.
+
+    Args:
+        sweep_dir: The multirun dir summarised, and where the files go.
+        also: Other sweep dirs whose jobs join the summary (named ``DIR/JOB``), e.g. uniform
+            ``quant.weight_bits=2,3,4`` runs beside a ``quant.average_bits`` sweep.
 
     Returns:
         The rows written.
@@ -179,6 +247,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
 
     sweep_dir = Path(sweep_dir)
     rows = collect_jobs(sweep_dir)
+    for other in also:
+        rows += [{**row, "job": f"{Path(other).name}/{row['job']}"} for row in collect_jobs(other)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()

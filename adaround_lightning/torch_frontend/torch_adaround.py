@@ -25,6 +25,7 @@ from adaround_lightning.engine.cache.stream import plan_stream
 from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.engine.fit.fit_step import FitSettings
 from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
+from adaround_lightning.engine.mixed.choose import weight_footprint
 from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, load_progress
 from adaround_lightning.engine.records.coverage import WeightCoverage, weight_coverage
 from adaround_lightning.engine.records.results import CacheReport
@@ -243,4 +244,7 @@ def adaround_module(
         cache=cache,
         coverage=coverage,
         bit_allocation=context.allocation,
+        footprint=weight_footprint(
+            context.fp_model, {n: q.bits for n, q in state.quantizers.items()}, quant
+        ),
     )

@@ -46,6 +46,8 @@ class AdaroundResult(SavesRunFiles):
         coverage: Quantized weight elements out of all Conv/Linear/attention-projection ones,
             and every weight left in float with its reason.
         bit_allocation: The bits a budget chose and what they cost (None without a budget).
+        footprint: Average weight bits and model size in bytes at the bits used
+            (:func:`~adaround_lightning.engine.mixed.choose.weight_footprint`).
     """
 
     model: nn.Module
@@ -58,6 +60,7 @@ class AdaroundResult(SavesRunFiles):
     cache: CacheReport | None = None
     coverage: WeightCoverage | None = None
     bit_allocation: BitAllocation | None = None
+    footprint: dict[str, float] | None = None
 
     def nearest_model(self) -> nn.Module:
         """A copy of the float network with round-to-nearest weights on the same grids.

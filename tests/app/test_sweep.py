@@ -74,3 +74,24 @@ def test_a_failed_job_is_recorded_and_the_others_run(tmp_path: Path) -> None:
 def test_summarize_rejects_a_missing_folder(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert summarize_main([str(tmp_path / "nope")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_budget_sweep_plots_accuracy_against_size_beside_uniform_runs(tmp_path: Path) -> None:
+    mixed, uniform = tmp_path / "mixed", tmp_path / "uniform"
+    for args, sweep in (
+        (["quant.average_bits=2.5,3.5"], mixed),
+        (["quant.weight_bits=2,4"], uniform),
+    ):
+        proc = _multirun(args, sweep)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summarize_main([str(mixed), "--with", str(uniform)]) == 0
+    with (mixed / "summary.csv").open() as handle:
+        rows = {r["job"]: r for r in csv.DictReader(handle)}
+    assert set(rows) == {"0", "1", "uniform/0", "uniform/1"}
+    size = {job: float(row["size_mb"]) for job, row in rows.items()}
+    # Sizes grow with the budget and lie between the uniform W2 and W4 runs.
+    assert size["uniform/0"] < size["0"] < size["1"] < size["uniform/1"]
+    assert float(rows["0"]["average_bits"]) <= 2.5 and float(rows["1"]["average_bits"]) <= 3.5
+    assert rows["0"]["budget"] == "quant.average_bits=2.5" and rows["uniform/0"]["budget"] == ""
+    assert float(rows["uniform/1"]["average_bits"]) == 4.0
+    assert _is_png(mixed / "summary.png")

@@ -42,7 +42,13 @@ from adaround_lightning.engine.mixed.sensitivity import layer_sensitivity
 from adaround_lightning.quant.factory import groups_apply
 from adaround_lightning.quant.quant_config import QuantConfig
 
-__all__ = ["ALLOCATION_FILE", "BitAllocation", "choose_bits", "load_allocation"]
+__all__ = [
+    "ALLOCATION_FILE",
+    "BitAllocation",
+    "choose_bits",
+    "load_allocation",
+    "weight_footprint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +130,24 @@ def layer_sizes(
             scales = weight.numel() // quant.group_size  # type: ignore[operator]
         sizes.append(LayerSize(name, weight.numel(), scales, fixed_bits.get(name)))
     return sizes
+
+
+def weight_footprint(
+    model: nn.Module, bits: Mapping[str, int], quant: QuantConfig
+) -> dict[str, float]:
+    """Average bits and size (:mod:`~.budget`) of ``model`` with layers ``bits`` quantized.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(8, 4))  # 32 weights at 4 bits, 4 scales, 4 biases
+        >>> weight_footprint(net, {"0": 4}, QuantConfig())
+        {'average_bits': 4.0, 'size_bytes': 48, 'size_mb': 4.8e-05}
+    """
+    modules = {name: model.get_submodule(name) for name in bits}
+    sizes = layer_sizes(modules, {}, quant)
+    quantized = sum(layer.elements for layer in sizes)
+    float_elements = sum(p.numel() for p in model.parameters()) - quantized
+    size = model_size_bytes(bits, sizes, float_elements)
+    return {"average_bits": average_bits(bits, sizes), "size_bytes": size, "size_mb": size / 1e6}
 
 
 def _mean_errors(

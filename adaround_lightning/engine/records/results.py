@@ -173,4 +173,5 @@ def calibration_record(result: CalibrationResult) -> dict[str, Any]:
         "cache": cache.to_dict() if cache is not None else None,
         "calibration_seconds": round(result.seconds, 3),
         "bit_allocation": allocation.to_dict() if allocation is not None else None,
+        "footprint": getattr(result, "footprint", None),
     }
