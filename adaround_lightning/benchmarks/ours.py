@@ -42,9 +42,9 @@ from adaround_lightning.benchmarks.common import (
 )
 from adaround_lightning.engine.adaround_config import AdaroundConfig
 from adaround_lightning.engine.fit.trainer import quiet_lightning
-from adaround_lightning.engine.mixed.choose import BitAllocation
 from adaround_lightning.quant.activations import calibrate_input_quantizers
 from adaround_lightning.quant.quant_config import QuantConfig
+from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 
 __all__ = ["main", "run_grid"]
 
@@ -70,6 +70,7 @@ def run_grid(
     accelerator: str = "cpu",
     scale_method: str = "auto",
     average_bits_list: Sequence[float] = (),
+    given_bits: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Calibrate once per (bits, per_channel, granularity); evaluate at every ``act_bits``.
 
@@ -89,6 +90,8 @@ def run_grid(
         scale_method: ``quant.scale_method`` of the weight grid.
         average_bits_list: Mixed-precision budgets (``quant.average_bits``), run after the
             uniform ``bits_list``; their rows have ``bits`` null and the chosen bits.
+        given_bits: Rows of another tool's allocation (``aimet_amp.py``: ``average_bits``,
+            ``chosen_bits``), fitted at exactly those bits (``quant.layer_bits``).
 
     Returns:
         The rows.
@@ -100,10 +103,12 @@ def run_grid(
     fp32 = _top1(model, test, eval_batch_size)
     rows: list[dict[str, Any]] = []
     # Round-to-nearest does not depend on the granularity: evaluated once per grid cell.
-    nearest_top1: dict[tuple[Any, Any, bool, int], float] = {}
-    weights = [(b, None) for b in bits_list] + [(None, float(b)) for b in average_bits_list]
+    nearest_top1: dict[tuple[Any, Any, int, bool, int], float] = {}
+    weights = [(b, None, None) for b in bits_list]
+    weights += [(None, float(b), None) for b in average_bits_list]
+    weights += [(None, None, row) for row in given_bits]
     for per_channel in per_channel_list:
-        for bits, average_bits in weights:
+        for bits, average_bits, given in weights:
             for granularity in granularities:
                 config = AdaroundConfig(
                     **{**adaround_config, "granularity": granularity, "num_samples": len(calib)}
@@ -115,10 +120,11 @@ def run_grid(
                     model,
                     calib,
                     QuantConfig(
-                        weight_bits=bits or math.ceil(average_bits or 4),
+                        weight_bits=bits or math.ceil(average_bits or 8),
                         per_channel=per_channel,
                         scale_method=scale_method,
                         average_bits=average_bits,
+                        layer_bits=given["chosen_bits"] if given else {},
                     ),
                     config,
                     {"accelerator": accelerator, "devices": 1},
@@ -134,7 +140,7 @@ def run_grid(
                             calibrate_input_quantizers(
                                 network, names, calib.to(network_device(network)), act_bits
                             )
-                    cell = (bits, average_bits, per_channel, act_bits)
+                    cell = (bits, average_bits, id(given), per_channel, act_bits)
                     if cell not in nearest_top1:
                         nearest_top1[cell] = _top1(nearest, test, eval_batch_size)
                     row = {
@@ -156,8 +162,9 @@ def run_grid(
                         "adaround_seconds": round(seconds, 1),
                         "layers": len(result.layers),
                         "layers_in_blocks": sum(1 for r in result.layers if r.block is not None),
-                        "average_bits": average_bits,
-                        **_allocation_fields(result.bit_allocation),
+                        "average_bits": given["average_bits"] if given else average_bits,
+                        "bits_from": given["tool"] if given else None,
+                        **_allocation_fields(result),
                     }
                     log.info(
                         "W%sA%d %s %s: fp32 %.2f nearest %.2f adaround %.2f (%.0f s)",
@@ -177,16 +184,25 @@ def run_grid(
     return rows
 
 
-def _allocation_fields(allocation: BitAllocation | None) -> dict[str, Any]:
-    if allocation is None:
-        return {}
-    return {
-        "achieved_average_bits": round(allocation.average_bits, 4),
-        "size_bytes": allocation.size_bytes,
-        "uniform_size_bytes": allocation.uniform_size_bytes,
-        "allocation_seconds": round(allocation.seconds, 2),
-        "chosen_bits": allocation.bits,
+def _given_bits(path: Path | None, arch: str) -> list[dict[str, Any]]:
+    if path is None:
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row.get("arch") == arch]
+
+
+def _allocation_fields(result: AdaroundResult) -> dict[str, Any]:
+    footprint = result.footprint or {}
+    fields = {
+        "achieved_average_bits": round(footprint.get("average_bits", 0.0), 4),
+        "size_bytes": footprint.get("size_bytes"),
+        "chosen_bits": {name: q.bits for name, q in result.quantizers.items()},
     }
+    allocation = result.bit_allocation
+    if allocation is not None:
+        fields["uniform_size_bytes"] = allocation.uniform_size_bytes
+        fields["allocation_seconds"] = round(allocation.seconds, 2)
+    return fields
 
 
 def network_device(model: torch.nn.Module) -> torch.device:
@@ -212,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bits", type=int, nargs="*", default=[4])
     parser.add_argument(
         "--average-bits", type=float, nargs="*", default=[], help="mixed-precision budgets"
+    )
+    parser.add_argument(
+        "--bits-from", type=Path, default=None, help="aimet_amp.py rows: fit at their bits"
     )
     parser.add_argument("--per-channel", type=parse_bool, nargs="+", default=[True])
     parser.add_argument("--granularity", nargs="+", default=["layer"])
@@ -260,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator=args.accelerator,
         scale_method=args.scale_method,
         average_bits_list=args.average_bits,
+        given_bits=_given_bits(args.bits_from, args.arch),
     )
     return 0
 
