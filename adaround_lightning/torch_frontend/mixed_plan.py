@@ -65,9 +65,7 @@ def plan_with_budget(
         quantized = sum(module.weight.numel() for module in modules.values())
         total = sum(parameter.numel() for parameter in fp_model.parameters())
         fixed = {n: b for n, b in explicit_bits(order, quant).items() if n in modules}
-        allocation = choose_bits(
-            fp_model, images, modules, fixed, quant, total - quantized, process
-        )
+        allocation = choose_bits(fp_model, images, modules, fixed, quant, total - quantized)
         if checkpoint is not None and process.is_main:
             save_allocation(checkpoint, checkpoint_tag, allocation)
         if process.is_main:

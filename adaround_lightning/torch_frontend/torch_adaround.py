@@ -114,7 +114,7 @@ def prepare_walk(
     fp_model, q_model = float_and_quantized(model, example)
     plan = plan_calibration(fp_model, example, quant, tuple(config.blocks))
     plan, allocation = plan_with_budget(  # under a budget: bits from measured sensitivity
-        plan, fp_model, inputs.images, quant, process, checkpoint, options.checkpoint_tag
+        plan, fp_model, images, quant, process, checkpoint, options.checkpoint_tag
     )
     for network in (fp_model, q_model):  # blocks called with constants besides their input
         replay_block_arguments(network, plan.trace.replayed)

@@ -77,3 +77,18 @@ def test_multirun_with_ddp_is_refused(tmp_path: Path) -> None:
     )
     rows = (tmp_path / "sweep" / "summary.md").read_text()
     assert proc.returncode == 1 and "unsupported upstream" in rows
+
+
+def test_ddp_processes_choose_the_same_bits_under_a_budget(tmp_path: Path) -> None:
+    # Every process runs the sensitivity pass on the same samples of the whole calibration set
+    # and chooses the same bits (a layer whose integers differed between the ranks would fail
+    # the walk's agreement check).
+    fast = ["adaround.iters=5", "adaround.num_samples=64", "data.calibration.size=64"]
+    args = [*SETTINGS, *fast, *DDP, "quant.average_bits=2.5", f"hydra.run.dir={tmp_path}"]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    allocation = results["bit_allocation"]
+    assert results["finished"] and allocation["average_bits"] <= 2.5
+    assert allocation["samples"] == 64  # the whole set on each process, not its shard
+    assert {layer["name"]: layer["bits"] for layer in results["layers"]} == allocation["bits"]

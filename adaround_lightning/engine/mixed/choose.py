@@ -1,10 +1,12 @@
 """Mixed precision: measure each layer's sensitivity, then choose its bits under the budget.
 
-:func:`choose_bits` runs before the walk: :func:`~.sensitivity.layer_sensitivity` on up to
-:data:`SENSITIVITY_SAMPLES` calibration samples (summed over processes, so every process
-chooses the same bits), then :func:`~.allocation.allocate_bits`. The walk then fits every layer
-at its chosen bits; the choice is kept in the checkpoint folder so a resumed run fits the
-layers it has left at the same bits.
+:func:`choose_bits` runs before the walk: :func:`~.sensitivity.layer_sensitivity` on the first
+:data:`SENSITIVITY_SAMPLES` calibration samples, then :func:`~.allocation.allocate_bits`. Under
+DDP it runs before the processes can talk (Lightning starts them at the first fit), so every
+process runs it on the same samples of the whole calibration set and chooses the same bits; the
+walk's check that every process holds the same integers would stop a run where they did not.
+The walk then fits every layer at its chosen bits; the choice is kept in the checkpoint folder
+so a resumed run fits the layers it has left at the same bits.
 
 Example:
     >>> net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
@@ -30,7 +32,6 @@ import torch
 from torch import nn
 
 from adaround_lightning.core.atomic import atomic_write_text
-from adaround_lightning.core.distributed import ProcessContext, all_reduce_sum
 from adaround_lightning.engine.mixed.allocation import allocate_bits, check_feasible
 from adaround_lightning.engine.mixed.budget import (
     BitBudget,
@@ -151,31 +152,13 @@ def weight_footprint(
 
 
 def _mean_errors(
-    model: nn.Module,
-    images: torch.Tensor,
-    layers: Mapping[str, nn.Module],
-    quant: QuantConfig,
-    process: ProcessContext | None,
+    model: nn.Module, images: torch.Tensor, layers: Mapping[str, nn.Module], quant: QuantConfig
 ) -> tuple[dict[str, dict[int, float]], int]:
-    count = max(1, SENSITIVITY_SAMPLES // (process.world_size if process else 1))
-    local = images[:count]
+    device = next(model.parameters()).device
+    local = images[:SENSITIVITY_SAMPLES].to(device)
     sums = layer_sensitivity(model, local, layers, quant.candidate_bits, quant)
-    names = list(layers)
-    table = torch.tensor(
-        [[sums.get(n, {}).get(b, -1.0) for b in quant.candidate_bits] for n in names],
-        dtype=torch.float64,
-        device=images.device,
-    )
-    samples = torch.tensor(float(local.shape[0]), dtype=torch.float64, device=images.device)
-    if process is not None:
-        table, samples = all_reduce_sum(table, process), all_reduce_sum(samples, process)
-    n = float(samples)
-    errors = {
-        name: {b: float(table[i, j]) / n for j, b in enumerate(quant.candidate_bits)}
-        for i, name in enumerate(names)
-        if name in sums
-    }
-    return errors, int(n)
+    n = local.shape[0]
+    return {name: {b: e / n for b, e in per_bits.items()} for name, per_bits in sums.items()}, n
 
 
 def choose_bits(
@@ -185,18 +168,17 @@ def choose_bits(
     fixed_bits: Mapping[str, int],
     quant: QuantConfig,
     float_elements: int,
-    process: ProcessContext | None = None,
 ) -> BitAllocation:
     """Each layer's bits under ``quant``'s budget, from its measured sensitivity.
 
     Args:
         model: The float (BN-folded) network.
-        images: This process's calibration inputs.
+        images: The whole calibration set (every process passes the same): the first
+            :data:`SENSITIVITY_SAMPLES` are used.
         layers: Name -> module of every quantized layer, in execution order.
         fixed_bits: Layers whose bits are set (``quant.layer_bits``, first/last rule).
         quant: The budget (``average_bits``, ``max_size_mb``), candidates and grid settings.
         float_elements: Parameter elements left in float (biases, norms, excluded layers).
-        process: Processes whose samples are pooled (None: this one alone).
 
     Raises:
         UserError: If the budget cannot be met even at the smallest candidate.
@@ -211,7 +193,7 @@ def choose_bits(
         budget.bit_elements_allowed(sizes, float_elements),
         budget.describe(),
     )
-    errors, samples = _mean_errors(model, images, layers, quant, process)
+    errors, samples = _mean_errors(model, images, layers, quant)
     fixed.update(_unranked(layers, errors, fixed, quant))
     sizes = layer_sizes(layers, fixed, quant)
     bits = allocate_bits(
