@@ -1,7 +1,8 @@
 r"""Accuracy against model size, mixed precision beside uniform bits: BENCHMARKS.md's figure.
 
 Reads the JSON lines of :mod:`~adaround_lightning.benchmarks.ours` runs (uniform ``--bits`` and
-``--average-bits`` budgets, seed 0, A32) and draws one panel per network.
+``--average-bits`` budgets, A32) and draws one panel per network from the seed-0 runs;
+``--table`` prints BENCHMARKS.md's table instead (other seeds in parentheses).
 
 Example:
     python -m adaround_lightning.benchmarks.mixed_plot RESULTS/fmnist_*_mixed.jsonl \
@@ -12,20 +13,55 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["main", "mixed_table"]
 
 
-def _rows(paths: list[Path]) -> dict[str, list[dict[str, Any]]]:
+def _rows(paths: list[Path], seed: int | None = 0) -> dict[str, list[dict[str, Any]]]:
     by_arch: dict[str, list[dict[str, Any]]] = {}
     for path in paths:
         for line in path.read_text().splitlines():
             row = json.loads(line)
-            if row.get("seed", 0) == 0 and row.get("act_bits") == 32 and not row.get("bits_from"):
+            if seed is not None and row.get("seed", 0) != seed:
+                continue
+            if row.get("act_bits") == 32 and not row.get("bits_from"):
                 by_arch.setdefault(row["arch"], []).append(row)
     return by_arch
+
+
+#: The columns of the table: uniform bits (int) or a budget (float), in order of size.
+COLUMNS: list[int | float] = [2, 2.5, 3, 3.0, 3.5, 4]
+
+
+def _cell(rows: list[dict[str, Any]], column: int | float) -> str:
+    if isinstance(column, int):
+        chosen = [r for r in rows if r["bits"] == column]
+    else:
+        chosen = [r for r in rows if r["bits"] is None and r["average_bits"] == column]
+    if not chosen:
+        return "-"
+    chosen.sort(key=lambda r: r["seed"])
+    first, others = chosen[0], chosen[1:]
+    text = f"{first['adaround_top1']:.2f}"
+    if others:
+        text += " (" + ", ".join(f"{r['adaround_top1']:.2f}" for r in others) + ")"
+    return f"{text}, {first['size_bytes'] / 1e6:.2f} MB"
+
+
+def mixed_table(paths: list[Path]) -> str:
+    """BENCHMARKS.md's table: top-1 (other seeds) and size per network and column."""
+    head = ["network (FP32)"] + [
+        f"W{c}" if isinstance(c, int) else f"{c:.1f} bits mixed" for c in COLUMNS
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arch, rows in sorted(_rows(paths, seed=None).items()):
+        _sizes(rows)
+        cells = [_cell(rows, c) for c in COLUMNS]
+        lines.append(f"| {arch} ({rows[0]['fp32_top1']:.2f}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _sizes(rows: list[dict[str, Any]]) -> None:
@@ -40,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     """Draw the figure."""
     parser = argparse.ArgumentParser(prog="python -m adaround_lightning.benchmarks.mixed_plot")
     parser.add_argument("results", type=Path, nargs="+")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", action="store_true", help="print the Markdown table")
     args = parser.parse_args(argv)
+    if args.table or args.out is None:
+        sys.stdout.write(mixed_table(args.results) + "\n")
+        return 0
     import matplotlib
 
     matplotlib.use("Agg")

@@ -168,7 +168,7 @@ def run_grid(
                     }
                     log.info(
                         "W%sA%d %s %s: fp32 %.2f nearest %.2f adaround %.2f (%.0f s)",
-                        bits or f"{average_bits:g} average",
+                        bits or f"{row['average_bits']:g} average",
                         act_bits,
                         "per-channel" if per_channel else "per-tensor",
                         granularity,
