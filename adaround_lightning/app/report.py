@@ -187,6 +187,12 @@ def _left_in_float(results: dict[str, Any]) -> str:
     return line
 
 
+def _bits_label(results: dict[str, Any]) -> str:
+    if results.get("bit_allocation"):
+        return "mixed bits"
+    return f"W{results.get('quant', {}).get('weight_bits', '?')}"
+
+
 def allocation_line(allocation: dict[str, Any]) -> str:
     """One line on the bits a budget chose (``results.json``'s ``bit_allocation``).
 
@@ -234,7 +240,7 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     quant = results.get("quant", {})
     meta = (
         f"recipe <b>{html.escape(str(results.get('recipe', '')))}</b>, model "
-        f"<b>{html.escape(str(results.get('model', '')))}</b>, W{quant.get('weight_bits', '?')} "
+        f"<b>{html.escape(str(results.get('model', '')))}</b>, {_bits_label(results)} "
         f"{'per-channel' if quant.get('per_channel') else 'per-tensor'}, "
         f"{results.get('calibration_images', '?')} calibration / {results.get('eval_images', '?')} "
         f"evaluation images, calibration {results.get('calibration_seconds', 0):.1f} s"

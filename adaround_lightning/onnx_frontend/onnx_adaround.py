@@ -37,6 +37,7 @@ from adaround_lightning.engine.cache.pairs import LayerPairs
 from adaround_lightning.engine.fit.fit_step import FitSettings, fit_layer
 from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
 from adaround_lightning.engine.input_grids import calibrate_input_grids
+from adaround_lightning.engine.mixed.choose import footprint, load_allocation, save_allocation
 from adaround_lightning.engine.progress import CalibrationProgress
 from adaround_lightning.engine.records.checkpoint import (
     LayerCheckpoint,
@@ -48,6 +49,7 @@ from adaround_lightning.engine.records.results import LayerReport
 from adaround_lightning.engine.walk_options import WalkOptions
 from adaround_lightning.onnx_frontend.onnx_graph import OnnxGraph, OnnxLayer
 from adaround_lightning.onnx_frontend.onnx_loading import load_onnx
+from adaround_lightning.onnx_frontend.onnx_mixed import choose_onnx_bits
 from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
 from adaround_lightning.onnx_frontend.onnx_sampler import OnnxSampler
 from adaround_lightning.onnx_frontend.torch_form import TorchForm, activation_module, torch_form
@@ -88,12 +90,6 @@ def _check_settings(config: AdaroundConfig, quant: QuantConfig, process: Process
         raise UserError(
             "adaround.act_in_loop needs the graph in PyTorch; with model.onnx the input grids "
             "are calibrated after the weights: set adaround.act_in_loop=false"
-        )
-    if quant.has_budget:
-        raise UserError(
-            "quant.average_bits / quant.max_size_mb measure each layer's sensitivity with "
-            "gradients through the network, which model.onnx does not give: run the PyTorch "
-            "model, or set the bits with quant.layer_bits"
         )
     if config.fisher:
         raise UserError(
@@ -292,6 +288,37 @@ def _calibration_array(images: torch.Tensor | np.ndarray, count: int) -> np.ndar
     return np.ascontiguousarray(array[:count], dtype=np.float32)
 
 
+def _budget_bits(
+    graph: OnnxGraph,
+    sampler: OnnxSampler,
+    array: np.ndarray,
+    bits: dict[str, int],
+    quant: QuantConfig,
+    walk: _Walk,
+    result: OnnxAdaroundResult,
+) -> dict[str, int]:
+    """The bits a budget chooses (or a checkpoint kept for the resumed run), logged."""
+    layers = [layer for layer in graph.layers if layer.name in bits]
+    allocation = None
+    if walk.checkpoint is not None:
+        allocation = load_allocation(walk.checkpoint, walk.checkpoint_tag)
+    if allocation is None or set(allocation.bits) != set(bits):
+        allocation = choose_onnx_bits(graph, sampler, array, layers, quant)
+        if walk.checkpoint is not None:
+            save_allocation(walk.checkpoint, walk.checkpoint_tag, allocation)
+    log.info("mixed precision under %s", allocation.summary())
+    log.info("bits per layer: %s", ", ".join(f"{n}={b}" for n, b in allocation.bits.items()))
+    result.bit_allocation = allocation
+    return dict(allocation.bits)
+
+
+def _footprint(graph: OnnxGraph, result: OnnxAdaroundResult, quant: QuantConfig) -> dict:
+    weights = {name: form.module.weight for name, form in result.forms.items()}
+    bits = {name: quantizer.bits for name, quantizer in result.quantizers.items()}
+    floats = sum(a.size for a in graph.initializers.values() if a.dtype.kind == "f")
+    return footprint(weights, bits, quant, floats - sum(w.numel() for w in weights.values()))
+
+
 def _warn_left_in_float(left_in_float: dict[str, str]) -> None:
     if left_in_float:
         reasons = "; ".join(f"{name} ({why})" for name, why in left_in_float.items())
@@ -364,11 +391,14 @@ def adaround_graph(
         checkpoint_tag,
     )
     bits = plan_bits([layer.name for layer in graph.layers], quant, result.left_in_float)
+    if quant.has_budget:  # each layer's bits from its error measured by onnxruntime
+        bits = _budget_bits(graph, sampler, array, bits, quant, walk, result)
     _walk_layers(
         [layer for layer in graph.layers if layer.name in bits], bits, result, walk, options
     )
     if quant.act_bits is not None:
         calibrate_inputs(result, array, quant, process)
     _warn_left_in_float(result.left_in_float)
+    result.footprint = _footprint(graph, result, quant)
     result.seconds = time.perf_counter() - start
     return result

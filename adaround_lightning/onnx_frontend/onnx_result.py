@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adaround_lightning.engine.mixed.choose import BitAllocation
 from adaround_lightning.engine.records.coverage import WeightCoverage
 from adaround_lightning.engine.records.results import CacheReport, LayerReport
 from adaround_lightning.export.integers import QuantizedLayer
@@ -44,6 +45,8 @@ class OnnxAdaroundResult(SavesRunFiles):
         act_quantizers: Per layer name, its input grid (with ``quant.act_bits``).
         seconds: Wall time of the calibration.
         cache: Always None: onnxruntime recomputes each layer's inputs, nothing is cached.
+        bit_allocation: The bits a budget chose (None without a budget).
+        footprint: Average weight bits and model size in bytes at the bits used.
     """
 
     graph: OnnxGraph
@@ -57,6 +60,8 @@ class OnnxAdaroundResult(SavesRunFiles):
     act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
     seconds: float = 0.0
     cache: CacheReport | None = None
+    bit_allocation: BitAllocation | None = None
+    footprint: dict[str, float] | None = None
 
     @property
     def skipped(self) -> dict[str, str]:

@@ -142,11 +142,6 @@ CASES: list[tuple[str, list[str], str]] = [
     ("setting-unknown", ["adaround.itres=100"], "unknown setting adaround.itres"),
     ("setting-moved", ["adaround.stream=false"], "adaround.stream is now engine.stream"),
     ("recipe", ["recipe=not_a_recipe"], "unknown recipe 'not_a_recipe'"),
-    (
-        "onnx-budget",
-        ["model.onnx={tmp}/small_cnn.onnx", "quant.average_bits=3"],
-        "quant.average_bits / quant.max_size_mb measure each layer's sensitivity",
-    ),
     ("onnx-missing", ["model.onnx={tmp}/none.onnx"], "none.onnx: no such file"),
     ("onnx-not-onnx", ["model.onnx={tmp}/text.pt"], "is not an ONNX model"),
     (

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,11 @@ from adaround_lightning.quant.quant_config import QuantConfig
 
 __all__ = [
     "ALLOCATION_FILE",
+    "SENSITIVITY_SAMPLES",
     "BitAllocation",
+    "allocate_under_budget",
     "choose_bits",
+    "footprint",
     "load_allocation",
     "weight_footprint",
 ]
@@ -120,12 +123,11 @@ class BitAllocation:
 
 
 def layer_sizes(
-    layers: Mapping[str, nn.Module], fixed_bits: Mapping[str, int], quant: QuantConfig
+    weights: Mapping[str, torch.Tensor], fixed_bits: Mapping[str, int], quant: QuantConfig
 ) -> list[LayerSize]:
-    """Elements and scales of each layer's weight, in the order of ``layers``."""
+    """Elements and scales of each layer's weight (PyTorch layout), in the order given."""
     sizes = []
-    for name, module in layers.items():
-        weight = module.weight
+    for name, weight in weights.items():
         scales = weight.shape[0] if quant.per_channel else 1
         if quant.per_channel and groups_apply(weight, quant.group_size):
             scales = weight.numel() // quant.group_size  # type: ignore[operator]
@@ -143,10 +145,19 @@ def weight_footprint(
         >>> weight_footprint(net, {"0": 4}, QuantConfig())
         {'average_bits': 4.0, 'size_bytes': 48, 'size_mb': 4.8e-05}
     """
-    modules = {name: model.get_submodule(name) for name in bits}
-    sizes = layer_sizes(modules, {}, quant)
-    quantized = sum(layer.elements for layer in sizes)
-    float_elements = sum(p.numel() for p in model.parameters()) - quantized
+    weights = {name: model.get_submodule(name).weight for name in bits}
+    total = sum(p.numel() for p in model.parameters())
+    return footprint(weights, bits, quant, total - sum(w.numel() for w in weights.values()))
+
+
+def footprint(
+    weights: Mapping[str, torch.Tensor],
+    bits: Mapping[str, int],
+    quant: QuantConfig,
+    float_elements: int,
+) -> dict[str, float]:
+    """Average bits and size of layers ``bits`` with ``float_elements`` parameters in float."""
+    sizes = layer_sizes(weights, {}, quant)
     size = model_size_bytes(bits, sizes, float_elements)
     return {"average_bits": average_bits(bits, sizes), "size_bytes": size, "size_mb": size / 1e6}
 
@@ -184,18 +195,47 @@ def choose_bits(
         UserError: If the budget cannot be met even at the smallest candidate.
     """
     start = time.perf_counter()
+    weights = {name: module.weight for name, module in layers.items()}
+    return allocate_under_budget(
+        weights,
+        fixed_bits,
+        quant,
+        float_elements,
+        lambda: _mean_errors(model, images, layers, quant),
+        start,
+    )
+
+
+def allocate_under_budget(
+    weights: Mapping[str, torch.Tensor],
+    fixed_bits: Mapping[str, int],
+    quant: QuantConfig,
+    float_elements: int,
+    measure: Callable[[], tuple[dict[str, dict[int, float]], int]],
+    start: float,
+) -> BitAllocation:
+    """Check the budget, ``measure()`` the errors, allocate: the part both front ends share.
+
+    Args:
+        weights: Name -> weight (PyTorch layout) of every quantized layer, in order.
+        fixed_bits: Layers whose bits are set.
+        quant: The budget, candidates and grid settings.
+        float_elements: Parameter elements left in float.
+        measure: Returns the mean error per layer and candidate, and the samples used.
+        start: ``time.perf_counter()`` when the choice began.
+    """
     fixed = dict(fixed_bits)
     budget = BitBudget(quant.average_bits, quant.max_size_mb)
-    sizes = layer_sizes(layers, fixed, quant)
+    sizes = layer_sizes(weights, fixed, quant)
     check_feasible(  # before the sensitivity pass: a budget no bits meet is a user error
         sizes,
         quant.candidate_bits,
         budget.bit_elements_allowed(sizes, float_elements),
         budget.describe(),
     )
-    errors, samples = _mean_errors(model, images, layers, quant)
-    fixed.update(_unranked(layers, errors, fixed, quant))
-    sizes = layer_sizes(layers, fixed, quant)
+    errors, samples = measure()
+    fixed.update(_unranked(weights, errors, fixed, quant))
+    sizes = layer_sizes(weights, fixed, quant)
     bits = allocate_bits(
         sizes, errors, quant.candidate_bits, budget.bit_elements_allowed(sizes, float_elements)
     )
@@ -217,7 +257,7 @@ def choose_bits(
 
 
 def _unranked(
-    layers: Mapping[str, nn.Module],
+    layers: Mapping[str, object],
     errors: Mapping[str, Any],
     fixed: Mapping[str, int],
     quant: QuantConfig,
