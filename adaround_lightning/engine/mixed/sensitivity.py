@@ -95,6 +95,7 @@ def _batch_errors(
     probes: int,
     generator: torch.Generator,
     sums: dict[str, dict[int, float]],
+    reached: set[str],
 ) -> None:
     recorder = _Recorder(layers)
     try:
@@ -113,8 +114,9 @@ def _batch_errors(
             )
         with torch.no_grad():
             for name, g in zip(names, grads, strict=True):
-                if g is None:
+                if g is None:  # the output does not depend on it (a zero gradient does count)
                     continue
+                reached.add(name)
                 x, z = recorder.seen[name]
                 for bits, w_b in weights[name].items():
                     dz = functional_call(layers[name], {"weight": w_b}, (x,)) - z.detach()
@@ -157,8 +159,7 @@ def layer_sensitivity(
     seen: set[str] = set()
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].clone()
-        _batch_errors(model, batch, layers, weights, probes, generator, sums)
-        seen.update(name for name in layers if any(sums[name].values()))
+        _batch_errors(model, batch, layers, weights, probes, generator, sums, seen)
     return {
         name: {bits: total / probes for bits, total in sums[name].items()}
         for name in layers

@@ -81,3 +81,16 @@ def test_an_in_place_activation_after_the_layer_does_not_hide_its_error() -> Non
     )
     for name in ("0", "3"):
         assert errors[name][2] > errors[name][3] > errors[name][4] > errors[name][8] > 0
+
+
+def test_a_layer_behind_a_saturated_activation_has_zero_error_not_an_unknown_one() -> None:
+    # Hardtanh is flat outside [-1, 1]: with every pre-activation far outside, the output does
+    # not move with the first layer to first order. Zero is a measurement, not a missing one.
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Hardtanh(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        net[0].bias.fill_(100.0)
+    errors = layer_sensitivity(
+        net, torch.randn(16, 4), {"0": net[0], "2": net[2]}, [2], QuantConfig()
+    )
+    assert errors["0"] == {2: 0.0} and errors["2"][2] > 0
