@@ -19,18 +19,18 @@ import numpy as np
 import torch
 
 from adaround_lightning.engine.bit_plan import explicit_bits
-from adaround_lightning.engine.mixed.choose import (
-    SENSITIVITY_SAMPLES,
-    BitAllocation,
-    allocate_under_budget,
-)
+from adaround_lightning.engine.mixed.choose import BitAllocation, allocate_under_budget
 from adaround_lightning.engine.mixed.sensitivity import rounded_weights
 from adaround_lightning.onnx_frontend.onnx_graph import OnnxGraph, OnnxLayer
 from adaround_lightning.onnx_frontend.onnx_sampler import OnnxSampler
 from adaround_lightning.onnx_frontend.torch_form import torch_form
 from adaround_lightning.quant.quant_config import QuantConfig
 
-__all__ = ["choose_onnx_bits", "output_error"]
+__all__ = ["ONNX_SENSITIVITY_SAMPLES", "choose_onnx_bits", "output_error"]
+
+#: Samples of the measured pass: each layer and candidate is a run of the whole graph, and the
+#: error is exact on them (the Fisher pass estimates it with random probes on 256).
+ONNX_SENSITIVITY_SAMPLES = 128
 
 
 def output_error(reference: np.ndarray, output: np.ndarray) -> float:
@@ -99,12 +99,12 @@ def choose_onnx_bits(
     Args:
         graph: The float graph.
         sampler: Its session, with the layers' weights as inputs.
-        images: Calibration inputs; the first :data:`SENSITIVITY_SAMPLES` are used.
+        images: Calibration inputs; the first :data:`ONNX_SENSITIVITY_SAMPLES` are used.
         layers: The layers to quantize, in graph order.
         quant: The budget and grid settings.
     """
     start = time.perf_counter()
-    images = images[:SENSITIVITY_SAMPLES]
+    images = images[:ONNX_SENSITIVITY_SAMPLES]
     weights = _torch_weights(graph, layers, sampler, images)
     order = [layer.name for layer in graph.layers]
     fixed = {n: b for n, b in explicit_bits(order, quant).items() if n in weights}
