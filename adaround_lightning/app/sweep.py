@@ -201,24 +201,14 @@ def _size_plot(rows: list[dict[str, Any]], path: Path) -> None:
     mixed = sorted((r for r in done if r["budget"]), key=lambda r: r["size_mb"])
     uniform = sorted((r for r in done if not r["budget"]), key=lambda r: r["size_mb"])
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ax.plot(
-        [r["size_mb"] for r in mixed],
-        [r["adaround_top1"] for r in mixed],
-        "o-",
-        label="mixed precision (budget)",
-    )
-    for row in mixed:
-        ax.annotate(
-            f"{row['average_bits']:.2f} b", (row["size_mb"], row["adaround_top1"]), fontsize=7
-        )
-    ax.plot(
-        [r["size_mb"] for r in uniform],
-        [r["adaround_top1"] for r in uniform],
-        "s--",
-        label="uniform bits",
-    )
-    for row in uniform:
-        ax.annotate(f"W{row['weight_bits']}", (row["size_mb"], row["adaround_top1"]), fontsize=7)
+    for series, style, label, name in (
+        (mixed, "o-", "mixed precision (budget)", lambda r: f"{r['average_bits']:.2f} b"),
+        (uniform, "s--", "uniform bits", lambda r: f"W{r['weight_bits']}"),
+    ):
+        points = [(r["size_mb"], r["adaround_top1"]) for r in series]
+        ax.plot([x for x, _ in points], [y for _, y in points], style, label=label)
+        for row, point in zip(series, points, strict=True):
+            ax.annotate(name(row), point, fontsize=7)
     fp32 = [r["fp32_top1"] for r in done if r["fp32_top1"] is not None]
     if fp32:
         ax.axhline(max(fp32), color="grey", linestyle=":", label="FP32")

@@ -37,7 +37,7 @@ from adaround_lightning.engine.cache.pairs import LayerPairs
 from adaround_lightning.engine.fit.fit_step import FitSettings, fit_layer
 from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
 from adaround_lightning.engine.input_grids import calibrate_input_grids
-from adaround_lightning.engine.mixed.choose import footprint, load_allocation, save_allocation
+from adaround_lightning.engine.mixed.choose import footprint, resumable_allocation
 from adaround_lightning.engine.progress import CalibrationProgress
 from adaround_lightning.engine.records.checkpoint import (
     LayerCheckpoint,
@@ -299,15 +299,12 @@ def _budget_bits(
 ) -> dict[str, int]:
     """The bits a budget chooses (or a checkpoint kept for the resumed run), logged."""
     layers = [layer for layer in graph.layers if layer.name in bits]
-    allocation = None
-    if walk.checkpoint is not None:
-        allocation = load_allocation(walk.checkpoint, walk.checkpoint_tag)
-    if allocation is None or set(allocation.bits) != set(bits):
-        allocation = choose_onnx_bits(graph, sampler, array, layers, quant)
-        if walk.checkpoint is not None:
-            save_allocation(walk.checkpoint, walk.checkpoint_tag, allocation)
-    log.info("mixed precision under %s", allocation.summary())
-    log.info("bits per layer: %s", ", ".join(f"{n}={b}" for n, b in allocation.bits.items()))
+    allocation = resumable_allocation(
+        [layer.name for layer in layers],
+        lambda: choose_onnx_bits(graph, sampler, array, layers, quant, result.float_values),
+        walk.checkpoint,
+        walk.checkpoint_tag,
+    )
     result.bit_allocation = allocation
     return dict(allocation.bits)
 

@@ -23,7 +23,7 @@ from adaround_lightning.engine.mixed.choose import BitAllocation, allocate_under
 from adaround_lightning.engine.mixed.sensitivity import rounded_weights
 from adaround_lightning.onnx_frontend.onnx_graph import OnnxGraph, OnnxLayer
 from adaround_lightning.onnx_frontend.onnx_sampler import OnnxSampler
-from adaround_lightning.onnx_frontend.torch_form import torch_form
+from adaround_lightning.onnx_frontend.torch_form import TorchForm, torch_form
 from adaround_lightning.quant.quant_config import QuantConfig
 
 __all__ = ["ONNX_SENSITIVITY_SAMPLES", "choose_onnx_bits", "output_error"]
@@ -50,10 +50,14 @@ def output_error(reference: np.ndarray, output: np.ndarray) -> float:
 
 
 def _torch_weights(
-    graph: OnnxGraph, layers: Sequence[OnnxLayer], sampler: OnnxSampler, images: np.ndarray
-) -> dict[str, tuple[torch.Tensor, object]]:
+    graph: OnnxGraph,
+    layers: Sequence[OnnxLayer],
+    sampler: OnnxSampler,
+    images: np.ndarray,
+    float_values: Mapping[str, np.ndarray],
+) -> dict[str, tuple[torch.Tensor, TorchForm]]:
     """Each layer's weight in PyTorch layout, with the form that writes it back."""
-    shapes = sampler.run(images[:2], [layer.input for layer in layers], sampler_values(sampler))
+    shapes = sampler.run(images[:2], [layer.input for layer in layers], dict(float_values))
     weights = {}
     for layer, value in zip(layers, shapes, strict=True):
         form = torch_form(layer, graph.initializers, list(value.shape))
@@ -61,27 +65,22 @@ def _torch_weights(
     return weights
 
 
-def sampler_values(sampler: OnnxSampler) -> dict[str, np.ndarray]:
-    """The float values of the sampler's variables (the graph's own initializers)."""
-    return {name: sampler.graph.initializers[name] for name in sampler.variables}
-
-
 def _measure(
     sampler: OnnxSampler,
     images: np.ndarray,
-    weights: Mapping[str, tuple[torch.Tensor, object]],
+    weights: Mapping[str, tuple[torch.Tensor, TorchForm]],
     layers: Sequence[OnnxLayer],
     quant: QuantConfig,
+    float_values: Mapping[str, np.ndarray],
 ) -> dict[str, dict[int, float]]:
-    float_values = sampler_values(sampler)
     output = sampler.graph.output_name
-    (reference,) = sampler.run(images, [output], float_values)
+    (reference,) = sampler.run(images, [output], dict(float_values))
     errors: dict[str, dict[int, float]] = {}
     for layer in layers:
         weight, form = weights[layer.name]
         errors[layer.name] = {}
         for bits, w_b in rounded_weights(weight, quant.candidate_bits, quant).items():
-            values = {**float_values, layer.weight: form.onnx_weight(w_b)}  # type: ignore[attr-defined]
+            values = {**float_values, layer.weight: form.onnx_weight(w_b)}
             (moved,) = sampler.run(images, [output], values)
             errors[layer.name][bits] = output_error(reference, moved)
     return errors
@@ -93,6 +92,7 @@ def choose_onnx_bits(
     images: np.ndarray,
     layers: Sequence[OnnxLayer],
     quant: QuantConfig,
+    float_values: Mapping[str, np.ndarray],
 ) -> BitAllocation:
     """Each layer's bits under ``quant``'s budget, from errors measured by onnxruntime.
 
@@ -102,10 +102,11 @@ def choose_onnx_bits(
         images: Calibration inputs; the first :data:`ONNX_SENSITIVITY_SAMPLES` are used.
         layers: The layers to quantize, in graph order.
         quant: The budget and grid settings.
+        float_values: The float weights and biases the session is fed (ONNX layouts).
     """
     start = time.perf_counter()
     images = images[:ONNX_SENSITIVITY_SAMPLES]
-    weights = _torch_weights(graph, layers, sampler, images)
+    weights = _torch_weights(graph, layers, sampler, images, float_values)
     order = [layer.name for layer in graph.layers]
     fixed = {n: b for n, b in explicit_bits(order, quant).items() if n in weights}
     quantized = sum(int(np.prod(graph.initializers[layer.weight].shape)) for layer in layers)
@@ -115,6 +116,6 @@ def choose_onnx_bits(
         fixed,
         quant,
         total - quantized,
-        lambda: (_measure(sampler, images, weights, layers, quant), len(images)),
+        lambda: (_measure(sampler, images, weights, layers, quant, float_values), len(images)),
         start,
     )

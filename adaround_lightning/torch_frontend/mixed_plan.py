@@ -19,8 +19,7 @@ from adaround_lightning.engine.bit_plan import explicit_bits
 from adaround_lightning.engine.mixed.choose import (
     BitAllocation,
     choose_bits,
-    load_allocation,
-    save_allocation,
+    resumable_allocation,
 )
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.torch_frontend.plan import CalibrationPlan
@@ -57,23 +56,16 @@ def plan_with_budget(
         return plan, None
     order = [info.name for info in plan.trace.layers]
     names = [name for name in order if name in plan.bits]
-    allocation = load_allocation(checkpoint, checkpoint_tag) if checkpoint else None
-    if allocation is not None and set(allocation.bits) == set(names):
-        log.info("bits chosen before, kept for the resumed run: %s", allocation.summary())
-    else:
-        modules = {name: fp_model.get_submodule(name) for name in names}
-        quantized = sum(module.weight.numel() for module in modules.values())
-        total = sum(parameter.numel() for parameter in fp_model.parameters())
-        fixed = {n: b for n, b in explicit_bits(order, quant).items() if n in modules}
-        allocation = choose_bits(fp_model, images, modules, fixed, quant, total - quantized)
-        if checkpoint is not None and process.is_main:
-            save_allocation(checkpoint, checkpoint_tag, allocation)
-        if process.is_main:
-            log.info("mixed precision under %s", allocation.summary())
-    if process.is_main:
-        log.info(
-            "bits per layer: %s",
-            ", ".join(f"{name}={allocation.bits[name]}" for name in names),
-        )
+    modules = {name: fp_model.get_submodule(name) for name in names}
+    quantized = sum(module.weight.numel() for module in modules.values())
+    float_elements = sum(p.numel() for p in fp_model.parameters()) - quantized
+    fixed = {n: b for n, b in explicit_bits(order, quant).items() if n in modules}
+    allocation = resumable_allocation(
+        names,
+        lambda: choose_bits(fp_model, images, modules, fixed, quant, float_elements),
+        checkpoint,
+        checkpoint_tag,
+        process.is_main,
+    )
     bits = MappingProxyType({name: allocation.bits[name] for name in names})
     return dataclasses.replace(plan, bits=bits), allocation

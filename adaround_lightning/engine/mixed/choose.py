@@ -51,6 +51,7 @@ __all__ = [
     "choose_bits",
     "footprint",
     "load_allocation",
+    "resumable_allocation",
     "weight_footprint",
 ]
 
@@ -281,6 +282,39 @@ def save_allocation(folder: Path, tag: str, allocation: BitAllocation) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"tag": tag, **allocation.to_dict()}
     atomic_write_text(folder / ALLOCATION_FILE, json.dumps(record, indent=1))
+
+
+def resumable_allocation(
+    names: list[str],
+    choose: Callable[[], BitAllocation],
+    checkpoint: Path | None = None,
+    tag: str = "",
+    is_main: bool = True,
+) -> BitAllocation:
+    """The bits a checkpoint kept for layers ``names``, else ``choose()`` (kept there); logged.
+
+    Both front ends choose through this, so a resumed run fits its remaining layers at the bits
+    it started with.
+
+    Example:
+        >>> made = BitAllocation("quant.average_bits=3", {"fc": 3}, [], 3.0, 10, {}, 0.0, {},
+        ...                      samples=8, seconds=0.1)
+        >>> resumable_allocation(["fc"], lambda: made).bits
+        {'fc': 3}
+    """
+    allocation = load_allocation(checkpoint, tag) if checkpoint is not None else None
+    if allocation is not None and set(allocation.bits) == set(names):
+        if is_main:
+            log.info("bits chosen before, kept for the resumed run: %s", allocation.summary())
+    else:
+        allocation = choose()
+        if is_main:
+            if checkpoint is not None:
+                save_allocation(checkpoint, tag, allocation)
+            log.info("mixed precision under %s", allocation.summary())
+    if is_main:
+        log.info("bits per layer: %s", ", ".join(f"{n}={allocation.bits[n]}" for n in names))
+    return allocation
 
 
 def load_allocation(folder: Path, tag: str) -> BitAllocation | None:
