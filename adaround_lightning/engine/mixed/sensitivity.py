@@ -94,7 +94,7 @@ def _batch_errors(
     weights: Mapping[str, Mapping[int, torch.Tensor]],
     probes: int,
     generator: torch.Generator,
-    sums: dict[str, dict[int, float]],
+    sums: dict[str, dict[int, torch.Tensor | float]],
     reached: set[str],
 ) -> None:
     recorder = _Recorder(layers)
@@ -105,22 +105,27 @@ def _batch_errors(
         recorder.close()
     names = [name for name in layers if name in recorder.seen]
     produced = [recorder.seen[name][1] for name in names]
+    per_probe = []  # per probe, g for every layer (None: the output does not depend on it)
     for probe in range(probes):
         r = _probe(outputs, generator)
         with torch.enable_grad():
             dot = sum((y * r_y).sum() for y, r_y in zip(outputs, r, strict=True))
-            grads = torch.autograd.grad(
-                dot, produced, retain_graph=probe < probes - 1, allow_unused=True
+            per_probe.append(
+                torch.autograd.grad(
+                    dot, produced, retain_graph=probe < probes - 1, allow_unused=True
+                )
             )
-        with torch.no_grad():
-            for name, g in zip(names, grads, strict=True):
-                if g is None:  # the output does not depend on it (a zero gradient does count)
-                    continue
-                reached.add(name)
-                x, z = recorder.seen[name]
-                for bits, w_b in weights[name].items():
-                    dz = functional_call(layers[name], {"weight": w_b}, (x,)) - z.detach()
-                    sums[name][bits] += float(((g * dz).flatten(1).sum(1) ** 2).sum())
+    for index, name in enumerate(names):
+        gs = [grads[index] for grads in per_probe if grads[index] is not None]
+        if not gs:
+            continue
+        reached.add(name)  # a zero gradient is a measurement too
+        x, z = recorder.seen[name]
+        for bits, w_b in weights[name].items():
+            # dz once per batch, for every probe; summed on the device, read once at the end.
+            dz = functional_call(layers[name], {"weight": w_b}, (x,)) - z.detach()
+            total = sum(((g * dz).flatten(1).sum(1) ** 2).sum() for g in gs)
+            sums[name][bits] = sums[name][bits] + total.double()
 
 
 @torch.no_grad()
@@ -147,21 +152,22 @@ def layer_sensitivity(
         seed: Seed of the probes.
 
     Returns:
-        Name -> bits -> error summed over the samples and averaged over the probes (sum it
-        over processes, then divide by the samples, for the mean); a layer no gradient reached
-        is left out.
+        Name -> bits -> error summed over the samples and averaged over the probes (divide by
+        the samples for the mean); a layer no gradient reached is left out.
     """
     generator = torch.Generator(device=images.device).manual_seed(seed)
     weights = {
         name: rounded_weights(module.weight, candidates, quant) for name, module in layers.items()
     }
-    sums = {name: dict.fromkeys(candidates, 0.0) for name in layers}
+    sums: dict[str, dict[int, torch.Tensor | float]] = {
+        name: dict.fromkeys(candidates, 0.0) for name in layers
+    }
     seen: set[str] = set()
     for start in range(0, images.shape[0], batch_size):
         batch = images[start : start + batch_size].clone()
         _batch_errors(model, batch, layers, weights, probes, generator, sums, seen)
     return {
-        name: {bits: total / probes for bits, total in sums[name].items()}
+        name: {bits: float(total) / probes for bits, total in sums[name].items()}
         for name in layers
         if name in seen
     }
