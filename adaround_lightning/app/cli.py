@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
-from adaround_lightning.app.report import allocation_line
+from adaround_lightning.app.report import allocation_line, refinement_line
 from adaround_lightning.app.run import output_dir_of, run, summary_table
 from adaround_lightning.app.schema import check_overrides, register_schema
 from adaround_lightning.app.settings import run_config_from
@@ -131,6 +131,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     out_dir = results["run_dir"]
     allocation = results.get("bit_allocation")
     mixed = f"{allocation_line(allocation)}\n" if allocation else ""
+    if results.get("refinement"):
+        mixed += f"{refinement_line(results['refinement'])}\n"
     sys.stdout.write(
         f"\n{summary_table(results)}\n\n{mixed}"
         f"{len(results['layers'])} layers, calibration {results['calibration_seconds']:.1f}s, "

@@ -193,6 +193,25 @@ def _bits_label(results: dict[str, Any]) -> str:
     return f"W{results.get('quant', {}).get('weight_bits', '?')}"
 
 
+def refinement_line(refinement: dict[str, Any]) -> str:
+    """One line on the network-level refinement (``results.json``'s ``refinement``).
+
+    Example:
+        >>> refinement_line({"bits": 2, "steps": 300, "steps_run": 300, "flips": 4512,
+        ...     "flipped_fraction": 0.002, "divergence_before": 0.0067,
+        ...     "divergence_after": 0.0023, "seconds": 55.1, "resumed": False})
+        'refinement at W2: 300 of 300 steps, 4512 weights flipped (0.20%), output divergence 0.0067 -> 0.0023 on the calibration images, 55.1 s'
+    """  # noqa: E501
+    resumed = " (restored from the checkpoint)" if refinement.get("resumed") else ""
+    return (
+        f"refinement at W{refinement['bits']}: {refinement['steps_run']} of "
+        f"{refinement['steps']} steps, {refinement['flips']} weights flipped "
+        f"({100 * refinement['flipped_fraction']:.2f}%), output divergence "
+        f"{refinement['divergence_before']:.2g} -> {refinement['divergence_after']:.2g} on the "
+        f"calibration images, {refinement['seconds']:.1f} s{resumed}"
+    )
+
+
 def allocation_line(allocation: dict[str, Any]) -> str:
     """One line on the bits a budget chose (``results.json``'s ``bit_allocation``).
 
@@ -255,6 +274,8 @@ def write_report(results: dict[str, Any], out_dir: Path) -> Path:
     allocation = results.get("bit_allocation")
     if allocation:
         meta += f"; {html.escape(allocation_line(allocation))}"
+    if results.get("refinement"):
+        meta += f"; {html.escape(refinement_line(results['refinement']))}"
     skipped_html = _left_in_float(results)
     figures = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in images)
     cache_html = _cache_line(results.get("cache")) + _environment_line(results.get("environment"))

@@ -27,6 +27,10 @@ class Granularity(Choice):
 #: The paper's learning rate and steps per layer (Nagel et al. 2020, section 5).
 PAPER_LR = 1e-3
 PAPER_ITERS = 10000
+#: Weight bit widths at which the network-level refinement runs by default (BENCHMARKS.md).
+DEFAULT_REFINE_BITS = (2,)
+#: Steps of the refinement by default (``iters`` if fewer).
+DEFAULT_REFINE_STEPS = 300
 #: Cap of the default learning rate of very short fits.
 MAX_DEFAULT_LR = 5e-2
 
@@ -101,6 +105,14 @@ class AdaroundConfig:
             the plain error (logged).
         fisher_damping: ``delta`` of the Fisher weight ``(g^2 + delta m) / ((1 + delta) m)``:
             0 is the Fisher weight alone, large values the plain error.
+        refine_bits: After the walk, refine every layer's rounding together on the network's
+            output (:mod:`~adaround_lightning.engine.fit.network_refinement`) when the
+            smallest weight bit width is one of these; ``[]``: never.
+        refine_steps: Steps of the refinement (it ends earlier once every ``h(V)`` is binary);
+            None: :meth:`refinement_steps`, 300 or ``iters`` if fewer.
+        refine_lr: Adam's learning rate of ``V`` in the refinement.
+        refine_block_weight: Weight of the blocks' relative output errors in the refinement's
+            loss, beside the network output's divergence (0: the output alone).
     """
 
     iters: int = 10000
@@ -125,6 +137,10 @@ class AdaroundConfig:
     scale_lr: float = 1e-3
     fisher: bool = False
     fisher_damping: float = 1.0
+    refine_bits: list[int] = field(default_factory=lambda: list(DEFAULT_REFINE_BITS))
+    refine_steps: int | None = None
+    refine_lr: float = 0.01
+    refine_block_weight: float = 0.1
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -132,6 +148,7 @@ class AdaroundConfig:
         self.block_budget = BlockBudget.parse(self.block_budget, "adaround.block_budget")
         self.reconstruction = Reconstruction.parse(self.reconstruction, "adaround.reconstruction")
         self._check_flags_and_lists()
+        self._check_refinement()
 
     def _check_numbers(self) -> None:
         if self.block_iters is not None and (
@@ -164,6 +181,51 @@ class AdaroundConfig:
         self.fisher_damping = float(self.fisher_damping)
         if self.reg_param is not None and self.reg_param < 0:
             raise ValueError(f"adaround.reg_param must be >= 0, got {self.reg_param}")
+
+    def _check_refinement(self) -> None:
+        if isinstance(self.refine_bits, str | int) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and 2 <= b <= 16
+            for b in self.refine_bits
+        ):
+            raise ValueError(
+                f"adaround.refine_bits must be a list of bit widths from 2 to 16 ([] to turn the "
+                f"refinement off), got {self.refine_bits!r}"
+            )
+        self.refine_bits = sorted(set(self.refine_bits))
+        steps = self.refine_steps
+        if steps is not None and (
+            isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
+        ):
+            raise ValueError(
+                f"adaround.refine_steps must be a positive integer or null, got {steps!r}"
+            )
+        if not self.refine_lr > 0:
+            raise ValueError(f"adaround.refine_lr must be > 0, got {self.refine_lr}")
+        if not self.refine_block_weight >= 0:
+            raise ValueError(
+                f"adaround.refine_block_weight must be >= 0, got {self.refine_block_weight}"
+            )
+
+    @property
+    def refinement_steps(self) -> int:
+        """``refine_steps``, or by default :data:`DEFAULT_REFINE_STEPS` (``iters`` if fewer).
+
+        Example:
+            >>> [AdaroundConfig(iters=n).refinement_steps for n in (500, 20)]
+            [300, 20]
+        """
+        if self.refine_steps is not None:
+            return self.refine_steps
+        return min(DEFAULT_REFINE_STEPS, self.iters)
+
+    def refines(self, smallest_bits: int) -> bool:
+        """Whether the refinement runs on a network whose smallest weight bit width is this.
+
+        Example:
+            >>> AdaroundConfig().refines(2), AdaroundConfig().refines(4)
+            (True, False)
+        """
+        return smallest_bits in self.refine_bits
 
     def _check_flags_and_lists(self) -> None:
         for name in (

@@ -26,7 +26,11 @@ from adaround_lightning.engine.engine_config import EngineConfig
 from adaround_lightning.engine.fit.fit_step import FitSettings
 from adaround_lightning.engine.fit.trainer import process_context, trainer_kwargs_with_defaults
 from adaround_lightning.engine.mixed.choose import weight_footprint
-from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, load_progress
+from adaround_lightning.engine.records.checkpoint import (
+    LayerCheckpoint,
+    load_progress,
+    load_refinement,
+)
 from adaround_lightning.engine.records.coverage import WeightCoverage, weight_coverage
 from adaround_lightning.engine.records.results import CacheReport
 from adaround_lightning.engine.walk_options import WalkOptions
@@ -35,6 +39,7 @@ from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.torch_frontend.mixed_plan import plan_with_budget
 from adaround_lightning.torch_frontend.networks import float_and_quantized
 from adaround_lightning.torch_frontend.plan import CalibrationPlan, plan_calibration
+from adaround_lightning.torch_frontend.refinement_phase import KeptRefinement
 from adaround_lightning.torch_frontend.torch_result import AdaroundResult
 from adaround_lightning.torch_frontend.torch_walk import CalibrationWalk, WalkContext
 
@@ -120,11 +125,10 @@ def prepare_walk(
         replay_block_arguments(network, plan.trace.replayed)
     if process.is_main:
         _log_blocks(plan, config)
-    stream = None
-    if engine.stream:
-        stream = plan_stream(fp_model, [block.name for block in plan.trace.blocks], example)
+    blocks = [block.name for block in plan.trace.blocks]
+    stream = plan_stream(fp_model, blocks, example) if engine.stream else None
     allocator = _cache_allocator(engine, process.device, checkpoint)
-    finished = load_progress(checkpoint, options.checkpoint_tag) if checkpoint else {}
+    finished, kept = _kept(checkpoint, options.checkpoint_tag)
     if not process.is_main:  # one process writes
         checkpoint, loggers = None, None
     context = WalkContext(
@@ -144,8 +148,18 @@ def prepare_walk(
         stream=stream,
         forward_batch_size=_forward_chunk(engine, plan.trace.activation_bytes_per_sample),
         allocation=allocation,
+        kept_refinement=kept,
     )
     return context, finished
+
+
+def _kept(
+    checkpoint: Path | None, tag: str
+) -> tuple[dict[str, LayerCheckpoint], KeptRefinement | None]:
+    """The finished layers and the finished refinement a checkpoint holds (every process)."""
+    if checkpoint is None:
+        return {}, None
+    return load_progress(checkpoint, tag), load_refinement(checkpoint, tag)
 
 
 def _log_blocks(plan: CalibrationPlan, config: AdaroundConfig) -> None:
@@ -244,6 +258,7 @@ def adaround_module(
         cache=cache,
         coverage=coverage,
         bit_allocation=context.allocation,
+        refinement=state.refinement,
         footprint=weight_footprint(
             context.fp_model, {n: q.bits for n, q in state.quantizers.items()}, quant
         ),

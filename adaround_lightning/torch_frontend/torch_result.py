@@ -18,7 +18,7 @@ from torch import nn
 from adaround_lightning.core.atomic import atomic_torch_save, atomic_write
 from adaround_lightning.engine.mixed.choose import BitAllocation
 from adaround_lightning.engine.records.coverage import WeightCoverage
-from adaround_lightning.engine.records.results import CacheReport, LayerReport
+from adaround_lightning.engine.records.results import CacheReport, LayerReport, RefinementReport
 from adaround_lightning.export.encodings import aimet_encodings
 from adaround_lightning.export.integers import QuantizedLayer
 from adaround_lightning.export.onnx import export_onnx
@@ -48,6 +48,7 @@ class AdaroundResult(SavesRunFiles):
         bit_allocation: The bits a budget chose and what they cost (None without a budget).
         footprint: Average weight bits and model size in bytes at the bits used
             (:func:`~adaround_lightning.engine.mixed.choose.weight_footprint`).
+        refinement: What the network-level refinement after the walk did (None: not run).
     """
 
     model: nn.Module
@@ -61,6 +62,7 @@ class AdaroundResult(SavesRunFiles):
     coverage: WeightCoverage | None = None
     bit_allocation: BitAllocation | None = None
     footprint: dict[str, float] | None = None
+    refinement: RefinementReport | None = None
 
     def nearest_model(self) -> nn.Module:
         """A copy of the float network with round-to-nearest weights on the same grids.

@@ -12,6 +12,7 @@ phase                  what it does
 ``fit_block_jointly``  one fit for all of a block's layers: the block output error (BRECQ)
 ``fit_one_layer``      one fit per layer: its output error (AdaRound as published)
 ``finish_layer``       report (MSEs), agreement check, checkpoint, log
+``refine_network``     every rounding together on the network's output (``adaround.refine_bits``)
 ``calibrate_inputs``   activation grids after the walk (AIMET's order), unless in the loop
 =====================  ==========================================================================
 
@@ -57,7 +58,7 @@ from adaround_lightning.engine.mixed.choose import BitAllocation
 from adaround_lightning.engine.progress import CalibrationProgress
 from adaround_lightning.engine.records.checkpoint import LayerCheckpoint, save_layer_progress
 from adaround_lightning.engine.records.layer_report import layer_report, output_mse
-from adaround_lightning.engine.records.results import CacheReport, LayerReport
+from adaround_lightning.engine.records.results import CacheReport, LayerReport, RefinementReport
 from adaround_lightning.graph.bias_correction import BiasCorrection
 from adaround_lightning.graph.capture import capture_output
 from adaround_lightning.graph.functional import forward_with_weight, functional_activation
@@ -71,6 +72,7 @@ from adaround_lightning.quant.factory import layer_quantizer
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 from adaround_lightning.torch_frontend.plan import CalibrationPlan
+from adaround_lightning.torch_frontend.refinement_phase import KeptRefinement, refine_network
 
 __all__ = ["CalibrationWalk", "WalkContext", "WalkState"]
 
@@ -98,6 +100,7 @@ class WalkContext:
         stream: Which block inputs follow from the previous block's (None: all from the images).
         forward_batch_size: Chunk of the forward passes that fill the cache.
         allocation: The bits a budget chose (``quant.average_bits``/``max_size_mb``), if any.
+        kept_refinement: The network-level refinement a checkpoint of these settings holds.
     """
 
     quant: QuantConfig
@@ -116,6 +119,7 @@ class WalkContext:
     stream: StreamPlan | None = None
     forward_batch_size: int = 256
     allocation: BitAllocation | None = None
+    kept_refinement: KeptRefinement | None = None
 
     @property
     def act_in_loop(self) -> bool:
@@ -139,12 +143,14 @@ class WalkState:
         reports: Per finished layer, its report, in calibration order.
         finished: Per finished layer, its checkpoint record (only when checkpoints are written,
             or restored).
+        refinement: What the network-level refinement after the walk did (None: not run).
     """
 
     quantizers: dict[str, AdaroundFakeQuantizer] = field(default_factory=dict)
     act_quantizers: dict[str, ActivationQuantizer] = field(default_factory=dict)
     reports: list[LayerReport] = field(default_factory=list)
     finished: dict[str, LayerCheckpoint] = field(default_factory=dict)
+    refinement: RefinementReport | None = None
 
 
 def _oom_message(where: str, images: torch.Tensor) -> str:
@@ -258,6 +264,9 @@ class CalibrationWalk:
         finally:
             self.cache.release()
             self.cache.allocator.close()
+        self.state.refinement = refine_network(
+            context, self.state.quantizers, context.kept_refinement, self.progress
+        )
         if context.quant.act_bits is not None and not context.act_in_loop:
             self.calibrate_inputs()
         return self.state

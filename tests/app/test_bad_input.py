@@ -91,6 +91,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("cache-budget", ["engine.cache_budget_gb=-1"], "engine.cache_budget_gb must be > 0"),
     ("cache-dtype", ["engine.cache_dtype=int8"], "engine.cache_dtype must be one of"),
     ("block-iters", ["adaround.block_iters=0"], "adaround.block_iters must be a positive"),
+    ("refine-bits", ["adaround.refine_bits=[1]"], "adaround.refine_bits must be a list of bit"),
     ("channels-last", ["engine.channels_last=maybe"], "engine.channels_last=maybe: Value"),
     ("blocks-no-match", ["adaround.blocks=[NoSuchBlock]"], "adaround.blocks pattern 'NoSuchBlock'"),
     (

@@ -20,9 +20,10 @@ from torch import nn
 
 from adaround_lightning.core.interrupt import STOP
 from adaround_lightning.engine.adaround_config import AdaroundConfig
-from adaround_lightning.engine.cache.activation_cache import CalibrationCache
+from adaround_lightning.engine.cache.activation_cache import CalibrationCache, RandomBatches
 from adaround_lightning.engine.cache.pairs import LayerPairs
 from adaround_lightning.engine.engine_config import EngineConfig
+from adaround_lightning.engine.fit.network_refinement import NetworkRefinement
 from adaround_lightning.engine.fit.reconstruction import (
     BlockReconstruction,
     LayerReconstruction,
@@ -37,12 +38,27 @@ from adaround_lightning.engine.progress import CalibrationProgress
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
-__all__ = ["CURVE_POINTS", "FitOutcome", "FitSettings", "fit_block", "fit_layer"]
+__all__ = [
+    "CURVE_POINTS",
+    "FitOutcome",
+    "FitSettings",
+    "RefinementOutcome",
+    "fit_block",
+    "fit_layer",
+    "fit_network",
+]
 
 log = logging.getLogger(__name__)
 
 #: Points kept of each fit's loss curve in the report.
 CURVE_POINTS = 200
+
+#: The refinement's rounding term: ``lambda`` per weight element (its loss is a mean over
+#: samples, not a sum over channels as a block fit's), the annealed ``beta`` and ``h(V)`` at the
+#: start; chosen on MobileNetV2 W2 (docs/refinement.md).
+REFINE_REG_PARAM = 1e-5
+REFINE_BETA_RANGE = (8.0, 2.0)
+REFINE_START_H = 0.7
 
 
 @dataclass(frozen=True)
@@ -213,3 +229,100 @@ def fit_block(
         skip_settled=settings.engine.skip_settled,
     )
     return _run(module, cache, steps, settings, bar)
+
+
+@dataclass(frozen=True)
+class RefinementOutcome:
+    """What the network-level refinement did.
+
+    Attributes:
+        steps: The steps it was planned for.
+        steps_run: The steps it took (fewer once every ``h(V)`` was binary).
+        flips: Weights whose rounding it changed.
+        curve: ``[step, output, blocks, regularization]`` rows, at most :data:`CURVE_POINTS`.
+    """
+
+    steps: int
+    steps_run: int
+    flips: int
+    curve: list[list[float]] = field(default_factory=list)
+
+
+def fit_network(
+    q_model: nn.Module,
+    fp_model: nn.Module,
+    quantizers: dict[str, AdaroundFakeQuantizer],
+    blocks: list[str],
+    images: torch.Tensor,
+    batch_size: int,
+    settings: FitSettings,
+    bar: CalibrationProgress,
+) -> RefinementOutcome:
+    """Refine every layer's rounding together on the network's output (after the walk).
+
+    Trains :class:`~adaround_lightning.engine.fit.network_refinement.NetworkRefinement` in a
+    fresh Trainer on random batches of ``images`` (this process's calibration shard), then
+    writes each quantizer's new ``V`` and each layer's ``s * q``.
+
+    Example:
+        >>> from adaround_lightning.quant.factory import quantizer_for_weight
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).requires_grad_(False)
+        >>> fqs = {n: quantizer_for_weight(net.get_submodule(n).weight, 2, True, "minmax")
+        ...        for n in ("0", "2")}
+        >>> cpu = FitSettings(AdaroundConfig(batch_size=8, refine_steps=4), {"accelerator": "cpu"},
+        ...                   None, torch.device("cpu"))
+        >>> with CalibrationProgress(1, 0, False) as bar:
+        ...     outcome = fit_network(net, net, fqs, [], torch.randn(16, 4), 8, cpu, bar)
+        >>> outcome.steps_run <= 4
+        True
+    """
+    config = settings.config
+    steps = config.refinement_steps
+    module = _refinement_module(q_model, fp_model, quantizers, blocks, config)
+    batches = RandomBatches(
+        images,
+        torch.zeros(len(images), device=images.device),
+        batch_size,
+        steps,
+        config.seed + 7_919,
+    )
+    bar.start_layer("refinement", steps)
+    with quiet_lightning():
+        trainer = inner_trainer(
+            inner_trainer_kwargs(settings.trainer_kwargs), steps, settings.loggers, [bar]
+        )
+        try:
+            trainer.fit(module, train_dataloaders=batches)
+        except SIGTERMException:
+            if not STOP.requested:
+                raise
+    STOP.check()  # a stopped refinement is not finished: it is redone on resume
+    return RefinementOutcome(
+        steps, module.steps_run, module.flips(), module.loss_curve(CURVE_POINTS)
+    )
+
+
+def _refinement_module(
+    q_model: nn.Module,
+    fp_model: nn.Module,
+    quantizers: dict[str, AdaroundFakeQuantizer],
+    blocks: list[str],
+    config: AdaroundConfig,
+) -> NetworkRefinement:
+    loss = AdaptiveRoundingLoss(
+        max_iter=config.refinement_steps,
+        warm_start=config.warm_start,
+        beta_range=REFINE_BETA_RANGE,
+        reg_param=REFINE_REG_PARAM,
+    )
+    return NetworkRefinement(
+        q_model,
+        fp_model,
+        quantizers,
+        blocks,
+        loss,
+        config.refine_lr,
+        config.refine_block_weight,
+        REFINE_START_H,
+        config.scale_lr if config.learn_scale else None,
+    )

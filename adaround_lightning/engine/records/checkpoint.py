@@ -21,17 +21,20 @@ import torch
 
 from adaround_lightning.core.atomic import atomic_write
 from adaround_lightning.core.errors import UserError
-from adaround_lightning.engine.records.results import LayerReport
+from adaround_lightning.engine.records.results import LayerReport, RefinementReport
 from adaround_lightning.quant.activations import ActivationQuantizer
 from adaround_lightning.quant.factory import make_quantizer
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
 __all__ = [
     "INDEX_FILE",
+    "REFINEMENT_FILE",
     "ActivationGrid",
     "LayerCheckpoint",
     "load_progress",
+    "load_refinement",
     "save_layer_progress",
+    "save_refinement",
 ]
 
 _VERSION = 1
@@ -208,3 +211,50 @@ def load_progress(folder: Path, tag: str) -> dict[str, LayerCheckpoint]:
             ) from None
         finished[name] = LayerCheckpoint.from_dict(entry)
     return finished
+
+
+#: The refinement's record in the checkpoint folder (:func:`save_refinement`).
+REFINEMENT_FILE = "refinement.pt"
+
+
+def save_refinement(
+    folder: Path, tag: str, report: RefinementReport, quantizers: dict[str, AdaroundFakeQuantizer]
+) -> None:
+    """Record the finished refinement: its report and each layer's new ``V`` and scale.
+
+    Example:
+        >>> import tempfile
+        >>> from adaround_lightning.quant.factory import quantizer_for_weight
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> fq = quantizer_for_weight(torch.randn(2, 3), 2, True, "minmax")
+        >>> report = RefinementReport(2, 10, 10, 1, 0.2, 0.1, 0.05, 1.0, 8, 0.1, 0)
+        >>> save_refinement(folder, "cfg", report, {"fc": fq})
+        >>> loaded = load_refinement(folder, "cfg")
+        >>> loaded[0].flips, bool(loaded[1]["fc"]["V"].equal(fq.V))
+        (1, True)
+    """
+    layers = {
+        name: {"V": q.V.detach().cpu(), "scale": q.scale.detach().cpu()}
+        for name, q in quantizers.items()
+    }
+    record = {"version": _VERSION, "tag": tag, "report": report.to_dict(), "layers": layers}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / REFINEMENT_FILE, lambda tmp: torch.save(record, tmp))
+
+
+def load_refinement(
+    folder: Path, tag: str
+) -> tuple[RefinementReport, dict[str, dict[str, torch.Tensor]]] | None:
+    """The refinement an earlier run of these settings finished, or None."""
+    path = folder / REFINEMENT_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(
+            f"cannot read {path} ({type(error).__name__}); delete it to refine afresh"
+        ) from None
+    if record.get("tag") != tag:
+        return None  # another run's: refined again
+    return RefinementReport(**record["report"]), record["layers"]

@@ -18,7 +18,13 @@ from adaround_lightning.engine.records.coverage import WeightCoverage
 from adaround_lightning.quant.activations import ActivationQuantizer
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer
 
-__all__ = ["CacheReport", "CalibrationResult", "LayerReport", "calibration_record"]
+__all__ = [
+    "CacheReport",
+    "CalibrationResult",
+    "LayerReport",
+    "RefinementReport",
+    "calibration_record",
+]
 
 
 @dataclass
@@ -108,6 +114,46 @@ class CacheReport:
         return asdict(self)
 
 
+@dataclass
+class RefinementReport:
+    """What the network-level refinement after the walk did (``results.json``'s ``refinement``).
+
+    Attributes:
+        bits: The smallest weight bit width, the one ``adaround.refine_bits`` matched.
+        steps: Steps planned (``adaround.refine_steps``).
+        steps_run: Steps taken (fewer once every ``h(V)`` was binary).
+        flips: Weights whose rounding the refinement changed from the walk's.
+        flipped_fraction: ``flips`` over all quantized weight elements.
+        divergence_before: The output divergence of the quantized network from the float one on
+            the calibration images before the refinement (KL for ``(N, classes)`` scores).
+        divergence_after: The same after it.
+        seconds: Wall time of the refinement, the two divergence passes included.
+        batch_size: Calibration samples per step.
+        block_weight: ``adaround.refine_block_weight``.
+        blocks: Blocks whose output error was in the loss.
+        resumed: Read from the checkpoint of an earlier run, not trained again.
+        loss_curve: ``[step, output, blocks, regularization]`` rows, at most 200.
+    """
+
+    bits: int
+    steps: int
+    steps_run: int
+    flips: int
+    flipped_fraction: float
+    divergence_before: float
+    divergence_after: float
+    seconds: float
+    batch_size: int
+    block_weight: float
+    blocks: int
+    resumed: bool = False
+    loss_curve: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+
 @runtime_checkable
 class CalibrationResult(Protocol):
     """What every front end's calibration returns (``adaround`` and ``adaround_onnx``).
@@ -166,6 +212,7 @@ def calibration_record(result: CalibrationResult) -> dict[str, Any]:
     """
     coverage, cache = result.coverage, result.cache
     allocation = getattr(result, "bit_allocation", None)  # the ONNX path has none
+    refinement = getattr(result, "refinement", None)
     return {
         "layers": [report.to_dict() for report in result.layers],
         "skipped": dict(result.skipped),
@@ -174,4 +221,5 @@ def calibration_record(result: CalibrationResult) -> dict[str, Any]:
         "calibration_seconds": round(result.seconds, 3),
         "bit_allocation": allocation.to_dict() if allocation is not None else None,
         "footprint": getattr(result, "footprint", None),
+        "refinement": refinement.to_dict() if refinement is not None else None,
     }
