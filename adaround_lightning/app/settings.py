@@ -98,7 +98,7 @@ _LATER_DEFAULTS = {
     "scale_lr": 1e-3,
     "fisher": False,
     "fisher_damping": 1.0,
-    "refine_bits": [2],
+    "refine_bits": [],
     "refine_steps": None,
     "refine_lr": 0.01,
     "refine_block_weight": 0.1,

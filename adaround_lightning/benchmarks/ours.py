@@ -202,6 +202,16 @@ def _allocation_fields(result: AdaroundResult) -> dict[str, Any]:
     if allocation is not None:
         fields["uniform_size_bytes"] = allocation.uniform_size_bytes
         fields["allocation_seconds"] = round(allocation.seconds, 2)
+    refinement = result.refinement
+    fields["refinement"] = None
+    if refinement is not None:
+        fields["refinement"] = {
+            "steps_run": refinement.steps_run,
+            "flips": refinement.flips,
+            "divergence_before": refinement.divergence_before,
+            "divergence_after": refinement.divergence_after,
+            "seconds": round(refinement.seconds, 1),
+        }
     return fields
 
 

@@ -27,8 +27,9 @@ class Granularity(Choice):
 #: The paper's learning rate and steps per layer (Nagel et al. 2020, section 5).
 PAPER_LR = 1e-3
 PAPER_ITERS = 10000
-#: Weight bit widths at which the network-level refinement runs by default (BENCHMARKS.md).
-DEFAULT_REFINE_BITS = (2,)
+#: Weight bit widths at which the network-level refinement runs by default: none, since it paid
+#: at no bit width on the BENCHMARKS.md checkpoints (docs/refinement.md).
+DEFAULT_REFINE_BITS: tuple[int, ...] = ()
 #: Steps of the refinement by default (``iters`` if fewer).
 DEFAULT_REFINE_STEPS = 300
 #: Cap of the default learning rate of very short fits.
@@ -222,8 +223,8 @@ class AdaroundConfig:
         """Whether the refinement runs on a network whose smallest weight bit width is this.
 
         Example:
-            >>> AdaroundConfig().refines(2), AdaroundConfig().refines(4)
-            (True, False)
+            >>> AdaroundConfig().refines(2), AdaroundConfig(refine_bits=[2, 3]).refines(2)
+            (False, True)
         """
         return smallest_bits in self.refine_bits
 

@@ -84,7 +84,8 @@ def test_ddp_processes_choose_the_same_bits_under_a_budget(tmp_path: Path) -> No
     # and chooses the same bits (a layer whose integers differed between the ranks would fail
     # the walk's agreement check).
     fast = ["adaround.iters=5", "adaround.num_samples=64", "data.calibration.size=64"]
-    args = [*SETTINGS, *fast, *DDP, "quant.average_bits=2.5", f"hydra.run.dir={tmp_path}"]
+    refine = "adaround.refine_bits=[2]"
+    args = [*SETTINGS, *fast, *DDP, "quant.average_bits=2.5", refine, f"hydra.run.dir={tmp_path}"]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
@@ -92,3 +93,7 @@ def test_ddp_processes_choose_the_same_bits_under_a_budget(tmp_path: Path) -> No
     assert results["finished"] and allocation["average_bits"] <= 2.5
     assert allocation["samples"] == 64  # the whole set on each process, not its shard
     assert {layer["name"]: layer["bits"] for layer in results["layers"]} == allocation["bits"]
+    # The smallest bit width is 2, so the network-level refinement ran too under DDP: its V
+    # all-reduced, the ranks' integers checked equal after it (a difference fails the run).
+    refinement = results["refinement"]
+    assert refinement["bits"] == 2 and refinement["steps_run"] >= 1

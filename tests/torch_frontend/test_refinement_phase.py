@@ -15,7 +15,14 @@ CPU = {"accelerator": "cpu"}
 
 
 def _calibrate(model: nn.Module, images: torch.Tensor, bits: int = 2, checkpoint=None, **config):
-    settings = {"iters": 16, "batch_size": 16, "refine_steps": 24, "seed": 3, **config}
+    settings = {
+        "iters": 16,
+        "batch_size": 16,
+        "refine_bits": [2],
+        "refine_steps": 24,
+        "seed": 3,
+        **config,
+    }
     return adaround(
         model,
         images,
@@ -30,7 +37,7 @@ def _integers(result) -> dict[str, torch.Tensor]:
     return {name: q.integer_weight() for name, q in result.quantizers.items()}
 
 
-def test_refinement_runs_at_two_bits_by_default_and_not_at_four(tiny_cnn, images) -> None:
+def test_refinement_runs_at_the_refine_bits_and_not_at_others(tiny_cnn, images) -> None:
     two = _calibrate(tiny_cnn, images, bits=2)
     assert two.refinement is not None and two.refinement.bits == 2
     assert 1 <= two.refinement.steps_run <= 24
@@ -39,6 +46,7 @@ def test_refinement_runs_at_two_bits_by_default_and_not_at_four(tiny_cnn, images
     record = calibration_record(two)["refinement"]
     assert record["flips"] == two.refinement.flips and record["divergence_after"] >= 0
     assert _calibrate(tiny_cnn, images, bits=4).refinement is None
+    assert AdaroundConfig().refine_bits == []  # off by default (docs/refinement.md)
 
 
 def test_refine_bits_empty_leaves_the_walks_rounding(tiny_cnn, images) -> None:
@@ -73,7 +81,7 @@ def test_a_small_cache_budget_lowers_the_refinement_batch(tiny_cnn, images) -> N
         tiny_cnn,
         images,
         QuantConfig(weight_bits=2),
-        AdaroundConfig(iters=8, batch_size=16, refine_steps=8),
+        AdaroundConfig(iters=8, batch_size=16, refine_bits=[2], refine_steps=8),
         CPU,
         engine=EngineConfig(cache_budget_gb=2e-6),
     )
