@@ -41,3 +41,4 @@ def test_rows_for_every_setting_and_a_float_baseline(
         expected = 100.0 * float((model(images).argmax(1) == labels).float().mean())
     assert all(abs(r["fp32_top1"] - expected) < 0.01 for r in rows)
     assert all(0.0 <= r["adaround_top1"] <= 100.0 for r in rows)
+    assert all(r["test_divergence"] >= 0.0 and r["refinement"] is None for r in rows)
