@@ -101,6 +101,12 @@ def _check_settings(config: AdaroundConfig, quant: QuantConfig, process: Process
             "model.onnx: every layer is fitted on its own (layer-wise): block reconstruction "
             "needs the graph between layers in PyTorch (adaround.granularity=layer hides this)"
         )
+    if config.refine_bits:
+        log.warning(
+            "model.onnx: no network-level refinement (adaround.refine_bits=%s): it trains "
+            "through the whole network in PyTorch; the walk's rounding is kept",
+            config.refine_bits,
+        )
 
 
 def _variables(graph: OnnxGraph) -> dict[str, np.ndarray]:

@@ -216,3 +216,12 @@ def test_onnx_path_group_wise_grids_export_block_wise(model_path, images, tmp_pa
     x = images[:8].numpy()
     written = ort_run(onnx.load(str(tmp_path / "model.onnx")), x)
     assert np.isfinite(written).all()
+
+
+def test_the_refinement_is_said_to_be_skipped(model_path, images, caplog) -> None:
+    # Nothing silent: the ONNX path has no network-level refinement, and says so.
+    config = _config(iters=2, refine_bits=[2])
+    with caplog.at_level("WARNING", logger="adaround_lightning"):
+        result = adaround_onnx(model_path, images, QuantConfig(weight_bits=2), config, CPU)
+    assert result.quantizers
+    assert "no network-level refinement" in caplog.text
