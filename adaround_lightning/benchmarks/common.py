@@ -32,6 +32,7 @@ __all__ = [
     "VIT_TINY_KWARGS",
     "build_model",
     "fashion_mnist_data",
+    "one_iteration_adaround",
     "parse_bool",
 ]
 
@@ -152,3 +153,21 @@ def parse_bool(text: str) -> bool:
     if lowered in ("false", "0", "no", "n"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def one_iteration_adaround(model: nn.Module, images: torch.Tensor, quant: Any) -> Any:
+    """:func:`~adaround_lightning.api.adaround` with one step per fit on the CPU, quietly.
+
+    The zoo runners' check that a model goes through the walk (its coverage, blocks, files),
+    not a calibration worth evaluating.
+
+    Example:
+        >>> from adaround_lightning import QuantConfig
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+        >>> len(one_iteration_adaround(net, torch.randn(16, 4), QuantConfig()).layers)
+        2
+    """
+    from adaround_lightning import AdaroundConfig, adaround
+
+    config = AdaroundConfig(iters=1, batch_size=8)
+    return adaround(model, images, quant, config, {"accelerator": "cpu"}, progress=False)

@@ -20,7 +20,8 @@ import torch
 import torchvision
 from torch import nn
 
-from adaround_lightning import AdaroundConfig, QuantConfig, adaround
+from adaround_lightning import QuantConfig
+from adaround_lightning.benchmarks.common import one_iteration_adaround
 
 __all__ = ["CASES", "main"]
 
@@ -94,14 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             model, images = make()
             start = time.perf_counter()
-            r = adaround(
-                model,
-                images,
-                QuantConfig(average_bits=3.0),
-                AdaroundConfig(iters=1, batch_size=8),
-                {"accelerator": "cpu"},
-                progress=False,
-            )
+            r = one_iteration_adaround(model, images, QuantConfig(average_bits=3.0))
             a = r.bit_allocation
             counts = {}
             for b in a.bits.values():

@@ -32,7 +32,8 @@ import torch
 import torchvision
 from torch import nn
 
-from adaround_lightning import AdaroundConfig, QuantConfig, adaround
+from adaround_lightning import AdaroundConfig, QuantConfig
+from adaround_lightning.benchmarks.common import one_iteration_adaround
 from adaround_lightning.export import ExportConfig, export_run, onnx_logits, verify_grid
 
 __all__ = ["ZOO", "main", "onnx_zoo_row", "zoo_row"]
@@ -70,14 +71,7 @@ def zoo_row(name: str, out_dir: Path) -> dict[str, Any]:
     model, size = _zoo_model(name)
     images = torch.randn(16, 3, size, size)
     started = time.perf_counter()
-    result = adaround(
-        model,
-        images,
-        QuantConfig(weight_bits=4),
-        AdaroundConfig(iters=1, batch_size=8),
-        {"accelerator": "cpu"},
-        progress=False,
-    )
+    result = one_iteration_adaround(model, images, QuantConfig(weight_bits=4))
     walk_seconds = time.perf_counter() - started
     export_run(result, out_dir, images[:2], ExportConfig(onnx=True))
     x = torch.randn(2, 3, size, size)

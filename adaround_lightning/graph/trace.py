@@ -141,6 +141,16 @@ class Block:
     name: str
     layers: list[LayerInfo] = field(default_factory=list)
 
+    @property
+    def is_module(self) -> bool:
+        """A block module whose layers are fitted together, not a single layer on its own.
+
+        Example:
+            >>> Block("layer1.0").is_module, Block("fc", [LayerInfo("fc")]).is_module
+            (True, False)
+        """
+        return self.name not in {info.name for info in self.layers}
+
 
 @dataclass
 class NetworkTrace:

@@ -77,8 +77,7 @@ def refinement_batch(context: WalkContext) -> int:
 
 def _block_names(context: WalkContext) -> list[str]:
     """The blocks fitted jointly in the walk (a layer on its own is no block here)."""
-    layers = {info.name for info in context.plan.trace.layers}
-    return [block.name for block in context.plan.trace.blocks if block.name not in layers]
+    return [block.name for block in context.plan.trace.blocks if block.is_module]
 
 
 @torch.no_grad()

@@ -166,7 +166,7 @@ def _log_blocks(plan: CalibrationPlan, config: AdaroundConfig) -> None:
     """Say which layers block reconstruction fits together, and warn when none are."""
     if config.granularity != Granularity.BLOCK:
         return
-    joint = [b for b in plan.trace.blocks if b.name not in {i.name for i in b.layers}]
+    joint = [b for b in plan.trace.blocks if b.is_module]
     alone = [b.layers[0].name for b in plan.trace.blocks if b not in joint]
     in_blocks = sum(len(b.layers) for b in joint)
     if not joint and len(plan.trace.layers) > 1:

@@ -327,8 +327,7 @@ class CalibrationWalk:
         self.cache_block(block, fp_block, q_block)
         if not todo:  # finished or left in float: streamed through for the next block
             return
-        is_block_module = block.name not in {info.name for info in block.layers}
-        if context.config.granularity == Granularity.BLOCK and is_block_module:
+        if context.config.granularity == Granularity.BLOCK and block.is_module:
             self.fit_block_jointly(block, todo, fp_block, q_block)
         else:
             for info in todo:

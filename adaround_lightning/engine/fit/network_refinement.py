@@ -178,6 +178,13 @@ class NetworkRefinement(L.LightningModule):
         )
         #: The walk's roundings, to count what the refinement changed.
         self.start_up = [q.V.detach() >= 0 for q in self.quantizer_list]
+        #: Per quantizer, 1 where both roundings ``floor(W/s)`` and ``floor(W/s) + 1`` are on the
+        #: grid: the gradient of ``clip(floor + h)`` for ``h`` in (0, 1). Clipping the hard value
+        #: would pass none at the grid's ends, and the weights there could never flip back.
+        self.both_on_grid = [
+            ((q.weight_floor >= q.quant_min) & (q.weight_floor + 1 <= q.quant_max)).float()
+            for q in self.quantizer_list
+        ]
         beta, reg_weight = loss.schedule()
         self.register_buffer("beta", beta, persistent=False)
         self.register_buffer("reg_weight", reg_weight, persistent=False)
@@ -228,24 +235,24 @@ class NetworkRefinement(L.LightningModule):
                 logger.save()
 
     # ------------------------------------------------------------------ the loss
-    def hard_weights(self, straight_through: bool = True) -> dict[str, torch.Tensor]:
+    def hard_weights(
+        self, straight_through: bool = True, h: list[torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Per ``"{layer}.weight"``: ``s * clip(floor(W/s) + 1[V >= 0])``, shaped like the weight.
 
-        ``straight_through``: the gradient of ``h(V)`` passes through the hard rounding.
+        ``straight_through``: the gradient of ``h(V)`` passes through the hard rounding (``h``:
+        the ``h(V)`` of every quantizer when the caller has them, else computed here).
         """
+        if straight_through and h is None:
+            h = [rectified_sigmoid(V) for V in self.V]
         weights = {}
         for index, (name, quantizer, V) in enumerate(
             zip(self.names, self.quantizer_list, self.V, strict=True)
         ):
             floor = quantizer.weight_floor
             q = torch.clamp(floor + (V >= 0).to(V.dtype), quantizer.quant_min, quantizer.quant_max)
-            if straight_through:
-                # The gradient of clip(floor + h) for h inside (0, 1): 1 where both roundings
-                # are on the grid. (Clipping the hard value would pass none at the grid's ends,
-                # and the weights there could never flip back inside.)
-                h = rectified_sigmoid(V)
-                both = (floor >= quantizer.quant_min) & (floor + 1 <= quantizer.quant_max)
-                q = q + both.to(h.dtype) * (h - h.detach())
+            if h is not None:
+                q = q + self.both_on_grid[index] * (h[index] - h[index].detach())
             weight = q * quantizer.scale
             if self.scale_lr:
                 weight = weight * self.log_scale_ratios[index].exp()
@@ -258,7 +265,9 @@ class NetworkRefinement(L.LightningModule):
         q_blocks, fp_blocks = self._hooks
         with torch.no_grad():
             target = fp_model(x)
-        output = torch.func.functional_call(q_model, self.hard_weights(), (x,), strict=False)
+        h = [rectified_sigmoid(V) for V in self.V]  # once per step: the weights and f_reg
+        weights = self.hard_weights(h=h)
+        output = torch.func.functional_call(q_model, weights, (x,), strict=False)
         divergence = output_divergence(output, target)
         blocks = divergence.new_zeros(())
         if self.block_weight and self.blocks:
@@ -272,7 +281,7 @@ class NetworkRefinement(L.LightningModule):
         regularization = divergence.new_zeros(())
         if curr_iter >= self.loss.warm_start_end:  # a Python comparison: no host sync
             beta = self.beta[curr_iter]
-            f_reg = sum(self.loss.regularizer(V, beta) for V in self.V)
+            f_reg = sum(self.loss.regularizer_of_h(h_V, beta) for h_V in h)
             regularization = self.reg_weight[curr_iter] * f_reg
         self.history[curr_iter, 0] = divergence.detach()
         self.history[curr_iter, 1] = blocks.detach()

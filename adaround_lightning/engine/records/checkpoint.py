@@ -202,15 +202,17 @@ def load_progress(folder: Path, tag: str) -> dict[str, LayerCheckpoint]:
         )
     finished = {}
     for name in index["order"]:
-        path = folder / index["files"][name]
-        try:
-            entry = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise UserError(
-                f"cannot read {path} ({type(error).__name__}); delete {folder} to start afresh"
-            ) from None
+        entry = _load_record(folder / index["files"][name], f"delete {folder} to start afresh")
         finished[name] = LayerCheckpoint.from_dict(entry)
     return finished
+
+
+def _load_record(path: Path, fix: str) -> dict[str, Any]:
+    """``torch.load`` of a record this module wrote; unreadable: a UserError naming ``fix``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"cannot read {path} ({type(error).__name__}); {fix}") from None
 
 
 #: The refinement's record in the checkpoint folder (:func:`save_refinement`).
@@ -249,12 +251,7 @@ def load_refinement(
     path = folder / REFINEMENT_FILE
     if not path.is_file():
         return None
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(
-            f"cannot read {path} ({type(error).__name__}); delete it to refine afresh"
-        ) from None
+    record = _load_record(path, "delete it to refine afresh")
     if record.get("tag") != tag:
         return None  # another run's: refined again
     return RefinementReport(**record["report"]), record["layers"]
