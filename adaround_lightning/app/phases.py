@@ -136,6 +136,9 @@ def quant_summary(settings: RunConfig) -> dict[str, Any]:
         "act_in_loop": config.act_in_loop,
         "granularity": str(config.granularity),
         "bias_correction": config.bias_correction,
+        "group_size": quant.group_size,
+        "weight_symmetric": quant.weight_symmetric,
+        "quantize_lm_head": quant.quantize_lm_head,
     }
 
 

@@ -123,6 +123,9 @@ def _accuracy_rows(results: dict[str, Any]) -> str:
         cells = "".join(
             f"<td>{metrics[m]:.2f}</td>" if m in metrics else "<td></td>" for m in ("top1", "top5")
         )
+        if "perplexity" in metrics:  # a language model: perplexity on the held-out text
+            cells = f'<td colspan="2">perplexity {metrics["perplexity"]:.3f}</td>'
+
         rows.append(f"<tr><td>{html.escape(label)}</td>{cells}</tr>")
     for key, row in results.get("agreement", {}).items():  # no evaluation set
         text = (

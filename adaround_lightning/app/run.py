@@ -24,6 +24,7 @@ from adaround_lightning.api import adaround
 from adaround_lightning.app.agreement import onnx_parity, output_agreement
 from adaround_lightning.app.evaluate import evaluate, evaluate_with_onnx
 from adaround_lightning.app.evaluate_onnx import evaluate_onnx_models
+from adaround_lightning.app.perplexity import perplexity
 from adaround_lightning.app.phases import (
     CHECKPOINT_DIR,
     RESULTS_FILE,
@@ -39,6 +40,11 @@ from adaround_lightning.core.distributed import ProcessContext
 from adaround_lightning.core.environment import environment_record
 from adaround_lightning.data.sources import calibration_images, evaluation_dataset
 from adaround_lightning.engine.records.results import CalibrationResult, calibration_record
+from adaround_lightning.export.compressed_tensors import (
+    COMPRESSED_DIR,
+    load_compressed_tensors,
+    save_compressed_tensors,
+)
 from adaround_lightning.models.model_builder import build_model
 from adaround_lightning.models.preprocessing import weights_preprocessing
 from adaround_lightning.onnx_frontend.onnx_result import OnnxAdaroundResult
@@ -74,10 +80,10 @@ def summary_table(results: dict[str, Any]) -> str:
     Example:
         >>> print(summary_table({"fp32": {"top1": 90.0}, "nearest": {"top1": 50.0},
         ...                      "adaround": {"top1": 85.0}}))  # doctest: +NORMALIZE_WHITESPACE
-        model               top1
-        FP32               90.00
-        round-to-nearest*  50.00
-        AdaRound           85.00
+        model                     top1
+        FP32                     90.00
+        round-to-nearest*        50.00
+        AdaRound                 85.00
         * weights only: no bias correction
     """
     if "fp32" not in results:  # no evaluation set: agreement with the float outputs
@@ -94,11 +100,13 @@ def summary_table(results: dict[str, Any]) -> str:
             )
             or "no evaluation set"
         )
-    keys = [k for k in ("top1", "top5") if k in results["fp32"]]
-    lines = [f"{'model':<17}" + "".join(f"{k:>7}" for k in keys)]
+    keys = [k for k in ("top1", "top5", "perplexity") if k in results["fp32"]]
+    lines = [f"{'model':<19}" + "".join(f"{k:>11}" for k in keys)]
     rows = (("FP32", "fp32"), ("round-to-nearest*", "nearest"), ("AdaRound", "adaround"))
+    if "compressed_tensors" in results:  # a language model's exported checkpoint, reloaded
+        rows += (("compressed-tensors", "compressed_tensors"),)
     for label, key in rows:
-        lines.append(f"{label:<17}" + "".join(f"{results[key][k]:>7.2f}" for k in keys))
+        lines.append(f"{label:<19}" + "".join(f"{results[key][k]:>11.2f}" for k in keys))
     lines.append("* weights only: no bias correction")
     return "\n".join(lines)
 
@@ -222,6 +230,8 @@ def evaluate_models(
     batch = settings.data.batch_size
     if eval_set is None:
         return _agreement_only(run_setup, result, exported)
+    if settings.model.task == "causal_lm":
+        return evaluate_language_model(run_setup, result, exported)
     if isinstance(result, OnnxAdaroundResult):
         path = run_setup.out_dir / export.ONNX_FILE
         accuracy, exported["onnx"] = evaluate_onnx_models(
@@ -241,6 +251,37 @@ def evaluate_models(
     else:
         accuracy["adaround"] = evaluate(result.model, eval_set, num_classes, device, batch)
     return accuracy
+
+
+def evaluate_language_model(
+    run_setup: RunSetup, result: CalibrationResult, exported: dict[str, Any]
+) -> dict[str, Any]:
+    """Perplexity on the held-out windows: FP32, round-to-nearest, AdaRound, and more.
+
+    The exported compressed-tensors checkpoint too, as ``transformers`` loads it, where it was
+    written in a layout that ``transformers`` reads.
+    """
+    assert isinstance(result, AdaroundResult) and isinstance(run_setup.model, nn.Module)
+    windows = run_setup.eval_set.tensors[0]  # type: ignore[union-attr]
+    device, batch = run_setup.process.device, run_setup.settings.data.batch_size
+    scores = {
+        "fp32": run_setup.model,
+        "nearest": result.nearest_model(),
+        "adaround": result.model,
+    }
+    if exported.get("compressed_tensors_export", {}).get("transformers_loadable"):
+        scores["compressed_tensors"] = load_compressed_tensors(run_setup.out_dir / COMPRESSED_DIR)
+    perplexities = {
+        key: {"perplexity": perplexity(model, windows, device, batch)}
+        for key, model in scores.items()
+    }
+    log.info(
+        "perplexity on %d held-out windows of %d tokens: %s",
+        len(windows),
+        windows.shape[1],
+        ", ".join(f"{key} {row['perplexity']:.3f}" for key, row in perplexities.items()),
+    )
+    return perplexities
 
 
 def write_results(
@@ -276,6 +317,41 @@ def write_results(
     return write_results_file(results, run_setup.out_dir)
 
 
+def export_hf_checkpoint(
+    run_setup: RunSetup, result: CalibrationResult, exported: dict[str, Any]
+) -> None:
+    """The compressed-tensors checkpoint (``export.compressed_tensors``), beside the run files.
+
+    Adds its folder to ``exported["outputs"]``, and to ``exported["compressed_tensors_export"]``
+    whether ``transformers`` loads it (symmetric grids, or ``export.zero_points=padded``).
+    """
+    settings = run_setup.settings
+    if not settings.export.compressed_tensors:
+        return
+    assert isinstance(result, AdaroundResult)
+    source = Path(settings.model.name)
+    save_compressed_tensors(
+        result.float_model,
+        result.quantizers,
+        run_setup.out_dir / COMPRESSED_DIR,
+        source if source.is_dir() else None,
+        settings.export.zero_points,
+    )
+    symmetric = all(q.is_symmetric for q in result.quantizers.values())
+    loadable = symmetric or settings.export.zero_points == "padded"
+    if not loadable:
+        log.info(
+            "%s: asymmetric zero points packed as vLLM reads them; transformers 5 cannot load "
+            "that layout (export.zero_points=padded writes one it loads)",
+            COMPRESSED_DIR,
+        )
+    exported.setdefault("outputs", {})["compressed_tensors"] = COMPRESSED_DIR
+    exported["compressed_tensors_export"] = {
+        "zero_points": settings.export.zero_points,
+        "transformers_loadable": loadable,
+    }
+
+
 def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     """Calibrate the configured model and write the outputs: setup, calibrate, export, evaluate.
 
@@ -302,6 +378,7 @@ def run(cfg: DictConfig | dict[str, Any]) -> dict[str, Any]:
     exported = export.export_run(
         result, run_setup.out_dir, run_setup.images[:2], run_setup.settings.export
     )
+    export_hf_checkpoint(run_setup, result, exported)
     accuracy = evaluate_models(run_setup, result, exported)
     if run_setup.settings.export.verify:
         exported["grid_check"] = export.verify_grid(run_setup.out_dir, exported.get("onnx"))

@@ -60,6 +60,12 @@ class RunConfig:
         check_target(
             self.export, self.quant.act_bits, self.quant.act_symmetric, self.quant.group_size
         )
+        if not self.quant.weight_symmetric and (self.export.onnx or self.export.verify):
+            raise UserError(
+                "quant.weight_symmetric=false is exported as compressed-tensors and "
+                "quantized_weights.safetensors (with zero points) only: set export.onnx=false "
+                "export.verify=false (the causal_lm recipe does)"
+            )
         if self.quant.group_size is not None and self.adaround.learn_scale:
             raise UserError(
                 "adaround.learn_scale learns one ratio per channel, not per group: set "
@@ -134,6 +140,13 @@ _ADDED_SETTINGS: dict[tuple[str, str], Any] = {
     ("quant", "average_bits"): None,
     ("quant", "max_size_mb"): None,
     ("quant", "candidate_bits"): [2, 3, 4, 8],
+    ("quant", "weight_symmetric"): True,
+    ("quant", "quantize_lm_head"): False,
+    ("model", "task"): "classification",
+    ("data", "text"): None,
+    ("data", "eval_text"): None,
+    ("data", "tokenizer"): None,
+    ("data", "seq_len"): 128,
 }
 
 

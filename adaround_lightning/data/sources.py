@@ -7,6 +7,9 @@ Sources (``data.source``):
   as Debian's ``dataset-fashion-mnist`` installs them in /usr/share/datasets/fashion-mnist.
 * ``imagefolder``: any ``torchvision.datasets.ImageFolder`` tree with one sub-folder per split.
 * ``imagenet``: the ImageNet layout, ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG``.
+* ``text``: a text file and the model's tokenizer (``data.text``, ``data.eval_text``,
+  ``data.tokenizer``, ``data.seq_len``): token windows ``(N, L)`` for a causal language model,
+  evaluated by perplexity (:mod:`adaround_lightning.data.text`).
 
 Calibration draws ``calibration.size`` images at random (seeded) from ``calibration.split``; the
 labels are never used. Evaluation uses ``eval_split`` (optionally its first ``eval_size`` images).
@@ -14,6 +17,7 @@ labels are never used. Evaluation uses ``eval_split`` (optionally its first ``ev
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,13 @@ from adaround_lightning.core.choices import Choice
 from adaround_lightning.core.errors import UserError
 from adaround_lightning.data.assets import ASSETS_DIR
 from adaround_lightning.data.idx import load_fashion_mnist
+from adaround_lightning.data.text import (
+    TextConfig,
+    TokenText,
+    calibration_windows,
+    evaluation_windows,
+    read_tokens,
+)
 from adaround_lightning.data.transforms import PreprocessConfig, build_transform
 
 __all__ = [
@@ -51,6 +62,9 @@ class DataSource(Choice):
     IMAGENET = "imagenet"
     #: A folder of unlabelled images (searched recursively): calibration only.
     IMAGES = "images"
+    #: A text file and a tokenizer: token windows for a causal language model
+    #: (:mod:`adaround_lightning.data.text`).
+    TEXT = "text"
 
 
 #: The words of :class:`DataSource`.
@@ -105,6 +119,10 @@ class DataConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     batch_size: int = 256
     num_workers: int = 2
+    text: str | None = None
+    eval_text: str | None = None
+    tokenizer: str | None = None
+    seq_len: int = 128
 
     def __post_init__(self) -> None:
         if isinstance(self.calibration, dict):
@@ -116,7 +134,9 @@ class DataConfig:
                 f"data.source={self.source!r} is unknown; use one of {', '.join(SOURCES)}"
             )
         self.source = DataSource(self.source)
-        if self.source != "embedded":
+        if self.source == DataSource.TEXT:
+            self._check_text()
+        elif self.source != "embedded":
             if not self.root:
                 raise UserError(
                     f"data.root is not set: pass data.root=PATH for data.source={self.source}"
@@ -132,6 +152,19 @@ class DataConfig:
             raise UserError(f"data.eval_size must be positive or null, got {self.eval_size}")
         if self.batch_size < 1 or self.num_workers < 0:
             raise UserError("data.batch_size must be >= 1 and data.num_workers >= 0")
+
+    def _check_text(self) -> None:
+        if not self.text:
+            raise UserError("data.source=text needs data.text=FILE (the calibration text)")
+        if not self.tokenizer:
+            raise UserError("data.source=text needs data.tokenizer=PATH (the model's folder)")
+        if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 2:
+            raise UserError(f"data.seq_len must be an integer of at least 2, got {self.seq_len!r}")
+
+    @property
+    def text_config(self) -> TextConfig:
+        """The text settings of ``data.source=text``."""
+        return TextConfig(str(self.text), self.eval_text, str(self.tokenizer), self.seq_len)
 
 
 def _draw(count: int, size: int, seed: int) -> torch.Tensor:
@@ -251,6 +284,9 @@ def calibration_images(config: DataConfig) -> torch.Tensor:
         torch.Size([8, 3, 32, 32])
     """
     calib = config.calibration
+    if config.source == DataSource.TEXT:  # token ids (N, L), int64
+        tokens = _token_text(config.text_config).calibration
+        return calibration_windows(tokens, calib.size, config.seq_len, calib.seed)
     if config.source == "embedded":
         images = _load_embedded()["calib_images"]
         return _transform_uint8(config, images[_draw(len(images), calib.size, calib.seed).numpy()])
@@ -273,6 +309,12 @@ def _fashion_mnist(config: DataConfig, split: str) -> tuple[np.ndarray, np.ndarr
         raise UserError(str(error).splitlines()[0]) from None
 
 
+@functools.lru_cache(maxsize=2)
+def _token_text(config: TextConfig) -> TokenText:
+    """The text's tokens, read once for calibration and evaluation."""
+    return read_tokens(config)
+
+
 def evaluation_dataset(config: DataConfig) -> Dataset | None:
     """The labelled evaluation set, items ``(image, label)``; None without ``eval_split``.
 
@@ -285,6 +327,9 @@ def evaluation_dataset(config: DataConfig) -> Dataset | None:
     """
     if config.eval_split is None:
         return None
+    if config.source == DataSource.TEXT:  # consecutive windows (M, L) of the held-out text
+        tokens = _token_text(config.text_config).evaluation
+        return TensorDataset(evaluation_windows(tokens, config.seq_len, config.eval_size))
     if config.source in ("embedded", "fashion_mnist"):
         if config.source == "embedded":
             sample = _load_embedded()

@@ -63,6 +63,12 @@ class ExportConfig:
         container: ``auto`` (4-bit containers where the bits and the opset allow) or ``int8``.
         target: ``generic``, ``tensorrt`` or ``qnn`` (:class:`ExportTarget`).
         verify: Run the grid check on the written files at the end of the run.
+        compressed_tensors: Write ``compressed_tensors/``, a Hugging Face checkpoint in the
+            compressed-tensors ``pack-quantized`` format that ``transformers`` and vLLM load
+            (``transformers`` models' Linear weights; the causal_lm recipe turns it on).
+        zero_points: How that checkpoint lays out an asymmetric grid's zero points: ``packed``
+            (the format's own, what vLLM reads) or ``padded`` (what ``transformers`` 5 with
+            compressed-tensors 0.20 loads; see :mod:`adaround_lightning.export.compressed_tensors`).
 
     Example:
         >>> ExportConfig().int4_weights(bits=3, target_allows=True)
@@ -76,8 +82,14 @@ class ExportConfig:
     container: WeightContainer = WeightContainer.AUTO
     target: ExportTarget = ExportTarget.GENERIC
     verify: bool = True
+    compressed_tensors: bool = False
+    zero_points: str = "packed"
 
     def __post_init__(self) -> None:
+        if self.zero_points not in ("packed", "padded"):
+            raise UserError(
+                f"export.zero_points must be packed or padded, got {self.zero_points!r}"
+            )
         self.container = WeightContainer.parse(self.container, "export.container")
         self.target = ExportTarget.parse(self.target, "export.target")
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or self.opset < 13:

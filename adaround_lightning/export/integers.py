@@ -49,6 +49,8 @@ class QuantizedLayer:
         quant_max: Largest integer of the grid.
         group_size: Group-wise grid: ``scale`` is ``(C_out, K / group_size)``, one per
             ``group_size`` consecutive elements of a channel's ``K`` (``flatten(1)``; None).
+        zero_point: An asymmetric grid's integer zero points, shaped like ``scale`` (int32;
+            the weight is ``s (q - z)``); None for a symmetric grid.
     """
 
     name: str
@@ -58,6 +60,7 @@ class QuantizedLayer:
     quant_min: int
     quant_max: int
     group_size: int | None = None
+    zero_point: torch.Tensor | None = None
 
     @property
     def bits(self) -> int:
@@ -65,18 +68,24 @@ class QuantizedLayer:
         return int(np.log2(self.quant_max - self.quant_min + 1))
 
     def dequantized(self) -> torch.Tensor:
-        """``s * q`` in float32, the weight the float model holds."""
-        return self.q.float() * self.broadcast_scale()
+        """``s (q - z)`` in float32, the weight the float model holds."""
+        if self.zero_point is None:
+            return self.q.float() * self.broadcast_scale()
+        return (self.q.float() - self.broadcast(self.zero_point.float())) * self.broadcast_scale()
 
     def broadcast_scale(self) -> torch.Tensor:
         """The scale shaped to broadcast against ``q`` (one per channel along ``ch_axis``)."""
+        return self.broadcast(self.scale)
+
+    def broadcast(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-scale values (scales, zero points) shaped to broadcast against ``q``."""
         if self.ch_axis is None:
-            return self.scale
+            return values
         if self.group_size is not None:  # (C_out, K / G) -> (C_out, K) -> q's shape
-            return self.scale.repeat_interleave(self.group_size, dim=1).reshape(self.q.shape)
+            return values.repeat_interleave(self.group_size, dim=1).reshape(self.q.shape)
         shape = [1] * self.q.dim()
         shape[self.ch_axis] = -1
-        return self.scale.reshape(shape)
+        return values.reshape(shape)
 
 
 def quantized_layers(quantizers: dict[str, AdaroundFakeQuantizer]) -> list[QuantizedLayer]:
@@ -104,6 +113,7 @@ def quantized_layers(quantizers: dict[str, AdaroundFakeQuantizer]) -> list[Quant
                 quant_min=int(fq.quant_min),
                 quant_max=int(fq.quant_max),
                 group_size=fq.group_size,
+                zero_point=None if fq.is_symmetric else fq.zero_points.cpu().contiguous(),
             )
         )
     return layers
@@ -135,6 +145,8 @@ def save_quantized_weights(
     for layer in layers:
         tensors[f"{layer.name}.q"] = layer.q
         tensors[f"{layer.name}.scale"] = layer.scale
+        if layer.zero_point is not None:
+            tensors[f"{layer.name}.zero_point"] = layer.zero_point
         grids[layer.name] = {
             "ch_axis": layer.ch_axis,
             "bits": layer.bits,
@@ -188,9 +200,15 @@ def load_quantized_weights(path: Path) -> list[QuantizedLayer]:
                     quant_min=grid["quant_min"],
                     quant_max=grid["quant_max"],
                     group_size=grid.get("group_size"),
+                    zero_point=_optional_tensor(handle, f"{name}.zero_point"),
                 )
             )
     return layers
+
+
+def _optional_tensor(handle: Any, key: str) -> torch.Tensor | None:
+    keys = handle.keys()  # safe_open has no __contains__
+    return handle.get_tensor(key) if key in keys else None
 
 
 def load_input_quantizers(path: Path) -> dict[str, ActivationQuantizer]:

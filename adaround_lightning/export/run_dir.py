@@ -17,6 +17,7 @@ carry the same integers, scales, zero points, axes and ranges.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ ONNX_FILE = "model.onnx"
 STATE_FILE = "adaround_state.pt"
 MODEL_FILE = "quantized_model.pt"
 FLOAT_WEIGHTS_FILE = "float_weights.safetensors"
+
+log = logging.getLogger(__name__)
+
 #: Written last by a CLI run: a run dir is finished when this file says so.
 RESULTS_FILE = "results.json"
 #: ``result.save``: what rebuilding the network needs besides the weights (the input shape).
@@ -99,7 +103,17 @@ def save_run_files(
         out_dir / WEIGHTS_FILE,
         lambda tmp: save_quantized_weights(Path(tmp), layers, result.act_quantizers),
     )
-    atomic_write_text(out_dir / ENCODINGS_FILE, json.dumps(result.encodings(layers), indent=1))
+    files = {"quantized_weights": WEIGHTS_FILE}
+    if all(layer.zero_point is None for layer in layers):
+        atomic_write_text(out_dir / ENCODINGS_FILE, json.dumps(result.encodings(layers), indent=1))
+        files["encodings"] = ENCODINGS_FILE
+    else:
+        log.warning(
+            "%s not written: AIMET encodings of asymmetric weight grids are not supported yet "
+            "(quant.weight_symmetric=false); the integers and zero points are in %s",
+            ENCODINGS_FILE,
+            WEIGHTS_FILE,
+        )
     atomic_torch_save(out_dir / STATE_FILE, quantizer_states(result.quantizers))
     weights = result.float_weights()
     atomic_write(out_dir / FLOAT_WEIGHTS_FILE, lambda tmp: save_float_weights(tmp, weights))
@@ -109,8 +123,7 @@ def save_run_files(
         outputs["manifest"] = MANIFEST_FILE
     return {
         **outputs,
-        "quantized_weights": WEIGHTS_FILE,
-        "encodings": ENCODINGS_FILE,
+        **files,
         "adaround_state": STATE_FILE,
         "float_weights": FLOAT_WEIGHTS_FILE,
     }

@@ -282,8 +282,10 @@ class _BlockCallChecker:
         # None and False are what a call without them gives (masks, flags left at defaults).
         extra = [type(a).__name__ for a in args[1:] if a is not None and a is not False]
         extra += [k for k, v in kwargs.items() if v is not None and v is not False]
-        if extra and _constant((args[1:], kwargs)):
-            self.replay[name] = (tuple(args[1:]), dict(kwargs))
+        batch = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) else 1
+        replay = _replayable((tuple(args[1:]), dict(kwargs)), batch) if extra else None
+        if replay is not None:
+            self.replay[name] = replay  # type: ignore[assignment]
         elif extra and name not in self.not_blocks:
             self.not_blocks[name] = (
                 f"called with more than its first input ({', '.join(extra)}), so its layers are "
@@ -291,13 +293,46 @@ class _BlockCallChecker:
             )
 
 
-def _constant(value: object) -> bool:
-    """Numbers, strings, flags and None, nested in tuples, lists and dicts: no tensor."""
+class _NotReplayableError(Exception):
+    """A block argument that depends on the sample (or is no value at all)."""
+
+
+def _replayable(value: object, batch: int) -> object | None:
+    """``value`` as the walk can pass it to a block on any batch, or None if it cannot.
+
+    Numbers, strings, flags and None, nested in tuples, lists and dicts, and tensors that are the
+    same for every sample: a leading dimension of 1 (a decoder's rotary ``cos``/``sin`` and
+    ``position_ids``, which broadcast) or rows that are all equal (a causal mask built per
+    sample), kept as their first row. Calibration sequences all have one length, so these are
+    the same for every batch. A tensor that differs between samples, or an object such as a KV
+    cache, is not.
+
+    Example:
+        >>> _replayable((torch.ones(3, 4), {"flag": True}), batch=3)
+        (tensor([[1., 1., 1., 1.]]), {'flag': True})
+        >>> _replayable((torch.arange(3),), batch=3) is None
+        True
+    """
+    try:
+        return _replay_value(value, batch)
+    except _NotReplayableError:
+        return None
+
+
+def _replay_value(value: object, batch: int) -> object:
     if isinstance(value, tuple | list):
-        return all(_constant(v) for v in value)
+        return type(value)(_replay_value(v, batch) for v in value)
     if isinstance(value, dict):
-        return all(_constant(v) for v in value.values())
-    return value is None or isinstance(value, bool | int | float | str)
+        return {k: _replay_value(v, batch) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach()
+        if tensor.dim() == 0 or tensor.shape[0] == 1 or batch == 1:
+            return tensor
+        if tensor.shape[0] == batch and bool((tensor == tensor[:1]).all()):
+            return tensor[:1].clone()
+    raise _NotReplayableError
 
 
 def _record_calls(

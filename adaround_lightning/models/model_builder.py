@@ -16,6 +16,7 @@ from adaround_lightning.data.assets import resolve_path
 from adaround_lightning.models.zoo_sources import (
     ModelSource,
     build_hf,
+    build_hf_causal_lm,
     build_target,
     build_timm,
     timm_known,
@@ -69,6 +70,10 @@ def quickstart_model_config() -> ModelConfig:
     )
 
 
+#: What a model does (``model.task``): how it is fed and evaluated.
+TASKS = ("classification", "causal_lm")
+
+
 @dataclass
 class ModelConfig:
     """Which network to quantize.
@@ -90,6 +95,9 @@ class ModelConfig:
         source: ``torchvision`` (default), ``timm``, ``hf`` or ``target`` (:class:`ModelSource`).
         onnx: A float ONNX classifier to quantize instead (the ONNX path); ``name`` is then
             only its label and the torchvision settings are not used.
+        task: ``classification`` (default) or ``causal_lm``: with ``source=hf``, a
+            ``transformers`` causal language model (``AutoModelForCausalLM``), calibrated on
+            token ids and evaluated by perplexity (``recipe=causal_lm``).
     """
 
     name: str = "mobilenet_v2"
@@ -99,9 +107,14 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     onnx: str | None = None
     source: ModelSource = ModelSource.TORCHVISION
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         self.source = ModelSource.parse(self.source, "model.source")
+        if self.task not in TASKS:
+            raise UserError(f"model.task={self.task!r} is unknown; use one of {', '.join(TASKS)}")
+        if self.task == "causal_lm" and self.source != ModelSource.HF:
+            raise UserError("model.task=causal_lm needs model.source=hf (a transformers model)")
         if self.onnx is not None and not Path(self.onnx).is_file():
             raise UserError(
                 f"model.onnx={self.onnx}: no such file; pass the path of a float .onnx model"
@@ -282,6 +295,8 @@ def build_model(config: ModelConfig) -> nn.Module:
     kwargs, source = dict(config.kwargs), config.source
     if source == ModelSource.TIMM:
         model = build_timm(config.name, config.num_classes, config.weights is not None, kwargs)
+    elif source == ModelSource.HF and config.task == "causal_lm":
+        model = build_hf_causal_lm(config.name, kwargs)
     elif source == ModelSource.HF:
         model = build_hf(config.name, config.num_classes, kwargs)
     elif source == ModelSource.TARGET:

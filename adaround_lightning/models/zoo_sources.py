@@ -16,7 +16,14 @@ from torch import nn
 from adaround_lightning.core.choices import Choice
 from adaround_lightning.core.errors import UserError
 
-__all__ = ["ModelSource", "build_hf", "build_target", "build_timm", "timm_known"]
+__all__ = [
+    "ModelSource",
+    "build_hf",
+    "build_hf_causal_lm",
+    "build_target",
+    "build_timm",
+    "timm_known",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +99,24 @@ def build_hf(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
             f"set model.num_classes={labels}"
         )
     return model
+
+
+def build_hf_causal_lm(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    """A ``transformers`` causal LM from a local folder or a hub id (``AutoModelForCausalLM``).
+
+    Raises:
+        UserError: If it cannot be loaded.
+    """
+    transformers = _import("transformers", "hf")
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise UserError(
+            f"model.name={name} is not a Hugging Face causal language model this machine can "
+            f"load ({type(error).__name__}: {first}); pass a folder written by save_pretrained "
+            "or a hub id"
+        ) from None
 
 
 def build_target(name: str, kwargs: dict[str, Any]) -> nn.Module:

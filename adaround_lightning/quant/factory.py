@@ -1,4 +1,4 @@
-"""A weight's AdaRound quantizer: symmetric, its grid chosen by ``quant.scale_method``."""
+"""A weight's AdaRound quantizer: its grid (symmetric or not) chosen by ``quant.scale_method``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ import logging
 
 import torch
 
-from adaround_lightning.quant.grids import ScaleMethod, group_scale, weight_scale
+from adaround_lightning.quant.grids import (
+    ScaleMethod,
+    asymmetric_scale,
+    group_scale,
+    weight_scale,
+)
 from adaround_lightning.quant.quant_config import QuantConfig
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer, bits_to_range
 
@@ -44,6 +49,7 @@ def quantizer_for_weight(
     per_channel: bool,
     scale_method: ScaleMethod | str,
     group_size: int | None = None,
+    symmetric: bool = True,
 ) -> AdaroundFakeQuantizer:
     """A quantizer initialised from ``weight``: its grid, and ``V`` at ``frac(W/s)``.
 
@@ -58,7 +64,18 @@ def quantizer_for_weight(
     """
     quantizer = make_quantizer(bits, per_channel).to(weight.device)
     quantizer(weight)
-    if per_channel and groups_apply(weight, group_size):
+    grouped = per_channel and groups_apply(weight, group_size)
+    if not symmetric:
+        quantizer.group_size = group_size if grouped else None
+        rows = weight.reshape(-1, group_size) if grouped else weight.reshape(len(weight), -1)
+        if not per_channel:
+            rows = weight.reshape(1, -1)
+        scale, zero = asymmetric_scale(rows, quantizer.quant_min, quantizer.quant_max, scale_method)
+        if grouped:
+            scale, zero = scale.reshape(len(weight), -1), zero.reshape(len(weight), -1)
+        quantizer.update_scale(weight, scale, zero)
+        return quantizer
+    if grouped:
         quantizer.group_size = group_size
         scale = group_scale(
             weight, quantizer.quant_min, quantizer.quant_max, group_size, scale_method
@@ -83,7 +100,12 @@ def layer_quantizer(
         4
     """
     quantizer = quantizer_for_weight(
-        weight, bits, quant.per_channel, quant.scale_method, quant.group_size
+        weight,
+        bits,
+        quant.per_channel,
+        quant.scale_method,
+        quant.group_size,
+        quant.weight_symmetric,
     )
     if quant.group_size is not None and quantizer.group_size is None:
         log.warning(

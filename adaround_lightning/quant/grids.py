@@ -20,6 +20,10 @@ With ``b`` bits the integers run from ``q_min = -2**(b-1)`` to ``q_max = 2**(b-1
   steps around its best.
   With 2 bits ``minmax`` would leave the integers ``{-1, 0, 1}`` (ternary weights); ``alpha = 0.5``
   is ``full``, which uses all four levels (AIMET's 2-bit grid).
+
+Asymmetric grids (:func:`asymmetric_scale`, ``quant.weight_symmetric=false``) span
+``[alpha min(W, 0), alpha max(W, 0)]`` per channel or group with ``2**b`` levels and an integer
+zero point; ``minmax`` takes ``alpha = 1``, ``auto``/``mse`` searches ``alpha`` as above.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import torch
 from adaround_lightning.core.choices import Choice
 
 __all__ = [
+    "ASYMMETRIC_METHODS",
     "SCALE_METHODS",
     "ScaleMethod",
+    "asymmetric_scale",
     "group_scale",
     "mse_ratios",
     "weight_scale",
@@ -162,3 +168,66 @@ def _mse_scale(
     fine = (best[None, :] + offsets[:, None]).clamp(low, high) * base  # (F, C)
     choice = _clip_errors(w, fine, quant_min, quant_max).argmin(0)  # (C,)
     return fine.gather(0, choice[None]).squeeze(0)
+
+
+#: The scale methods an asymmetric grid takes (the others place a symmetric grid's ends).
+ASYMMETRIC_METHODS = (ScaleMethod.AUTO, ScaleMethod.MINMAX, ScaleMethod.MSE)
+
+
+def _affine_grid(
+    low: torch.Tensor, high: torch.Tensor, quant_min: int, quant_max: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(s, z)`` of the grid spanning ``[low, high]`` (``low <= 0 <= high``), any shape."""
+    scale = ((high - low) / (quant_max - quant_min)).clamp_min(1e-12)
+    zero = (quant_min - torch.round(low / scale)).clamp(quant_min, quant_max)
+    return scale, zero
+
+
+def _affine_errors(
+    w: torch.Tensor, ratios: torch.Tensor, low: torch.Tensor, high: torch.Tensor, bounds: tuple
+) -> torch.Tensor:
+    """``||W_c - s (clamp(round(W_c / s) + z) - z)||^2`` per ratio and row: ``(A, C)``."""
+    errors = []
+    for chunk in ratios.split(8):
+        ratio = chunk[:, :, None]  # (a, C, 1) against the rows' (C, 1) ends
+        scale, zero = _affine_grid(ratio * low[:, None], ratio * high[:, None], *bounds)
+        q = torch.div(w[None], scale).round_().add_(zero).clamp_(*bounds)  # (a, C, K)
+        errors.append(q.sub_(zero).mul_(scale).sub_(w[None]).square_().sum(-1))
+    return torch.cat(errors)
+
+
+@torch.no_grad()
+def asymmetric_scale(
+    rows: torch.Tensor, quant_min: int, quant_max: int, method: ScaleMethod | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point of each row's asymmetric grid: two ``(C,)`` tensors.
+
+    ``rows`` is ``(C, K)``: a weight's output channels, or its groups. The zero point lies on the
+    stored integers' range, so ``0`` is exactly representable: ``W ~ s (q - z)``.
+
+    Example:
+        >>> scale, zero = asymmetric_scale(torch.tensor([[0.0, 1.5, 3.0]]), -8, 7, "minmax")
+        >>> round(float(scale[0]), 6), int(zero[0])
+        (0.2, -8)
+    """
+    method = ScaleMethod.parse(method, "quant.scale_method")
+    if method not in ASYMMETRIC_METHODS:
+        raise ValueError(
+            f"quant.scale_method={method.value} places a symmetric grid; asymmetric grids "
+            f"(quant.weight_symmetric=false) take {', '.join(m.value for m in ASYMMETRIC_METHODS)}"
+        )
+    w = rows.detach().float()
+    low, high = w.amin(1).clamp_max(0), w.amax(1).clamp_min(0)  # (C,)
+    if method == ScaleMethod.MINMAX:
+        return _affine_grid(low, high, quant_min, quant_max)
+    bounds = (quant_min, quant_max)
+    lo_ratio, hi_ratio = mse_ratios((quant_max - quant_min + 1).bit_length() - 1)
+    count = round((hi_ratio - lo_ratio) / _COARSE_STEP) + 1
+    alphas = torch.linspace(lo_ratio, hi_ratio, count, device=w.device)  # (A,)
+    coarse = alphas[:, None].expand(-1, len(w))  # (A, C)
+    best = alphas[_affine_errors(w, coarse, low, high, bounds).argmin(0)]  # (C,)
+    step = (hi_ratio - lo_ratio) / (count - 1)
+    offsets = torch.linspace(-step, step, _FINE, device=w.device)
+    fine = (best[None, :] + offsets[:, None]).clamp(lo_ratio, hi_ratio)  # (F, C)
+    choice = fine.gather(0, _affine_errors(w, fine, low, high, bounds).argmin(0)[None])[0]
+    return _affine_grid(choice * low, choice * high, quant_min, quant_max)

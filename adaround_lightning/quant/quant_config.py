@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adaround_lightning.quant.activations import ActObserver
-from adaround_lightning.quant.grids import ScaleMethod
+from adaround_lightning.quant.grids import ASYMMETRIC_METHODS, ScaleMethod
 
 __all__ = ["QuantConfig"]
 
@@ -42,6 +42,12 @@ class QuantConfig:
         act_observer: How activation ranges are calibrated: ``minmax`` or ``mse``.
         act_symmetric: Signed activation grids with zero point 0 (TensorRT's only form)
             instead of unsigned ones with a zero point.
+        weight_symmetric: Symmetric weight grids (zero point 0, the default) or asymmetric ones
+            with an integer zero point per channel or group (as GPTQ and AutoRound store
+            language models); asymmetric grids take ``scale_method`` auto, minmax or mse.
+        quantize_lm_head: Quantize a language model's output projection (``lm_head``, or
+            whatever ``get_output_embeddings()`` returns) too; by default it stays in float, as
+            in GPTQ and AutoRound. Embeddings are never quantized (not a Conv/Linear).
         group_size: One scale per ``group_size`` consecutive input elements of each output
             channel of a Linear weight (group-wise grids; None: per channel). Needs
             ``per_channel``; a weight it does not divide, and Conv weights, stay per channel
@@ -65,6 +71,8 @@ class QuantConfig:
     act_observer: ActObserver = ActObserver.MINMAX
     act_symmetric: bool = False
     group_size: int | None = None
+    weight_symmetric: bool = True
+    quantize_lm_head: bool = False
     average_bits: float | None = None
     max_size_mb: float | None = None
     candidate_bits: list[int] = field(default_factory=lambda: [2, 3, 4, 8])
@@ -81,10 +89,18 @@ class QuantConfig:
                     "(or quant.group_size=null)"
                 )
         _check_bits("quant.weight_bits", self.weight_bits)
+        for name in ("weight_symmetric", "quantize_lm_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"quant.{name} must be true or false, got {getattr(self, name)!r}")
         if self.act_bits is not None:
             _check_bits("quant.act_bits", self.act_bits)
         self.act_observer = ActObserver.parse(self.act_observer, "quant.act_observer")
         self.scale_method = ScaleMethod.parse(self.scale_method, "quant.scale_method")
+        if not self.weight_symmetric and self.scale_method not in ASYMMETRIC_METHODS:
+            raise ValueError(
+                f"quant.scale_method={self.scale_method.value} places a symmetric grid; with "
+                "quant.weight_symmetric=false use auto, minmax or mse"
+            )
         self.exclude = [str(p) for p in self.exclude]
         self.layer_bits = {str(k): v for k, v in dict(self.layer_bits).items()}
         for pattern, bits in self.layer_bits.items():

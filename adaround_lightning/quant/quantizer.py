@@ -8,6 +8,13 @@ Symbols, as in the paper:
   ``h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1)`` with ``zeta = 1.1``, ``gamma = -0.1``.
 * The soft-quantized weight of eq. (22): ``W~ = s * clip(floor(W / s) + h(V), q_min, q_max)``.
 * After optimisation the hard weight is ``s * clip(floor(W / s) + 1[V >= 0], q_min, q_max)``.
+
+Asymmetric grids (``quant.weight_symmetric=false``, as GPTQ and AutoRound store language models)
+add an integer zero point ``z`` per channel or group: the stored integers are
+``q = clip(floor(W / s) + z + h(V), q_min, q_max)`` and the weight is ``s (q - z)``. The quantizer
+keeps ``floor(W / s) + z`` as its floor, so every clip, gate and mask is the symmetric one on
+the same integer range, and subtracts the constant ``s z`` (:attr:`dequant_offset`) from the
+dequantized weight.
 """
 
 from __future__ import annotations
@@ -101,12 +108,12 @@ class AdaroundFakeQuantizer(nn.Module):
     ``activation_post_process``), but the class stands on its own: ``torch.ao.quantization`` is
     deprecated and leaving torch. The other differences are fixes: scales broadcast along
     ``ch_axis`` for any weight rank (Linear, Conv1d/2d/3d, grouped and depthwise convolutions);
-    the zero point is always zero (symmetric grids only); user errors raise ``ValueError``
-    rather than ``AssertionError``; the fractional part ``W/s - floor(W/s)`` is clamped instead
-    of asserted, so float edge cases cannot fail; and the observer runs once, on the first
-    forward, and then switches itself off, so later forwards cannot silently re-initialise
-    ``V`` (call :meth:`enable_observer` to re-calibrate on purpose; the observer's running
-    min/max then includes both weights, as torch's does).
+    the zero point is zero unless :meth:`update_scale` is given one (asymmetric grids); user
+    errors raise ``ValueError`` rather than ``AssertionError``; the fractional part
+    ``W/s - floor(W/s)`` is clamped instead of asserted, so float edge cases cannot fail; and
+    the observer runs once, on the first forward, and then switches itself off, so later
+    forwards cannot silently re-initialise ``V`` (call :meth:`enable_observer` to re-calibrate
+    on purpose; the observer's running min/max then includes both weights, as torch's does).
 
     Args:
         observer: Observer class that sets the scale. ``None`` picks a symmetric min/max observer
@@ -181,17 +188,17 @@ class AdaroundFakeQuantizer(nn.Module):
         self.zero_point = torch.empty(0, dtype=torch.int32)
         self.register_buffer("weight_floor", torch.empty(0))
         self.register_buffer("nearest_round_up", torch.empty(0, dtype=torch.bool))
+        # s z of an asymmetric grid (None: symmetric); rebuilt from scale and zero_point on load.
+        self.register_buffer("dequant_offset", None, persistent=False)
         self.V = torch.nn.Parameter(torch.empty(0))
         self.zeta = ZETA
         self.gamma = GAMMA
         self.use_soft_rounding = True
-        #: The scale ``floor(W/s)`` was taken with, when a learned ratio has moved ``scale``
-        #: since (:meth:`rescale`); None while they are the same. Not in the state_dict, so the
-        #: seed's state layout is unchanged; checkpoints and exports carry it themselves.
+        #: The scale ``floor(W/s)`` was taken with once a learned ratio moved ``scale``
+        #: (:meth:`rescale`), else None; not in the state_dict (checkpoints carry it).
         self.floor_scale: torch.Tensor | None = None
-        #: Group-wise grid (``quant.group_size``): one scale per ``group_size`` consecutive
-        #: elements of an output channel (``flatten(1)`` order), held expanded to the weight's
-        #: shape so every formula here stays elementwise; None: per channel or per tensor.
+        #: ``quant.group_size``: one scale per group of a channel's ``flatten(1)`` elements, held
+        #: expanded to the weight's shape so every formula stays elementwise; None: no groups.
         self.group_size: int | None = None
 
     # ------------------------------------------------------------------ state
@@ -231,6 +238,20 @@ class AdaroundFakeQuantizer(nn.Module):
             unexpected_keys,
             error_msgs,
         )
+        self._set_offset()
+
+    def _set_offset(self) -> None:
+        """``s z`` of an asymmetric grid (expanded like ``scale``), None for a symmetric one."""
+        asymmetric = self.zero_point.numel() > 0 and bool(self.zero_point.any())
+        self.dequant_offset = self.zero_point * self.scale if asymmetric else None
+        self.is_symmetric = not asymmetric
+
+    @property
+    def zero_points(self) -> torch.Tensor:
+        """One zero point per scale (per group, per channel or per tensor), int32."""
+        if self.group_size is not None:
+            return self.zero_point.reshape(self.zero_point.shape[0], -1)[:, :: self.group_size]
+        return self.zero_point.flatten() if self.is_per_channel else self.zero_point.reshape(())
 
     @torch.jit.export
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
@@ -289,33 +310,50 @@ class AdaroundFakeQuantizer(nn.Module):
             X: The float weight.
             _scale: One scale (per-tensor), one per channel along ``ch_axis``, or with
                 ``group_size`` one per group, ``(C_out, C_in / group_size)``.
-            _zero_point: Ignored: symmetric grids have zero point 0.
+            _zero_point: None for a symmetric grid (zero point 0), else one integer per scale,
+                shaped like ``_scale`` (asymmetric grids, see the module docstring).
         """
         if not torch.isfinite(X).all():
             raise ValueError("the weight contains NaN or Inf values; it cannot be quantized")
-        if self.group_size is not None:  # (C_out, K / G) -> (C_out, K) -> the weight's shape
-            scale = _scale.detach().reshape(X.shape[0], -1)
-            scale = scale.repeat_interleave(self.group_size, dim=1).reshape(X.shape)
-        elif self.is_per_channel:
-            if _scale.numel() != X.shape[self.ch_axis]:
-                raise ValueError(
-                    f"got {_scale.numel()} scales for {X.shape[self.ch_axis]} channels "
-                    f"along ch_axis={self.ch_axis} of a weight of shape {tuple(X.shape)}"
-                )
-            scale = _scale.detach().reshape(_broadcast_shape(X, self.ch_axis))
-        else:
-            scale = _scale.detach().reshape(())
-        scale = scale.to(device=X.device, dtype=torch.float32)
+        scale = self._expand(X, _scale).to(device=X.device, dtype=torch.float32)
+        zero = torch.zeros(scale.shape, dtype=torch.int32, device=X.device)
+        if _zero_point is not None:
+            zero = self._expand(X, _zero_point).to(device=X.device, dtype=torch.int32)
         self.scale = scale
-        self.zero_point = torch.zeros(scale.shape, dtype=torch.int32, device=X.device)
+        self.zero_point = zero
         w_over_s = X.detach().float() / scale
         floor = torch.floor(w_over_s)
         fraction = w_over_s - floor  # in [0, 1], up to float round-off
-        self.weight_floor = floor
+        self.weight_floor = floor + zero  # on the stored integers' range (z = 0: symmetric)
         self.nearest_round_up = fraction >= 0.5
+        self._set_offset()
         self.V = torch.nn.Parameter(
             inverse_rectified_sigmoid(fraction).to(X.dtype), requires_grad=True
         )
+
+    def _expand(self, X: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Per-tensor, per-channel or per-group values shaped to broadcast against ``X``."""
+        if self.group_size is not None:  # (C_out, K / G) -> (C_out, K) -> the weight's shape
+            values = values.detach().reshape(X.shape[0], -1)
+            return values.repeat_interleave(self.group_size, dim=1).reshape(X.shape)
+        if self.is_per_channel:
+            if values.numel() != X.shape[self.ch_axis]:
+                raise ValueError(
+                    f"got {values.numel()} scales for {X.shape[self.ch_axis]} channels "
+                    f"along ch_axis={self.ch_axis} of a weight of shape {tuple(X.shape)}"
+                )
+            return values.detach().reshape(_broadcast_shape(X, self.ch_axis))
+        return values.detach().reshape(())
+
+    def dequantize(self, q: torch.Tensor) -> torch.Tensor:
+        """``s (q - z)`` for integers (or soft values) ``q`` on the stored range.
+
+        In that order, as runtimes dequantize (compressed-tensors, ONNX ``DequantizeLinear``), so
+        the hard weight is theirs bit for bit.
+        """
+        if self.dequant_offset is None:
+            return q * self.scale
+        return (q - self.zero_point) * self.scale
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """Soft- (or hard-) quantized weight ``s * clip(floor(X/s) + h(V), q_min, q_max)``."""
@@ -336,7 +374,9 @@ class AdaroundFakeQuantizer(nn.Module):
         h_V = self.get_rectified_sigmoid_func()
         # floor() has zero gradient; only V receives gradients, through h(V).
         X_floor = torch.floor(X / self.scale)
-        return torch.clamp(X_floor + h_V, self.quant_min, self.quant_max) * self.scale
+        if self.dequant_offset is not None:
+            X_floor = X_floor + self.zero_point
+        return self.dequantize(torch.clamp(X_floor + h_V, self.quant_min, self.quant_max))
 
     def quantize_with(self, h_V: torch.Tensor) -> torch.Tensor:
         """``s * clip(floor(W/s) + h_V, q_min, q_max)`` with ``floor(W/s)`` stored at init.
@@ -344,7 +384,7 @@ class AdaroundFakeQuantizer(nn.Module):
         The training step's fast path: it skips the division and floor of :meth:`forward`
         and lets the caller reuse ``h(V)`` for the regularizer.
         """
-        return torch.clamp(self.weight_floor + h_V, self.quant_min, self.quant_max) * self.scale
+        return self.dequantize(torch.clamp(self.weight_floor + h_V, self.quant_min, self.quant_max))
 
     # ------------------------------------------------------------------ export
     @torch.no_grad()
@@ -387,13 +427,15 @@ class AdaroundFakeQuantizer(nn.Module):
         if self.floor_scale is None:
             self.floor_scale = self.scale.clone()
         self.scale = (self.scale * ratio.to(self.scale)).reshape(self.scale.shape)
+        self._set_offset()
 
     def nearest_weight(self) -> torch.Tensor:
         """Round-to-nearest on the grid ``floor(W/s)`` was taken on, dequantized (float32)."""
         grid = self.scale if self.floor_scale is None else self.floor_scale
-        return self.nearest_integer_weight().float() * grid
+        q = self.nearest_integer_weight().float()
+        return q * grid if self.dequant_offset is None else (q - self.zero_point) * grid
 
     @torch.no_grad()
     def hard_weight(self) -> torch.Tensor:
-        """The dequantized hard-rounded weight ``s * q``, in float32."""
-        return self.integer_weight().float() * self.scale
+        """The dequantized hard-rounded weight ``s (q - z)``, in float32."""
+        return self.dequantize(self.integer_weight().float())

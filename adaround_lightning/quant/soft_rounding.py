@@ -177,7 +177,7 @@ def soft_weight_and_regularizer(
         >>> weight.shape, bool(f_reg >= 0)
         (torch.Size([3, 4]), True)
     """
-    return soft_rounding(
+    weight, f_reg = soft_rounding(
         quantizer.V,
         quantizer.weight_floor,
         quantizer.scale,
@@ -186,3 +186,6 @@ def soft_weight_and_regularizer(
         beta,
         gate,
     )
+    if quantizer.dequant_offset is not None:  # asymmetric grid: s (q - z)
+        weight = weight - quantizer.dequant_offset
+    return weight, f_reg

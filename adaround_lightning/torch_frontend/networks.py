@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import re
 
 import torch
@@ -12,8 +13,11 @@ from adaround_lightning.core.errors import UserError
 from adaround_lightning.graph.attention import separate_attention_projections
 from adaround_lightning.graph.bn_fold import fold_batch_norms
 from adaround_lightning.graph.functional_weights import route_functional_weights
+from adaround_lightning.graph.hf_conv1d import linear_from_conv1d
 
 __all__ = ["expose_functional_weights", "float_and_quantized"]
+
+log = logging.getLogger(__name__)
 
 
 def expose_functional_weights(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
@@ -21,6 +25,8 @@ def expose_functional_weights(model: nn.Module, example_input: torch.Tensor) -> 
 
     ``nn.MultiheadAttention`` becomes :class:`~adaround_lightning.graph.attention.
     SeparateProjectionAttention` (``q_proj``/``k_proj``/``v_proj``/``out_proj`` modules), and
+    ``transformers``' ``Conv1D`` (GPT-2) becomes ``nn.Linear``
+    (:func:`~adaround_lightning.graph.hf_conv1d.linear_from_conv1d`), and
     ``F.linear(x, self.qkv.weight, ...)`` calls, as in Swin's attention, run as ``self.qkv(x)``
     (:func:`~adaround_lightning.graph.functional_weights.route_functional_weights`). The
     calibrated network's state dict has these modules' names, so a model that loads it is
@@ -32,6 +38,7 @@ def expose_functional_weights(model: nn.Module, example_input: torch.Tensor) -> 
         ['self_attn.k_proj.bias', 'self_attn.k_proj.weight']
     """
     separate_attention_projections(model)
+    linear_from_conv1d(model)
     route_functional_weights(model, example_input)
     return model
 
@@ -56,6 +63,7 @@ def float_and_quantized(
         True
     """
     fp_model = copy.deepcopy(model).eval().to(example_input.device)
+    _kv_cache_off(fp_model)
     check_runs_on(fp_model, example_input)
     for name, parameter in fp_model.named_parameters():
         if not torch.isfinite(parameter).all():
@@ -65,6 +73,18 @@ def float_and_quantized(
     for parameter in fp_model.parameters():
         parameter.requires_grad_(False)
     return fp_model, copy.deepcopy(fp_model)
+
+
+def _kv_cache_off(model: nn.Module) -> None:
+    """Switch a Hugging Face model's KV cache off (on the walk's copy).
+
+    Calibration has no use for one, and a cache object is not a constant the walk can replay
+    to a block.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "use_cache", False):
+        config.use_cache = False
+        log.info("%s: KV cache off for calibration (config.use_cache=false)", type(model).__name__)
 
 
 #: How models say which input size they expect: torchvision ("Expected 224 but got 32"),

@@ -59,6 +59,32 @@ def _skipped_layers(trace: NetworkTrace, quant: QuantConfig) -> dict[str, str]:
     return skipped
 
 
+#: Why a language model's output projection stays in float.
+LM_HEAD_FLOAT = "language model output projection, left in float (quant.quantize_lm_head=false)"
+LM_HEAD_TIED = "language model output projection tied to the input embedding, left in float"
+
+
+def _output_projection(model: nn.Module, quant: QuantConfig) -> dict[str, str]:
+    """A language model's ``lm_head`` (``get_output_embeddings()``): float unless opted in.
+
+    GPTQ and AutoRound leave it in float by default; its weight tied to the input embedding
+    (GPT-2's default) always stays float, since the embedding is never quantized.
+    """
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if not isinstance(head, nn.Linear):
+        return {}
+    name = next(n for n, m in model.named_modules() if m is head)
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embedding is not None and getattr(embedding, "weight", None) is head.weight:
+        log.info("%s: %s", name, LM_HEAD_TIED)
+        return {name: LM_HEAD_TIED}
+    if quant.quantize_lm_head:
+        return {}
+    log.info("%s: %s", name, LM_HEAD_FLOAT)
+    return {name: LM_HEAD_FLOAT}
+
+
 def _check_block_patterns(model: nn.Module, patterns: tuple[str, ...]) -> None:
     modules = [(name, type(m).__name__) for name, m in model.named_modules() if name]
     for pattern in patterns:
@@ -95,6 +121,7 @@ def plan_calibration(
     if not trace.layers:
         raise UserError("the model has no Conv1d/2d/3d or Linear layer to quantize")
     skipped = _skipped_layers(trace, quant)
+    skipped.update(_output_projection(fp_model, quant))
     bits = plan_bits([info.name for info in trace.layers], quant, skipped)
     functional = tuple(functional_weight_uses(fp_model, example_input))
     return CalibrationPlan(trace, MappingProxyType(skipped), MappingProxyType(bits), functional)

@@ -150,6 +150,23 @@ CASES: list[tuple[str, list[str], str]] = [
         ["model.onnx={tmp}/small_cnn.onnx", "quant.act_bits=8", "adaround.act_in_loop=true"],
         "adaround.act_in_loop needs the graph in PyTorch",
     ),
+    ("lm-no-text", ["recipe=causal_lm", "model.name={tmp}"], "data.source=text needs data.text"),
+    (
+        "lm-text-missing",
+        ["recipe=causal_lm", "model.name={tmp}", "data.text={tmp}/none.txt"],
+        "data.text={tmp}/none.txt is not a file",
+    ),
+    (
+        "lm-not-a-model",
+        ["recipe=causal_lm", "model.name={tmp}/mixed", "data.text={tmp}/text.pt"],
+        "is not a Hugging Face causal language model",
+    ),
+    ("lm-task-source", ["model.task=causal_lm"], "model.task=causal_lm needs model.source=hf"),
+    (
+        "asymmetric-onnx",
+        ["quant.weight_symmetric=false"],
+        "quant.weight_symmetric=false is exported as compressed-tensors",
+    ),
     (
         "onnx-input-shape",  # exported for 8 px inputs; the data is 32 px
         ["model.onnx={tmp}/small_cnn.onnx", "model.num_classes=10"],

@@ -65,8 +65,10 @@ def test_each_process_keeps_every_nth_image_and_its_part_of_the_batch() -> None:
         shard_for_process(images, 4, ProcessContext(CPU, 0, 3))
     with pytest.raises(UserError, match="fewer than one batch"):
         shard_for_process(images, 16, ProcessContext(CPU, 0, 1))
-    with pytest.raises(UserError, match="floating point"):
-        shard_for_process(torch.zeros(8, 1, dtype=torch.int64), 4, ProcessContext(CPU, 0, 1))
+    with pytest.raises(UserError, match="must be numbers"):
+        shard_for_process(torch.zeros(8, 1, dtype=torch.bool), 4, ProcessContext(CPU, 0, 1))
+    token_ids = torch.zeros(8, 5, dtype=torch.int64)  # a language model's input
+    assert shard_for_process(token_ids, 4, ProcessContext(CPU, 0, 1)).images.dtype == torch.int64
     assert shard_for_process(images, 6, ProcessContext(CPU, 1, 2)).batch_size == 3
 
 

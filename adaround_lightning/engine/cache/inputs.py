@@ -88,7 +88,7 @@ def shard_for_process(
 
     Raises:
         UserError: Fewer samples than one batch, a batch that does not divide by the processes,
-            or inputs that are not floating point.
+            or inputs that are not numbers (floats, or integer token ids).
 
     Example:
         >>> single = ProcessContext(torch.device("cpu"), 0, 1)
@@ -110,6 +110,9 @@ def shard_for_process(
         batch_size //= context.world_size
         images = images[context.rank :: context.world_size]
     images = images.to(context.device)
-    if not torch.is_floating_point(images):
-        raise UserError(f"calibration inputs must be floating point, got {images.dtype}")
+    if images.dtype == torch.bool or images.is_complex():
+        raise UserError(
+            f"calibration inputs must be numbers (images, features or token ids), got "
+            f"{images.dtype}"
+        )
     return CalibrationInputs(images=images, batch_size=batch_size)

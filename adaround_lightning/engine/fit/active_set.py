@@ -127,7 +127,10 @@ class ActiveRounding:
             self.gate,
         )
         weight = _Scatter.apply(self.settled_weight, self.index, active_weight)
-        return weight.view(quantizer.V.shape), f_reg
+        weight = weight.view(quantizer.V.shape)
+        if quantizer.dequant_offset is not None:  # asymmetric grid: s (q - z)
+            weight = weight - quantizer.dequant_offset
+        return weight, f_reg
 
     @torch.no_grad()
     def sync(self) -> None:

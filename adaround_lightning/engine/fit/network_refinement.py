@@ -253,7 +253,7 @@ class NetworkRefinement(L.LightningModule):
             q = torch.clamp(floor + (V >= 0).to(V.dtype), quantizer.quant_min, quantizer.quant_max)
             if h is not None:
                 q = q + self.both_on_grid[index] * (h[index] - h[index].detach())
-            weight = q * quantizer.scale
+            weight = quantizer.dequantize(q)
             if self.scale_lr:
                 weight = weight * self.log_scale_ratios[index].exp()
             weights[f"{name}.weight"] = weight

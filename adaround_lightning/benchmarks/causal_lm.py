@@ -1,0 +1,204 @@
+r"""Causal LM weight quantization, side by side: FP32, round-to-nearest, AdaRound, AutoRound.
+
+On the model :mod:`~adaround_lightning.benchmarks.train_causal_lm` trains (its folder holds
+``train.txt`` and ``heldout.txt``): calibration windows are drawn from the training text (seeded,
+the same for every method), perplexity is measured on every consecutive window of the held-out
+text. One method per process, so each row's peak memory is its own::
+
+    python -m adaround_lightning.benchmarks.causal_lm --model DIR --method adaround --bits 4
+    python -m adaround_lightning.benchmarks.causal_lm --model DIR --method rtn --bits 3
+    AUTOROUND_VENV/bin/python -m adaround_lightning.benchmarks.causal_lm --model DIR \
+        --method autoround --bits 4
+
+Each run appends one JSON row to ``--out``: perplexity, seconds of calibration, peak RSS
+(``getrusage``), the settings. ``rtn`` is plain round-to-nearest on min/max asymmetric group
+grids (what the peers call RTN); ``adaround`` also reports the round-to-nearest of its own grid
+(``nearest``) and, with ``--export``, the perplexity of its compressed-tensors checkpoint as
+``transformers`` loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["main"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("fp32", "rtn", "adaround", "autoround")
+
+
+def _windows(args: argparse.Namespace, tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Calibration windows ``(N, L)`` from train.txt and evaluation windows from heldout.txt."""
+    from adaround_lightning.data.text import calibration_windows, evaluation_windows
+
+    def ids(name: str) -> torch.Tensor:
+        text = (args.model / name).read_text(encoding="utf-8", errors="replace")
+        return torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+
+    calibration = calibration_windows(ids("train.txt"), args.num_samples, args.seq_len, args.seed)
+    evaluation = evaluation_windows(ids("heldout.txt"), args.seq_len, args.eval_windows)
+    return calibration, evaluation
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+@torch.no_grad()
+def _round_to_nearest(model: nn.Module, bits: int, group_size: int, symmetric: bool) -> None:
+    """Min/max grids per group, round to nearest, in place (Linear layers but ``lm_head``)."""
+    from adaround_lightning.quant.factory import quantizer_for_weight
+
+    head = model.get_output_embeddings()
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and module is not head:
+            quantizer = quantizer_for_weight(
+                module.weight, bits, True, "minmax", group_size, symmetric
+            )
+            module.weight.copy_(quantizer.nearest_weight().to(module.weight.dtype))
+
+
+def _adaround(
+    model: nn.Module, calibration: torch.Tensor, args: argparse.Namespace
+) -> tuple[nn.Module, dict[str, Any]]:
+    from adaround_lightning import AdaroundConfig, EngineConfig, QuantConfig, adaround
+    from adaround_lightning.export.compressed_tensors import save_compressed_tensors
+
+    quant = QuantConfig(
+        weight_bits=args.bits, group_size=args.group_size, weight_symmetric=args.symmetric
+    )
+    config = AdaroundConfig(
+        iters=args.iters, batch_size=args.batch_size, num_samples=args.num_samples
+    )
+    engine = EngineConfig(cache_budget_gb=args.cache_budget_gb)
+    if args.cache_budget_gb is not None:
+        engine = EngineConfig(cache_budget_gb=args.cache_budget_gb, cache_device="disk")
+    checkpoint = args.work / "checkpoints" if args.work else None
+    result = adaround(
+        model,
+        calibration,
+        quant,
+        config,
+        {"accelerator": "cpu"},
+        checkpoint,
+        engine=engine,
+        progress=False,
+    )
+    extra: dict[str, Any] = {"nearest_model": result.nearest_model()}
+    if args.export is not None:
+        save_compressed_tensors(
+            result.float_model, result.quantizers, args.export, args.model, "padded"
+        )
+    return result.model, extra
+
+
+def _autoround(
+    model: nn.Module, tokenizer: Any, calibration: torch.Tensor, args: argparse.Namespace
+) -> nn.Module:
+    from auto_round import AutoRound
+
+    loader = torch.utils.data.DataLoader(
+        [{"input_ids": row} for row in calibration], batch_size=args.batch_size
+    )
+    rounder = AutoRound(
+        model,
+        tokenizer,
+        bits=args.bits,
+        group_size=args.group_size,
+        sym=args.symmetric,
+        iters=args.iters,
+        nsamples=args.num_samples,
+        seqlen=args.seq_len,
+        batch_size=args.batch_size,
+        dataset=loader,
+        device_map="cpu",
+        amp=False,
+        enable_torch_compile=False,
+    )
+    rounder.quantize()
+    return rounder.model.float()
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--method", choices=METHODS, required=True)
+    parser.add_argument("--bits", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=128)
+    parser.add_argument("--symmetric", action="store_true")
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--num-samples", type=int, default=128)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-windows", type=int, default=None)
+    parser.add_argument("--cache-budget-gb", type=float, default=None)
+    parser.add_argument("--work", type=Path, default=None, help="checkpoints and the disk tier")
+    parser.add_argument("--export", type=Path, default=None, help="compressed-tensors folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("causal_lm.jsonl"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run one method and append its row to ``--out``; returns the row."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from adaround_lightning.app.perplexity import perplexity
+
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    calibration, evaluation = _windows(args, tokenizer)
+    start = time.perf_counter()
+    row: dict[str, Any] = {"method": args.method}
+    if args.method == "rtn":
+        _round_to_nearest(model, args.bits, args.group_size, args.symmetric)
+    elif args.method == "adaround":
+        model, extra = _adaround(model, calibration, args)
+    elif args.method == "autoround":
+        model = _autoround(model, tokenizer, calibration, args)
+    seconds = time.perf_counter() - start
+    peak = _peak_rss_gib()
+    row |= {"perplexity": perplexity(model, evaluation, "cpu", args.batch_size)}
+    if args.method == "adaround":
+        row["nearest_perplexity"] = perplexity(extra["nearest_model"], evaluation, "cpu", 8)
+        if args.export is not None:
+            from adaround_lightning.export.compressed_tensors import load_compressed_tensors
+
+            loaded = load_compressed_tensors(args.export)
+            row["exported_perplexity"] = perplexity(loaded, evaluation, "cpu", args.batch_size)
+    row |= {
+        "bits": args.bits,
+        "group_size": args.group_size,
+        "symmetric": args.symmetric,
+        "iters": args.iters,
+        "num_samples": args.num_samples,
+        "seq_len": args.seq_len,
+        "eval_windows": len(evaluation),
+        "seconds": round(seconds, 1),
+        "peak_rss_gib": round(peak, 3),
+        "threads": args.threads,
+        "cache_budget_gb": args.cache_budget_gb,
+        "model": str(args.model),
+    }
+    with args.out.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    log.info("%s", json.dumps(row))
+    return row
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""``recipe=causal_lm`` from the command line: perplexity, and a checkpoint transformers loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.cli import run_cli
+
+pytest.importorskip("compressed_tensors")
+
+
+def test_causal_lm_recipe_reports_perplexity_and_exports_a_loadable_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers.language_models import llama_folder
+
+    folder = llama_folder(tmp_path / "model")
+    run_dir = tmp_path / "run"
+    args = [
+        "recipe=causal_lm",
+        f"model.name={folder}",
+        f"data.text={folder / 'text.txt'}",
+        "data.seq_len=16",
+        "data.calibration.size=16",
+        "data.eval_size=8",
+        "adaround.num_samples=16",
+        "adaround.iters=10",
+        "quant.group_size=32",
+        "trainer.accelerator=cpu",
+        f"output_dir={run_dir}",
+    ]
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = {key: results[key]["perplexity"] for key in ("fp32", "nearest", "adaround")}
+    exported = results["compressed_tensors"]["perplexity"]
+    assert all(value > 1 for value in rows.values())
+    assert abs(exported / rows["adaround"] - 1) < 1e-3  # transformers reads what we simulate
+    assert results["quant"]["group_size"] == 32 and results["outputs"]["compressed_tensors"]
+    assert (run_dir / "compressed_tensors" / "tokenizer.json").is_file()
+    assert "perplexity" in (run_dir / "report.html").read_text()
+    assert "lm_head" in proc.stdout + proc.stderr  # left in float, and said so
