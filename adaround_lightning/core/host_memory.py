@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 
@@ -73,10 +74,28 @@ def keep_freed_host_memory() -> bool:
 
 
 def release_freed_host_memory() -> None:
-    """Return the heap's free pages to the system (``malloc_trim``) if blocks are being kept.
+    """Return the heap's free pages to the system (``malloc_trim``; a no-op off glibc).
+
+    Also without :func:`keep_freed_host_memory`: glibc keeps the free space between live
+    blocks of its heap, and a language model's walk, which frees a block's buffers and keeps
+    its quantizers, grew by a third that way.
 
     Example:
-        >>> release_freed_host_memory()  # a no-op unless keep_freed_host_memory() took effect
+        >>> release_freed_host_memory()
     """
-    if _libc is not None:
-        _libc.malloc_trim(0)
+    libc = _libc or _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, for ``malloc_trim`` even where :func:`keep_freed_host_memory` was not called."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 (musl has none)
+    except (OSError, AttributeError):
+        return None
+    return libc

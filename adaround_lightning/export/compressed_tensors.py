@@ -111,7 +111,7 @@ def _grid_args(quantizer: AdaroundFakeQuantizer) -> dict[str, Any]:
     return {
         "num_bits": quantizer.bits,
         "type": "int",
-        "symmetric": quantizer.dequant_offset is None,
+        "symmetric": quantizer.is_symmetric,
         "strategy": strategy,
         "group_size": group,
         "dynamic": False,
@@ -138,7 +138,7 @@ def _layer_tensors(
         f"{name}.weight_scale": scale.to(dtype).contiguous(),
         f"{name}.weight_shape": torch.tensor(list(q.shape), dtype=torch.int64),
     }
-    if quantizer.dequant_offset is not None:
+    if not quantizer.is_symmetric:
         zero = zero.to(torch.int8).reshape(len(scale), -1)
         packed = pack_int32(zero.T.contiguous(), quantizer.bits).T  # along C_out
         if padded:  # the words in the first rows of a (C_out, G) tensor (see the module doc)

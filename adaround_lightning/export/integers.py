@@ -113,7 +113,7 @@ def quantized_layers(quantizers: dict[str, AdaroundFakeQuantizer]) -> list[Quant
                 quant_min=int(fq.quant_min),
                 quant_max=int(fq.quant_max),
                 group_size=fq.group_size,
-                zero_point=None if fq.is_symmetric else fq.zero_points.cpu().contiguous(),
+                zero_point=None if fq.is_symmetric else fq.zero_points.int().cpu().contiguous(),
             )
         )
     return layers

@@ -176,7 +176,7 @@ class AdaroundFakeQuantizer(nn.Module):
         self.register_buffer("fake_quant_enabled", torch.tensor([1], dtype=torch.uint8))
         self.register_buffer("observer_enabled", torch.tensor([1], dtype=torch.uint8))
         self.register_buffer("scale", torch.tensor([1.0]))
-        self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int32))
+        self.register_buffer("zero_point", torch.tensor([0], dtype=torch.int8))
         self.qscheme = qscheme
         self.ch_axis = ch_axis
         self.is_per_channel = per_channel
@@ -185,11 +185,9 @@ class AdaroundFakeQuantizer(nn.Module):
         # Shapes are unknown until the first forward sees the weight; the empty buffers are
         # resized then (and on load_state_dict).
         self.scale = torch.empty(0)
-        self.zero_point = torch.empty(0, dtype=torch.int32)
+        self.zero_point = torch.empty(0, dtype=torch.int8)  # int8: one byte per group or channel
         self.register_buffer("weight_floor", torch.empty(0))
         self.register_buffer("nearest_round_up", torch.empty(0, dtype=torch.bool))
-        # s z of an asymmetric grid (None: symmetric); rebuilt from scale and zero_point on load.
-        self.register_buffer("dequant_offset", None, persistent=False)
         self.V = torch.nn.Parameter(torch.empty(0))
         self.zeta = ZETA
         self.gamma = GAMMA
@@ -241,14 +239,21 @@ class AdaroundFakeQuantizer(nn.Module):
         self._set_offset()
 
     def _set_offset(self) -> None:
-        """``s z`` of an asymmetric grid (expanded like ``scale``), None for a symmetric one."""
-        asymmetric = self.zero_point.numel() > 0 and bool(self.zero_point.any())
-        self.dequant_offset = self.zero_point * self.scale if asymmetric else None
-        self.is_symmetric = not asymmetric
+        """Whether the grid is symmetric: every zero point 0 (read once, not per step)."""
+        self.is_symmetric = not (self.zero_point.numel() > 0 and bool(self.zero_point.any()))
+
+    @property
+    def dequant_offset(self) -> torch.Tensor | None:
+        """``s z`` (expanded like ``scale``) of an asymmetric grid, None for a symmetric one.
+
+        Computed when asked rather than stored: a group-wise grid would hold another float per
+        weight element for it.
+        """
+        return None if self.is_symmetric else self.zero_point * self.scale
 
     @property
     def zero_points(self) -> torch.Tensor:
-        """One zero point per scale (per group, per channel or per tensor), int32."""
+        """One zero point per scale (per group, per channel or per tensor), int8."""
         if self.group_size is not None:
             return self.zero_point.reshape(self.zero_point.shape[0], -1)[:, :: self.group_size]
         return self.zero_point.flatten() if self.is_per_channel else self.zero_point.reshape(())
@@ -316,9 +321,9 @@ class AdaroundFakeQuantizer(nn.Module):
         if not torch.isfinite(X).all():
             raise ValueError("the weight contains NaN or Inf values; it cannot be quantized")
         scale = self._expand(X, _scale).to(device=X.device, dtype=torch.float32)
-        zero = torch.zeros(scale.shape, dtype=torch.int32, device=X.device)
-        if _zero_point is not None:
-            zero = self._expand(X, _zero_point).to(device=X.device, dtype=torch.int32)
+        zero = torch.zeros(scale.shape, dtype=torch.int8, device=X.device)
+        if _zero_point is not None:  # on the integers' range, so int8 holds it
+            zero = self._expand(X, _zero_point).to(device=X.device, dtype=torch.int8)
         self.scale = scale
         self.zero_point = zero
         w_over_s = X.detach().float() / scale
@@ -351,7 +356,7 @@ class AdaroundFakeQuantizer(nn.Module):
         In that order, as runtimes dequantize (compressed-tensors, ONNX ``DequantizeLinear``), so
         the hard weight is theirs bit for bit.
         """
-        if self.dequant_offset is None:
+        if self.is_symmetric:
             return q * self.scale
         return (q - self.zero_point) * self.scale
 
@@ -374,7 +379,7 @@ class AdaroundFakeQuantizer(nn.Module):
         h_V = self.get_rectified_sigmoid_func()
         # floor() has zero gradient; only V receives gradients, through h(V).
         X_floor = torch.floor(X / self.scale)
-        if self.dequant_offset is not None:
+        if not self.is_symmetric:
             X_floor = X_floor + self.zero_point
         return self.dequantize(torch.clamp(X_floor + h_V, self.quant_min, self.quant_max))
 
@@ -433,7 +438,7 @@ class AdaroundFakeQuantizer(nn.Module):
         """Round-to-nearest on the grid ``floor(W/s)`` was taken on, dequantized (float32)."""
         grid = self.scale if self.floor_scale is None else self.floor_scale
         q = self.nearest_integer_weight().float()
-        return q * grid if self.dequant_offset is None else (q - self.zero_point) * grid
+        return q * grid if self.is_symmetric else (q - self.zero_point) * grid
 
     @torch.no_grad()
     def hard_weight(self) -> torch.Tensor:

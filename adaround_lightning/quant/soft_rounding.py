@@ -186,6 +186,6 @@ def soft_weight_and_regularizer(
         beta,
         gate,
     )
-    if quantizer.dequant_offset is not None:  # asymmetric grid: s (q - z)
-        weight = weight - quantizer.dequant_offset
+    if not quantizer.is_symmetric:  # asymmetric grid: s (q - z)
+        weight = weight - quantizer.zero_point * quantizer.scale
     return weight, f_reg

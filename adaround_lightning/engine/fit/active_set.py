@@ -128,8 +128,8 @@ class ActiveRounding:
         )
         weight = _Scatter.apply(self.settled_weight, self.index, active_weight)
         weight = weight.view(quantizer.V.shape)
-        if quantizer.dequant_offset is not None:  # asymmetric grid: s (q - z)
-            weight = weight - quantizer.dequant_offset
+        if not quantizer.is_symmetric:  # asymmetric grid: s (q - z)
+            weight = weight - quantizer.zero_point * quantizer.scale
         return weight, f_reg
 
     @torch.no_grad()
