@@ -167,7 +167,11 @@ def _log_blocks(plan: CalibrationPlan, config: AdaroundConfig) -> None:
     if config.granularity != Granularity.BLOCK:
         return
     joint = [b for b in plan.trace.blocks if b.is_module]
-    alone = [b.layers[0].name for b in plan.trace.blocks if b not in joint]
+    alone = [
+        b.layers[0].name
+        for b in plan.trace.blocks
+        if b not in joint and b.layers[0].name not in plan.skipped  # left in float: said so
+    ]
     in_blocks = sum(len(b.layers) for b in joint)
     if not joint and len(plan.trace.layers) > 1:
         log.warning(
