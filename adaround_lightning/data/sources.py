@@ -158,6 +158,10 @@ class DataConfig:
             raise UserError("data.source=text needs data.text=FILE (the calibration text)")
         if not self.tokenizer:
             raise UserError("data.source=text needs data.tokenizer=PATH (the model's folder)")
+        for key in ("text", "eval_text"):  # before the model is loaded, which takes a while
+            path = getattr(self, key)
+            if path is not None and not Path(path).expanduser().is_file():
+                raise UserError(f"data.{key}={path} is not a file: pass an existing text file")
         if isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 2:
             raise UserError(f"data.seq_len must be an integer of at least 2, got {self.seq_len!r}")
 

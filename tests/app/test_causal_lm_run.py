@@ -43,3 +43,32 @@ def test_causal_lm_recipe_reports_perplexity_and_exports_a_loadable_checkpoint(
     assert (run_dir / "compressed_tensors" / "tokenizer.json").is_file()
     assert "perplexity" in (run_dir / "report.html").read_text()
     assert "lm_head" in proc.stdout + proc.stderr  # left in float, and said so
+
+
+def test_causal_lm_recipe_under_ddp_matches_one_process(tmp_path: Path) -> None:
+    from tests.helpers.language_models import llama_folder
+
+    folder = llama_folder(tmp_path / "model")
+    common = [
+        "recipe=causal_lm",
+        f"model.name={folder}",
+        f"data.text={folder / 'text.txt'}",
+        "data.seq_len=16",
+        "data.calibration.size=16",
+        "data.eval_size=8",
+        "adaround.num_samples=16",
+        "adaround.iters=10",
+        "quant.group_size=32",
+        "trainer.accelerator=cpu",
+        "export.compressed_tensors=false",
+    ]
+    perplexity = {}
+    for name, extra in (("single", []), ("ddp", ["trainer.devices=2", "trainer.strategy=ddp"])):
+        run_dir = tmp_path / name
+        proc = run_cli([*common, *extra, f"output_dir={run_dir}"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads((run_dir / "results.json").read_text())
+        perplexity[name] = results["adaround"]["perplexity"]
+    # Each process fits on its half of the windows with the gradients all-reduced: the same
+    # objective, so the same network up to the order of float sums and Adam's path.
+    assert abs(perplexity["ddp"] / perplexity["single"] - 1) < 0.02

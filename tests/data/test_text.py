@@ -11,6 +11,7 @@ from adaround_lightning.core.errors import UserError
 from adaround_lightning.data.text import (
     TextConfig,
     calibration_windows,
+    encode_text,
     evaluation_windows,
     read_tokens,
 )
@@ -44,3 +45,17 @@ def test_without_eval_text_the_tail_is_held_out(tmp_path: Path) -> None:
     assert 0.85 < cut / len(whole.calibration) < 0.95
     with pytest.raises(UserError, match="not more than one window"):
         read_tokens(TextConfig(str(folder / "text.txt"), None, str(folder), 10**6))
+
+
+def test_tokenizing_a_chunk_of_lines_at_a_time_gives_the_whole_texts_ids(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer
+
+    from tests.helpers.language_models import llama_folder
+
+    folder = llama_folder(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    text = (folder / "text.txt").read_text()
+    whole = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    for chunk_chars in (1, 37, 1000, len(text) + 1):
+        assert torch.equal(encode_text(tokenizer, text, chunk_chars), whole)
