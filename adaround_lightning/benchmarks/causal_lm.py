@@ -90,7 +90,7 @@ def _adaround(
         weight_bits=args.bits, group_size=args.group_size, weight_symmetric=args.symmetric
     )
     config = AdaroundConfig(
-        iters=args.iters, batch_size=args.batch_size, num_samples=args.num_samples
+        iters=args.iters, batch_size=args.batch_size, num_samples=args.num_samples, lr=args.lr
     )
     engine = EngineConfig(cache_budget_gb=args.cache_budget_gb)
     if args.cache_budget_gb is not None:
@@ -167,6 +167,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--symmetric", action="store_true")
     parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--lr", type=float, default=None, help="AdaRound's; None: its default")
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run one method and append its row to ``--out``; returns the row."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adaround_lightning.app.perplexity import perplexity
+    from adaround_lightning.app.perplexity import perplexity, token_kl
 
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     peak = _peak_rss_gib()
     row |= {"perplexity": perplexity(model, evaluation, "cpu", args.batch_size)}
+    if args.method != "fp32":  # the float model again, from its files: after the peak is read
+        reference = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        row["kl_to_fp32"] = token_kl(reference, model, evaluation, "cpu", args.batch_size)
     if args.method == "adaround":
         row |= _adaround_extras(extra["result"], evaluation, args)
     row |= {
@@ -211,6 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "group_size": args.group_size,
         "symmetric": args.symmetric,
         "iters": args.iters,
+        "lr": args.lr,
         "num_samples": args.num_samples,
         "seq_len": args.seq_len,
         "eval_windows": len(evaluation),

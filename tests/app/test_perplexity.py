@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from adaround_lightning.app.perplexity import perplexity
+from adaround_lightning.app.perplexity import perplexity, token_kl
 
 
 class _Bigram(nn.Module):
@@ -25,3 +25,13 @@ def test_perplexity_is_exp_mean_negative_log_likelihood() -> None:
     logp = torch.log_softmax(model.table.weight.double(), -1)  # (V, V)
     nll = -torch.stack([logp[ids[:, t], ids[:, t + 1]] for t in range(8)]).mean()
     assert math.isclose(perplexity(model, ids, batch=3), math.exp(float(nll)), rel_tol=1e-6)
+
+
+def test_token_kl_is_the_mean_kl_of_the_next_token_distributions() -> None:
+    torch.manual_seed(1)
+    reference, model, ids = _Bigram(11), _Bigram(11), torch.randint(0, 11, (5, 6))
+    p = torch.softmax(reference.table.weight.double(), -1)[ids]  # (B, L, V)
+    q = torch.softmax(model.table.weight.double(), -1)[ids]
+    expected = float((p * (p.log() - q.log())).sum(-1).mean())
+    assert math.isclose(token_kl(reference, model, ids, batch=2), expected, rel_tol=1e-9)
+    assert token_kl(reference, reference, ids) == 0.0 < expected

@@ -250,12 +250,17 @@ class CalibrationCache(L.LightningDataModule):
         self.layer_index = 0
 
     # ------------------------------------------------------------------ filling
-    def _fill(self, rows: _Rows, dtype: torch.dtype | None = None) -> CachedTensor:
+    def _fill(
+        self, rows: _Rows, dtype: torch.dtype | None = None, count: int | None = None
+    ) -> CachedTensor:
         """A new buffer of ``N`` rows, filled chunk by chunk (preallocated, no ``torch.cat``).
 
-        ``dtype``: the buffer's storage dtype (None: the cache's).
+        ``dtype``: the buffer's storage dtype (None: the cache's). ``count``: only the first
+        ``count`` rows (None: all ``N``).
         """
-        count, chunk = self.calibration_images.shape[0], self.forward_batch_size
+        total = self.calibration_images.shape[0]
+        count = total if count is None else min(count, total)
+        chunk = self.forward_batch_size
         started = time.perf_counter()
         buffer: CachedTensor | None = None
         for start in range(0, count, chunk):
@@ -346,6 +351,7 @@ class CalibrationCache(L.LightningDataModule):
         activation: nn.Module | None,
         layer_index: int,
         on_float_output: Callable[[int, torch.Tensor], None] | None = None,
+        samples: int | None = None,
     ) -> None:
         """Cache a layer's quantized-network input and float target from the cached block inputs.
 
@@ -354,21 +360,23 @@ class CalibrationCache(L.LightningDataModule):
         the float block from ``fp_block_inputs``. A single-layer block's layer input is its
         block input (the same buffer). ``on_float_output(start, chunk)`` sees every chunk of
         the float layer's output before the activation (bias correction shares the pass).
+        ``samples``: only the first ``samples`` calibration samples (None: all), for a report
+        that needs no more.
         """
         if self.fp_block_inputs is None or self.q_block_inputs is None:
             raise RuntimeError("call cache_block before cache_layer")
         self.release_layer()
         chunk = self.forward_batch_size
         fp_inputs, q_inputs = self.fp_block_inputs, self.q_block_inputs
-        if q_layer is q_block:
+        if q_layer is q_block and samples is None:
             self.inputs = q_inputs
         else:
             self.inputs = self._fill(
-                lambda s, e: capture_input(q_block, q_layer, q_inputs[s:e], chunk)
+                lambda s, e: capture_input(q_block, q_layer, q_inputs[s:e], chunk), None, samples
             )
 
         targets = _LayerTargets(fp_block, fp_layer, fp_inputs, chunk, activation, on_float_output)
-        self.targets = self._fill(targets)
+        self.targets = self._fill(targets, None, samples)
         self.layer_index = layer_index
 
     @torch.no_grad()

@@ -38,7 +38,8 @@ class LayerReport:
         bits: Bit width.
         per_channel: Per-channel scales or one per tensor.
         activation: Name of the activation included in the target, if any.
-        mse_nearest: Output reconstruction MSE (mean over all elements, whole calibration set) with
+        mse_nearest: Output reconstruction MSE (mean over all elements, whole calibration set;
+            the first 32 samples for a layer fitted in a block and not bias-corrected) with
             round-to-nearest weights on the same grid.
         mse_adaround: The same with AdaRound's hard-rounded weights.
         flipped_fraction: Fraction of weights rounded differently from nearest.
