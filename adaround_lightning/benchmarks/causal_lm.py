@@ -87,7 +87,10 @@ def _adaround(
     from adaround_lightning import AdaroundConfig, EngineConfig, QuantConfig, adaround
 
     quant = QuantConfig(
-        weight_bits=args.bits, group_size=args.group_size, weight_symmetric=args.symmetric
+        weight_bits=args.bits,
+        group_size=args.group_size,
+        weight_symmetric=args.symmetric,
+        scale_method=args.scale_method,
     )
     config = AdaroundConfig(
         iters=args.iters, batch_size=args.batch_size, num_samples=args.num_samples, lr=args.lr
@@ -168,6 +171,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--symmetric", action="store_true")
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--lr", type=float, default=None, help="AdaRound's; None: its default")
+    parser.add_argument("--scale-method", default="auto", help="AdaRound's quant.scale_method")
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "symmetric": args.symmetric,
         "iters": args.iters,
         "lr": args.lr,
+        "scale_method": args.scale_method,
         "num_samples": args.num_samples,
         "seq_len": args.seq_len,
         "eval_windows": len(evaluation),

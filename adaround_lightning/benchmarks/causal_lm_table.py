@@ -17,8 +17,9 @@ from typing import Any
 __all__ = ["causal_lm_table", "main", "memory_table"]
 
 HEADER = (
-    "| weights | method | perplexity | vs FP32 | calibration s | peak RSS GiB |\n"
-    "|---|---|---|---|---|---|"
+    "| weights | method | perplexity | vs FP32 | KL to FP32, 1e-3 nats/token "
+    "| calibration s | peak RSS GiB |\n"
+    "|---|---|---|---|---|---|---|"
 )
 _LABELS = {"rtn": "round-to-nearest (min/max)", "adaround": "AdaRound", "autoround": "AutoRound"}
 
@@ -30,7 +31,7 @@ def _read(paths: Sequence[Path]) -> list[dict[str, Any]]:
 def _cells(row: dict[str, Any], fp32: float) -> str:
     delta = 100 * (row["perplexity"] / fp32 - 1)
     return (
-        f"{row['perplexity']:.3f} | {delta:+.2f} % | "
+        f"{row['perplexity']:.3f} | {delta:+.2f} % | {1e3 * row['kl_to_fp32']:.2f} | "
         f"{row['seconds']:.0f} | {row['peak_rss_gib']:.2f}"
     )
 
@@ -42,7 +43,7 @@ def causal_lm_table(paths: Sequence[Path]) -> str:
     """
     rows = [r for r in _read(paths) if r.get("cache_budget_gb") is None]
     fp32 = [r for r in rows if r["method"] == "fp32"][-1]["perplexity"]
-    lines = [HEADER, f"| FP32 | - | {fp32:.3f} | - | - | - |"]
+    lines = [HEADER, f"| FP32 | - | {fp32:.3f} | - | 0 | - | - |"]
     latest = {(r["bits"], r["method"]): r for r in rows if r["method"] != "fp32"}
     for bits in sorted({bits for bits, _ in latest}, reverse=True):
         for method in ("rtn", "adaround", "autoround"):
@@ -54,9 +55,15 @@ def causal_lm_table(paths: Sequence[Path]) -> str:
 
 
 MEMORY_HEADER = (
-    "| weights | cache budget GiB (disk tier) | perplexity | peak RSS GiB | bound GiB |\n"
-    "|---|---|---|---|---|"
+    "| weights | cache budget GiB (disk tier) | perplexity | its checkpoint in transformers "
+    "| peak RSS GiB | bound GiB |\n"
+    "|---|---|---|---|---|---|"
 )
+
+
+def _exported(row: dict[str, Any]) -> str:
+    value = row.get("exported_perplexity")
+    return "-" if value is None else f"{value:.4f}"
 
 
 def memory_table(paths: Sequence[Path]) -> str:
@@ -71,7 +78,8 @@ def memory_table(paths: Sequence[Path]) -> str:
             bound = row["weights_gib"] + row["largest_block_gib"] + row["cache_budget_gb"] + 1
             lines.append(
                 f"| W{row['bits']} g{row['group_size']} | {row['cache_budget_gb']} | "
-                f"{row['perplexity']:.3f} | {row['peak_rss_gib']:.3f} | {bound:.3f} |"
+                f"{row['perplexity']:.4f} | {_exported(row)} | {row['peak_rss_gib']:.3f} | "
+                f"{bound:.3f} |"
             )
     return "\n".join(lines)
 
