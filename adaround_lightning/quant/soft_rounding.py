@@ -187,5 +187,5 @@ def soft_weight_and_regularizer(
         gate,
     )
     if not quantizer.is_symmetric:  # asymmetric grid: s (q - z)
-        weight = weight - quantizer.zero_point * quantizer.scale
+        weight = weight - quantizer.dequant_offset
     return weight, f_reg

@@ -12,14 +12,9 @@ from tests.helpers.cli import run_cli
 pytest.importorskip("compressed_tensors")
 
 
-def test_causal_lm_recipe_reports_perplexity_and_exports_a_loadable_checkpoint(
-    tmp_path: Path,
-) -> None:
-    from tests.helpers.language_models import llama_folder
-
-    folder = llama_folder(tmp_path / "model")
-    run_dir = tmp_path / "run"
-    args = [
+def _tiny_run_args(folder: Path) -> list[str]:
+    """``recipe=causal_lm`` on the tiny Llama of ``llama_folder``, a few seconds of fitting."""
+    return [
         "recipe=causal_lm",
         f"model.name={folder}",
         f"data.text={folder / 'text.txt'}",
@@ -30,8 +25,17 @@ def test_causal_lm_recipe_reports_perplexity_and_exports_a_loadable_checkpoint(
         "adaround.iters=10",
         "quant.group_size=32",
         "trainer.accelerator=cpu",
-        f"output_dir={run_dir}",
     ]
+
+
+def test_causal_lm_recipe_reports_perplexity_and_exports_a_loadable_checkpoint(
+    tmp_path: Path,
+) -> None:
+    from tests.helpers.language_models import llama_folder
+
+    folder = llama_folder(tmp_path / "model")
+    run_dir = tmp_path / "run"
+    args = [*_tiny_run_args(folder), f"output_dir={run_dir}"]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
@@ -49,19 +53,7 @@ def test_causal_lm_recipe_under_ddp_matches_one_process(tmp_path: Path) -> None:
     from tests.helpers.language_models import llama_folder
 
     folder = llama_folder(tmp_path / "model")
-    common = [
-        "recipe=causal_lm",
-        f"model.name={folder}",
-        f"data.text={folder / 'text.txt'}",
-        "data.seq_len=16",
-        "data.calibration.size=16",
-        "data.eval_size=8",
-        "adaround.num_samples=16",
-        "adaround.iters=10",
-        "quant.group_size=32",
-        "trainer.accelerator=cpu",
-        "export.compressed_tensors=false",
-    ]
+    common = [*_tiny_run_args(folder), "export.compressed_tensors=false"]
     perplexity = {}
     for name, extra in (("single", []), ("ddp", ["trainer.devices=2", "trainer.strategy=ddp"])):
         run_dir = tmp_path / name

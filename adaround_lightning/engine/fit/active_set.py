@@ -129,7 +129,7 @@ class ActiveRounding:
         weight = _Scatter.apply(self.settled_weight, self.index, active_weight)
         weight = weight.view(quantizer.V.shape)
         if not quantizer.is_symmetric:  # asymmetric grid: s (q - z)
-            weight = weight - quantizer.zero_point * quantizer.scale
+            weight = weight - quantizer.dequant_offset
         return weight, f_reg
 
     @torch.no_grad()
