@@ -66,11 +66,6 @@ class RunConfig:
                 "quantized_weights.safetensors (with zero points) only: set export.onnx=false "
                 "export.verify=false (the causal_lm recipe does)"
             )
-        if self.quant.group_size is not None and self.adaround.learn_scale:
-            raise UserError(
-                "adaround.learn_scale learns one ratio per channel, not per group: set "
-                "adaround.learn_scale=false with quant.group_size"
-            )
 
 
 def _build(cls: type, section: str, values: Any) -> Any:
@@ -102,6 +97,7 @@ _LATER_DEFAULTS = {
     "blocks": [],
     "learn_scale": False,
     "scale_lr": 1e-3,
+    "straight_through": False,
     "fisher": False,
     "fisher_damping": 1.0,
     "refine_bits": [],

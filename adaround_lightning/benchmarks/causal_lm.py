@@ -93,7 +93,14 @@ def _adaround(
         scale_method=args.scale_method,
     )
     config = AdaroundConfig(
-        iters=args.iters, batch_size=args.batch_size, num_samples=args.num_samples, lr=args.lr
+        iters=args.iters,
+        batch_size=args.batch_size,
+        num_samples=args.num_samples,
+        lr=args.lr,
+        reg_param=args.reg_param,
+        straight_through=args.straight_through,
+        learn_scale=args.scale_lr > 0,
+        scale_lr=args.scale_lr or 1e-3,
     )
     engine = EngineConfig(cache_budget_gb=args.cache_budget_gb)
     if args.cache_budget_gb is not None:
@@ -157,6 +164,7 @@ def _autoround(
         device_map="cpu",
         amp=False,
         enable_torch_compile=False,
+        enable_minmax_tuning=not args.no_minmax_tuning,
     )
     rounder.quantize()
     return rounder.model.float()
@@ -169,8 +177,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bits", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--symmetric", action="store_true")
+    # AdaRound's settings default to recipes/causal_lm.yaml's (a test keeps them equal).
     parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--lr", type=float, default=None, help="AdaRound's; None: its default")
+    parser.add_argument("--lr", type=float, default=0.01, help="AdaRound's V learning rate")
+    parser.add_argument(
+        "--straight-through",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="AdaRound's hard forward with h(V)'s gradient (--no-straight-through: annealed)",
+    )
+    parser.add_argument(
+        "--scale-lr", type=float, default=0.005, help="learned scales' lr (0: fixed grids)"
+    )
+    parser.add_argument("--reg-param", type=float, default=None, help="AdaRound's lambda")
+    parser.add_argument(
+        "--no-minmax-tuning", action="store_true", help="AutoRound's scales fixed (a probe)"
+    )
     parser.add_argument("--scale-method", default="auto", help="AdaRound's quant.scale_method")
     parser.add_argument("--num-samples", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -220,6 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "symmetric": args.symmetric,
         "iters": args.iters,
         "lr": args.lr,
+        "reg_param": args.reg_param,
+        "scale_lr": args.scale_lr,
+        "straight_through": args.straight_through,
         "scale_method": args.scale_method,
         "num_samples": args.num_samples,
         "seq_len": args.seq_len,

@@ -91,12 +91,18 @@ class AdaroundConfig:
             class names (``["EncoderBlock"]``, ``["encoder.layers.*"]``); each matching
             module's layers are fitted together on its output. torchvision's residual blocks
             are blocks already. Each layer's report names the block it was fitted in.
-        learn_scale: Learn each quantizer's scale with its ``V`` (issue #23): a per-channel
-            (or per-tensor) log-ratio ``rho``, ``W~ = exp(rho) s0 clip(floor(W/s0) + h(V))``,
-            trained by the same reconstruction loss. The grid stays symmetric with integer
-            points; exports carry ``s0 exp(rho)`` and the grid check reads ``floor(W/s0)``
-            on ``s0`` (``floor_scale``). Off: AdaRound's fixed grid.
+        learn_scale: Learn each quantizer's scale with its ``V`` (issue #23): a log-ratio
+            ``rho`` per channel, per group (``quant.group_size``) or per tensor,
+            ``W~ = exp(rho) s0 (clip(floor(W/s0) + z + h(V)) - z)``, trained by the same
+            reconstruction loss. Integers and zero points ``z`` stay; exports carry
+            ``s0 exp(rho)`` and the grid check reads ``floor(W/s0)`` on ``s0``
+            (``floor_scale``). Off: AdaRound's fixed grid.
         scale_lr: Adam's learning rate of ``rho`` with ``learn_scale``.
+        straight_through: Each step's forward uses the hard rounding ``1[V >= 0]`` that the
+            fit ends with, and ``V`` gets the gradient of ``h(V)`` (a straight-through
+            estimator); no rounding regularizer and no annealing. For short fits of large
+            blocks (the causal LM recipe: 200 steps per decoder layer), where the annealed
+            relaxation ends far from binary and its final rounding loses what it learned.
         fisher: Weigh each element of a block fit's output error by the Fisher information of
             the block's output (BRECQ): the squared gradient of the KL divergence between the
             float and the quantized network's output distributions, normalised to mean 1
@@ -136,6 +142,7 @@ class AdaroundConfig:
     blocks: list[str] = field(default_factory=list)
     learn_scale: bool = False
     scale_lr: float = 1e-3
+    straight_through: bool = False
     fisher: bool = False
     fisher_damping: float = 1.0
     refine_bits: list[int] = field(default_factory=lambda: list(DEFAULT_REFINE_BITS))
@@ -234,6 +241,7 @@ class AdaroundConfig:
             "act_in_loop",
             "bias_correction",
             "stop_when_binary",
+            "straight_through",
             "learn_scale",
             "fisher",
         ):

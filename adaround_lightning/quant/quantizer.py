@@ -13,8 +13,7 @@ Asymmetric grids (``quant.weight_symmetric=false``, as GPTQ and AutoRound store 
 add an integer zero point ``z`` per channel or group: the stored integers are
 ``q = clip(floor(W / s) + z + h(V), q_min, q_max)`` and the weight is ``s (q - z)``. The quantizer
 keeps ``floor(W / s) + z`` as its floor, so every clip, gate and mask is the symmetric one on
-the same integer range, and subtracts the constant ``s z`` (:attr:`dequant_offset`) from the
-dequantized weight.
+the same integer range, and dequantizes as the runtimes do, ``(q - z) s``.
 """
 
 from __future__ import annotations
@@ -413,6 +412,50 @@ class AdaroundFakeQuantizer(nn.Module):
         """
         q = self.weight_floor + self.nearest_round_up.to(self.weight_floor.dtype)
         return torch.clamp(q, self.quant_min, self.quant_max).to(torch.int8)
+
+    @property
+    def scale_count_shape(self) -> torch.Size:
+        """The shape of one value per scale: ``(C_out, K / G)`` with groups, else the scale's.
+
+        What a learned ratio per scale (``adaround.learn_scale``) is shaped like; the expanded
+        ``scale`` of a group-wise grid holds one float per weight element instead.
+        """
+        if self.group_size is not None:
+            return self.zero_points.shape
+        return self.scale.shape
+
+    def expand_per_scale(self, values: torch.Tensor) -> torch.Tensor:
+        """Values shaped :attr:`scale_count_shape` broadcast like ``scale``, differentiably.
+
+        Example:
+            >>> from adaround_lightning.quant.factory import quantizer_for_weight
+            >>> fq = quantizer_for_weight(torch.randn(2, 8), 4, True, "minmax", 4, False)
+            >>> fq.scale_count_shape, fq.expand_per_scale(torch.ones(2, 2)).shape
+            (torch.Size([2, 2]), torch.Size([2, 8]))
+        """
+        if self.group_size is None:
+            return values
+        return values.repeat_interleave(self.group_size, dim=1).reshape(self.scale.shape)
+
+    def scale_by(self, weight: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        """``weight`` (the shape of ``V``) times one ratio per scale, differentiably.
+
+        With groups the weight is viewed ``(C_out, K / G, G)`` and the ratios ``(C_out, K / G,
+        1)`` broadcast over it: one pass, where expanding the ratios first would add one pass
+        forward and one backward over every element.
+
+        Example:
+            >>> from adaround_lightning.quant.factory import quantizer_for_weight
+            >>> fq = quantizer_for_weight(torch.randn(2, 8), 4, True, "minmax", 4, False)
+            >>> ratio = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+            >>> fq.scale_by(torch.ones(2, 8), ratio)[1].tolist()
+            [3.0, 3.0, 3.0, 3.0, 4.0, 4.0, 4.0, 4.0]
+        """
+        if self.group_size is None:
+            return weight * ratio
+        rows = weight.shape[0]
+        grouped = weight.reshape(rows, -1, self.group_size) * ratio.unsqueeze(-1)
+        return grouped.reshape(weight.shape)
 
     @torch.no_grad()
     def rescale(self, ratio: torch.Tensor) -> None:

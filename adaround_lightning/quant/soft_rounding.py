@@ -59,8 +59,10 @@ def grid_gate(
 class _SoftRounding(torch.autograd.Function):
     """``(W~, f_reg)`` from ``V``; ``beta=None`` skips the regularizer (warm start).
 
-    Written for few passes over the weight: in-place ops where a temporary is not needed
-    again, no float * bool products (a slow path on the CPU), and the fit's constant
+    ``hard``: the forward value is the hard rounding ``s clip(floor(W/s) + 1[V >= 0])`` and
+    the gradient still that of ``h(V)`` (straight-through; ``h >= 1/2`` exactly when
+    ``V >= 0``). Written for few passes over the weight: in-place ops where a temporary is not
+    needed again, no float * bool products (a slow path on the CPU), and the fit's constant
     :func:`grid_gate` passed in.
     """
 
@@ -74,6 +76,8 @@ class _SoftRounding(torch.autograd.Function):
         quant_max: int,
         beta: torch.Tensor | float | None,
         gate: torch.Tensor,
+        hard: bool = False,
+        zero: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         sig = torch.sigmoid(V)
         # h's gradient passes where u = (zeta - gamma) sig + gamma is strictly inside (0, 1),
@@ -84,7 +88,11 @@ class _SoftRounding(torch.autograd.Function):
         inside = torch.rsub(V.abs(), SETTLED_LOGIT).clamp_(min=0.0).sign_()
         dsig = torch.addcmul(sig, sig, sig, value=-1.0).mul_(inside)
         h = sig.mul_(ZETA - GAMMA).add_(GAMMA).clamp_(0.0, 1.0)  # eq. (23), sig reused
-        soft_weight = (weight_floor + h).clamp_(quant_min, quant_max).mul_(scale)
+        rounding = (V >= 0).to(V.dtype) if hard else h
+        soft_weight = (weight_floor + rounding).clamp_(quant_min, quant_max)
+        if zero is not None:  # asymmetric grid: s (q - z), in the runtimes' order
+            soft_weight.sub_(zero)
+        soft_weight.mul_(scale)
         if beta is None:
             ctx.save_for_backward(dsig, gate)
             ctx.regularized = False
@@ -111,7 +119,7 @@ class _SoftRounding(torch.autograd.Function):
         grad_u = grad_weight * gate
         if ctx.regularized:
             grad_u.addcmul_(reg[0], grad_regularizer)
-        return grad_u.mul_(dsig), None, None, None, None, None, None
+        return grad_u.mul_(dsig), None, None, None, None, None, None, None, None
 
 
 def unsettled(V: torch.Tensor) -> torch.Tensor:
@@ -137,12 +145,16 @@ def soft_rounding(
     quant_max: int,
     beta: torch.Tensor | float | None,
     gate: torch.Tensor | None = None,
+    hard: bool = False,
+    zero: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W~, f_reg)`` of eqs. (22) and (24) from tensors that broadcast against ``V``.
 
     The elementwise form of :func:`soft_weight_and_regularizer`: ``V``, ``floor(W / s)`` and
     ``s`` may be any broadcastable shapes, e.g. the unsettled elements of a weight gathered
-    into 1-D tensors. ``gate``: the fit's :func:`grid_gate` (None: computed here).
+    into 1-D tensors. ``gate``: the fit's :func:`grid_gate` (None: computed here). ``hard``:
+    the hard rounding forward with ``h(V)``'s gradient (straight-through). ``zero``: the zero
+    points as floats, broadcasting like ``s``, for ``W~ = s (clip(...) - z)``; None: ``z = 0``.
 
     Example:
         >>> weight, f_reg = soft_rounding(torch.zeros(3), torch.zeros(3), torch.ones(3), -2, 1, 2.0)
@@ -151,13 +163,15 @@ def soft_rounding(
     """
     if gate is None:
         gate = grid_gate(weight_floor, scale, quant_min, quant_max)
-    return _SoftRounding.apply(V, weight_floor, scale, quant_min, quant_max, beta, gate)
+    return _SoftRounding.apply(V, weight_floor, scale, quant_min, quant_max, beta, gate, hard, zero)
 
 
 def soft_weight_and_regularizer(
     quantizer: AdaroundFakeQuantizer,
     beta: torch.Tensor | float | None,
     gate: torch.Tensor | None = None,
+    hard: bool = False,
+    zero: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W~, f_reg)`` of eqs. (22) and (24) for ``quantizer``'s ``V``, differentiable in ``V``.
 
@@ -166,6 +180,9 @@ def soft_weight_and_regularizer(
         beta: The annealed exponent of eq. (24) (a float or a 0-dim tensor), or None during the
             warm start: ``f_reg`` is then 0 and not computed.
         gate: The quantizer's :func:`grid_gate`, computed once per fit (None: computed here).
+        hard: Forward the hard rounding ``1[V >= 0]`` with ``h(V)``'s gradient (straight-through).
+        zero: The quantizer's zero points as floats (a fit converts them once); None: converted
+            here where the grid is asymmetric.
 
     Returns:
         The soft-quantized weight, the shape of ``V``, and ``f_reg``, a 0-dim tensor.
@@ -177,7 +194,9 @@ def soft_weight_and_regularizer(
         >>> weight.shape, bool(f_reg >= 0)
         (torch.Size([3, 4]), True)
     """
-    weight, f_reg = soft_rounding(
+    if zero is None and not quantizer.is_symmetric:
+        zero = quantizer.zero_point.to(quantizer.scale.dtype)
+    return soft_rounding(
         quantizer.V,
         quantizer.weight_floor,
         quantizer.scale,
@@ -185,7 +204,6 @@ def soft_weight_and_regularizer(
         quantizer.quant_max,
         beta,
         gate,
+        hard,
+        zero,
     )
-    if not quantizer.is_symmetric:  # asymmetric grid: s (q - z)
-        weight = weight - quantizer.dequant_offset
-    return weight, f_reg

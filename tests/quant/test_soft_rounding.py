@@ -65,3 +65,33 @@ def test_no_gradient_where_h_sits_on_its_bounds() -> None:
     (weight.sum() + regularizer).backward()
     assert quantizer.V.grad is not None
     assert quantizer.V.grad[0, :2].eq(0).all() and quantizer.V.grad[0, 2] != 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_straight_through_forwards_the_hard_rounding_with_the_soft_gradient(
+    seed: int, symmetric: bool
+) -> None:
+    # Value: s (clip(floor(W/s) + z + 1[h(V) >= 1/2]) - z), the integers the fit ends with;
+    # gradient: that of the soft weight of eq. (22), both recomputed in float64.
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(6, 16, generator=generator)
+    quantizer = quantizer_for_weight(weight, 3, True, "minmax", 8, symmetric)
+    with torch.no_grad():
+        quantizer.V.copy_(torch.randn(6, 16, generator=generator) * 3)
+    grad_weight = torch.randn(6, 16, generator=generator)
+    hard, regularizer = soft_weight_and_regularizer(quantizer, None, hard=True)
+    (hard * grad_weight).sum().backward()
+
+    V64 = quantizer.V.detach().double().requires_grad_(True)
+    scale = quantizer.scale.double()
+    zero = quantizer.zero_point.double()
+    floor = quantizer.weight_floor.double()  # floor(W/s) + z, as stored (W/s on an integer)
+    h = torch.clamp(torch.sigmoid(V64) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+    up = (h >= 0.5).double()
+    expected = (torch.clamp(floor + up, quantizer.quant_min, quantizer.quant_max) - zero) * scale
+    torch.testing.assert_close(hard.double(), expected, rtol=1e-6, atol=1e-6)
+    assert float(regularizer) == 0.0
+    soft = (torch.clamp(floor + h, quantizer.quant_min, quantizer.quant_max) - zero) * scale
+    (soft * grad_weight.double()).sum().backward()
+    torch.testing.assert_close(quantizer.V.grad.double(), V64.grad, rtol=1e-5, atol=1e-6)

@@ -81,6 +81,8 @@ class ActiveRounding:
         scale: ``s`` of the unsettled elements, shape ``(n,)``.
         gate: The fit's constant :func:`~adaround_lightning.quant.soft_rounding.grid_gate`
             of the tracked elements (shape of ``V`` while dense, then ``(n,)``).
+        zero: The zero points as floats of an asymmetric grid (broadcast like ``scale``
+            while dense, then ``(n,)``), converted once per fit; None on a symmetric grid.
 
     Example:
         >>> from adaround_lightning.quant.factory import quantizer_for_weight
@@ -99,12 +101,15 @@ class ActiveRounding:
     weight_floor: torch.Tensor | None = None
     scale: torch.Tensor | None = None
     gate: torch.Tensor | None = None
+    zero: torch.Tensor | None = None
 
     def _dense_gate(self) -> torch.Tensor:
         # Computed at the first step, after Lightning has moved the quantizer to its device.
         if self.gate is None:
             q = self.quantizer
             self.gate = grid_gate(q.weight_floor, q.scale, q.quant_min, q.quant_max)
+            if not q.is_symmetric:
+                self.zero = q.zero_point.to(q.scale.dtype)
         return self.gate
 
     @property
@@ -112,11 +117,17 @@ class ActiveRounding:
         """How many elements are still trained."""
         return self.parameter.numel()
 
-    def soft(self, beta: torch.Tensor | float | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W~, f_reg)`` of the whole weight (shape of ``V``), differentiable in the parameter."""
+    def soft(
+        self, beta: torch.Tensor | float | None, hard: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W~, f_reg)`` of the whole weight (shape of ``V``), differentiable in the parameter.
+
+        ``hard``: the hard rounding forward with ``h(V)``'s gradient (straight-through).
+        """
         quantizer = self.quantizer
         if self.index is None:
-            return soft_weight_and_regularizer(quantizer, beta, self._dense_gate())
+            gate = self._dense_gate()
+            return soft_weight_and_regularizer(quantizer, beta, gate, hard, self.zero)
         active_weight, f_reg = soft_rounding(
             self.parameter,
             self.weight_floor,
@@ -125,12 +136,11 @@ class ActiveRounding:
             quantizer.quant_max,
             beta,
             self.gate,
+            hard,
+            self.zero,
         )
         weight = _Scatter.apply(self.settled_weight, self.index, active_weight)
-        weight = weight.view(quantizer.V.shape)
-        if not quantizer.is_symmetric:  # asymmetric grid: s (q - z)
-            weight = weight - quantizer.dequant_offset
-        return weight, f_reg
+        return weight.view(quantizer.V.shape), f_reg
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -155,6 +165,8 @@ class ActiveRounding:
             self.scale = quantizer.scale.expand(V.shape).reshape(-1)
             self.settled_weight = torch.empty(V.numel(), dtype=V.dtype, device=V.device)
             self.gate = self._dense_gate().reshape(-1)
+            if self.zero is not None:
+                self.zero = self.zero.expand(V.shape).reshape(-1)
         # W~ of every tracked element with the same ops as a step: exact at the settled ones
         # (h is exactly 0 or 1 there); the unsettled ones are overwritten in every step.
         self.settled_weight[self.index] = soft_rounding(
@@ -165,12 +177,15 @@ class ActiveRounding:
             quantizer.quant_max,
             None,
             self.gate,
+            zero=self.zero,
         )[0]
         kept = keep.reshape(-1).nonzero().squeeze(1)  # positions among the tracked elements
         self.index = self.index.index_select(0, kept)
         self.weight_floor = self.weight_floor.index_select(0, kept)
         self.scale = self.scale.index_select(0, kept)
         self.gate = self.gate.index_select(0, kept)
+        if self.zero is not None:
+            self.zero = self.zero.index_select(0, kept)
         self.parameter = nn.Parameter(self.parameter.detach().reshape(-1).index_select(0, kept))
         return self.parameter
 

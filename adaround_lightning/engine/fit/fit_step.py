@@ -189,6 +189,7 @@ def fit_layer(
         stop_when_binary=config.stop_when_binary,
         scale_lr=config.scale_lr if config.learn_scale else None,
         skip_settled=settings.engine.skip_settled,
+        straight_through=config.straight_through,
     )
     return _run(module, cache, config.iters, settings, bar)
 
@@ -227,6 +228,7 @@ def fit_block(
         stop_when_binary=config.stop_when_binary,
         scale_lr=config.scale_lr if config.learn_scale else None,
         skip_settled=settings.engine.skip_settled,
+        straight_through=config.straight_through,
     )
     return _run(module, cache, steps, settings, bar)
 

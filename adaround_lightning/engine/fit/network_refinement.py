@@ -172,7 +172,7 @@ class NetworkRefinement(L.LightningModule):
         self.loss, self.lr, self.block_weight, self.scale_lr = loss, lr, block_weight, scale_lr
         self.V = nn.ParameterList([nn.Parameter(start_V(q, start_h)) for q in self.quantizer_list])
         self.log_scale_ratios = nn.ParameterList(
-            [nn.Parameter(torch.zeros_like(q.scale)) for q in self.quantizer_list]
+            [nn.Parameter(q.scale.new_zeros(q.scale_count_shape)) for q in self.quantizer_list]
             if scale_lr
             else []
         )
@@ -255,7 +255,7 @@ class NetworkRefinement(L.LightningModule):
                 q = q + self.both_on_grid[index] * (h[index] - h[index].detach())
             weight = quantizer.dequantize(q)
             if self.scale_lr:
-                weight = weight * self.log_scale_ratios[index].exp()
+                weight = quantizer.scale_by(weight, self.log_scale_ratios[index].exp())
             weights[f"{name}.weight"] = weight
         return weights
 
@@ -316,7 +316,8 @@ class NetworkRefinement(L.LightningModule):
             )
             quantizer.use_soft_rounding = False
             if self.scale_lr:
-                quantizer.rescale(self.log_scale_ratios[index].detach().exp())
+                ratio = self.log_scale_ratios[index].detach().exp()
+                quantizer.rescale(quantizer.expand_per_scale(ratio))
             layer = q_model.get_submodule(name)
             layer.weight.copy_(quantizer.hard_weight().to(layer.weight.dtype))
 

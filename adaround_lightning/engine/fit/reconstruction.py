@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import Any
 
 import lightning as L
 import torch
@@ -84,6 +85,7 @@ class RoundingReconstruction(L.LightningModule):
         stop_when_binary: bool = False,
         scale_lr: float | None = None,
         skip_settled: bool = False,
+        straight_through: bool = False,
     ) -> None:
         super().__init__()
         # K > 1: each training step runs K optimizer steps on a (K, batch, ...) batch under
@@ -99,6 +101,10 @@ class RoundingReconstruction(L.LightningModule):
         self.name = name
         self.stop_when_binary = stop_when_binary
         self.skip_settled = skip_settled
+        # Straight-through: every step sees the hard rounding 1[V >= 0] that the fit ends with
+        # (h(V)'s gradient, no regularizer), so nothing is lost when the relaxation is cut
+        # short, as in a 200-step fit of a large block.
+        self.straight_through = straight_through
         #: Per quantizer, the elements of ``V`` still trained (all of them until a compaction).
         self.roundings = [ActiveRounding(q, q.V) for q in quantizers]
         #: Optimizer steps taken (fewer than ``loss.max_iter`` after an early stop).
@@ -108,16 +114,13 @@ class RoundingReconstruction(L.LightningModule):
         for quantizer in quantizers:
             quantizer.V.requires_grad_(True)
             quantizer.use_soft_rounding = True
-        # With a learned scale (scale_lr set): one log-ratio rho per quantizer, shaped like its
-        # scale (C, 1, ...) or (), so W~ = exp(rho) * s0 * clip(floor(W/s0) + h(V)).
-        if scale_lr and any(q.group_size is not None for q in quantizers):
-            raise ValueError(
-                "adaround.learn_scale learns one ratio per channel, not per group: set "
-                "adaround.learn_scale=false with quant.group_size"
-            )
+        # With a learned scale (scale_lr set): one log-ratio rho per scale, (C, 1, ...), (C, K/G)
+        # with groups, or (), so W~ = exp(rho) * s0 * (clip(floor(W/s0) + z + h(V)) - z).
         self.scale_lr = scale_lr
         self.log_scale_ratios = nn.ParameterList(
-            [nn.Parameter(torch.zeros_like(q.scale)) for q in quantizers] if scale_lr else []
+            [nn.Parameter(q.scale.new_zeros(q.scale_count_shape)) for q in quantizers]
+            if scale_lr
+            else []
         )
         beta, reg_weight = loss.schedule()
         self.register_buffer("beta", beta, persistent=False)
@@ -153,14 +156,21 @@ class RoundingReconstruction(L.LightningModule):
         """Write ``s * q`` into the quantized network's modules."""
         raise NotImplementedError
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         groups: list[dict] = [{"params": [q.V for q in self.rounding_quantizers()]}]
         if self.scale_lr:
             groups.append({"params": list(self.log_scale_ratios), "lr": self.scale_lr})
         # Adam's fused kernel: one pass per step over each V instead of about eight (3 ms
         # against 0.5-0.9 ms for 470k elements on this project's CPU); the same update up to
         # float rounding.
-        return torch.optim.Adam(groups, lr=self.lr, fused=fused_adam_supported(self.device))
+        adam = torch.optim.Adam(groups, lr=self.lr, fused=fused_adam_supported(self.device))
+        if not self.straight_through:
+            return adam
+        # Straight-through: nothing anneals the roundings to rest, so the learning rate does,
+        # linearly to 0 (as AutoRound's); the last steps flip only the closest calls.
+        steps = self.loss.max_iter
+        decay = torch.optim.lr_scheduler.LambdaLR(adam, lambda step: max(0.0, 1.0 - step / steps))
+        return {"optimizer": adam, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
 
     def on_train_start(self) -> None:
         if self.skip_settled and self.trainer.world_size > 1:
@@ -192,6 +202,8 @@ class RoundingReconstruction(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             optimizer.step()
+            if self.straight_through:
+                self.lr_schedulers().step()  # type: ignore[union-attr]
             self.steps_run = curr_iter + 1
         return None
 
@@ -235,13 +247,18 @@ class RoundingReconstruction(L.LightningModule):
                 f"step {curr_iter} is past the loss schedule ({self.loss.max_iter} steps)"
             )
         # Warm start: no regularizer. A Python-int comparison, so no host sync.
-        regularized = curr_iter >= self.loss.warm_start_end
+        regularized = curr_iter >= self.loss.warm_start_end and not self.straight_through
         beta = self.beta[curr_iter] if regularized else None
         # W~ and f_reg of every quantizer in one fused op each (quant/soft_rounding.py).
-        soft = [rounding.soft(beta) for rounding in self.roundings]
+        soft = [rounding.soft(beta, self.straight_through) for rounding in self.roundings]
         weights = [weight for weight, _ in soft]
         if self.scale_lr:
-            weights = [w * rho.exp() for w, rho in zip(weights, self.log_scale_ratios, strict=True)]
+            weights = [
+                rounding.quantizer.scale_by(w, rho.exp())
+                for w, rho, rounding in zip(
+                    weights, self.log_scale_ratios, self.roundings, strict=True
+                )
+            ]
         outputs = self.soft_output(inputs, weights)
         reconstruction = self.loss.reconstruction_loss(
             outputs,
@@ -301,7 +318,7 @@ class RoundingReconstruction(L.LightningModule):
             quantizer.use_soft_rounding = False
             quantizer.V.requires_grad_(False)
         for quantizer, rho in zip(self.rounding_quantizers(), self.log_scale_ratios, strict=False):
-            quantizer.rescale(rho.detach().exp())
+            quantizer.rescale(quantizer.expand_per_scale(rho.detach().exp()))
         with torch.no_grad():
             self.apply_hard_weights()
 
@@ -328,6 +345,7 @@ class LayerReconstruction(RoundingReconstruction):
         stop_when_binary: End the fit once every ``h(V)`` is clipped to 0 or 1 (same result).
         scale_lr: Learn each scale's log-ratio with this learning rate (None: fixed grid).
         skip_settled: Train only the elements whose ``h(V)`` is not yet clipped (same result).
+        straight_through: Forward the hard rounding with ``h(V)``'s gradient, no regularizer.
 
     Example:
         >>> layer = nn.Linear(4, 3)
@@ -349,6 +367,7 @@ class LayerReconstruction(RoundingReconstruction):
         stop_when_binary: bool = False,
         scale_lr: float | None = None,
         skip_settled: bool = False,
+        straight_through: bool = False,
     ) -> None:
         super().__init__(
             [quantizer],
@@ -360,6 +379,7 @@ class LayerReconstruction(RoundingReconstruction):
             stop_when_binary,
             scale_lr,
             skip_settled,
+            straight_through,
         )
         self.layer = layer
         self.quantizer = quantizer
@@ -405,6 +425,7 @@ class BlockReconstruction(RoundingReconstruction):
         stop_when_binary: End the fit once every ``h(V)`` is clipped to 0 or 1 (same result).
         scale_lr: Learn each scale's log-ratio with this learning rate (None: fixed grid).
         skip_settled: Train only the elements whose ``h(V)`` is not yet clipped (same result).
+        straight_through: Forward the hard rounding with ``h(V)``'s gradient, no regularizer.
 
     Example:
         >>> block = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -426,6 +447,7 @@ class BlockReconstruction(RoundingReconstruction):
         stop_when_binary: bool = False,
         scale_lr: float | None = None,
         skip_settled: bool = False,
+        straight_through: bool = False,
     ) -> None:
         super().__init__(
             list(quantizers.values()),
@@ -437,6 +459,7 @@ class BlockReconstruction(RoundingReconstruction):
             stop_when_binary,
             scale_lr,
             skip_settled,
+            straight_through,
         )
         self.block = block
         # The block output's channel axis is read from its shape (output_channel_dim): a
