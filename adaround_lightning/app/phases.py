@@ -139,6 +139,7 @@ def quant_summary(settings: RunConfig) -> dict[str, Any]:
         "group_size": quant.group_size,
         "weight_symmetric": quant.weight_symmetric,
         "quantize_lm_head": quant.quantize_lm_head,
+        "quantize_embeddings": quant.quantize_embeddings,
     }
 
 

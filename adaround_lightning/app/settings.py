@@ -138,6 +138,7 @@ _ADDED_SETTINGS: dict[tuple[str, str], Any] = {
     ("quant", "candidate_bits"): [2, 3, 4, 8],
     ("quant", "weight_symmetric"): True,
     ("quant", "quantize_lm_head"): False,
+    ("quant", "quantize_embeddings"): False,
     ("model", "task"): "classification",
     ("data", "text"): None,
     ("data", "eval_text"): None,

@@ -188,7 +188,8 @@ def save_compressed_tensors(
     Args:
         float_model: The float network (a ``transformers`` ``PreTrainedModel``): its config and
             every parameter that is not a quantized weight.
-        quantizers: The calibrated weight quantizers, by module name (``nn.Linear`` only).
+        quantizers: The calibrated weight quantizers, by module name (``nn.Linear``, and an
+            ``nn.Embedding`` rounded by ``quant.quantize_embeddings``: stored dequantized).
         folder: The output folder (created).
         source: The model folder it was loaded from: its tokenizer and generation files are
             copied, so the folder is a complete model.
@@ -201,7 +202,8 @@ def save_compressed_tensors(
         ``folder``.
 
     Raises:
-        UserError: The model is not a Hugging Face model, or a quantized layer is not a Linear.
+        UserError: The model is not a Hugging Face model, or a quantized layer is neither a
+            Linear nor an Embedding.
 
     Example:
         >>> # result = adaround(llama, token_ids, QuantConfig(4, group_size=128))
@@ -213,7 +215,10 @@ def save_compressed_tensors(
     if zero_points not in ZERO_POINT_LAYOUTS:
         raise UserError(f"zero_points must be one of {ZERO_POINT_LAYOUTS}, got {zero_points!r}")
     folder.mkdir(parents=True, exist_ok=True)
+    quantizers, rounded = _packed_and_dequantized(float_model, quantizers)
     tensors = _checkpoint_tensors(float_model, quantizers, zero_points == "padded")
+    dtype = next(float_model.parameters()).dtype
+    tensors.update({f"{n}.weight": q.hard_weight().to(dtype).cpu() for n, q in rounded.items()})
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     record = config.to_dict()
     record["use_cache"] = True  # calibration switched it off on its copy
@@ -233,6 +238,27 @@ def save_compressed_tensors(
     return folder
 
 
+def _packed_and_dequantized(
+    float_model: nn.Module, quantizers: dict[str, AdaroundFakeQuantizer]
+) -> tuple[dict[str, AdaroundFakeQuantizer], dict[str, AdaroundFakeQuantizer]]:
+    """The Linear layers, packed, and the rounded embeddings, stored dequantized (logged).
+
+    ``transformers`` 5.25 with compressed-tensors 0.20 cannot load an ``nn.Embedding`` in the
+    format (the module has no ``weight`` when it initialises it), so a rounded embedding is
+    written as its dequantized float values: the same numbers, at 32 bits.
+    """
+    modules = dict(float_model.named_modules())
+    rounded = {n: q for n, q in quantizers.items() if isinstance(modules[n], nn.Embedding)}
+    for name in rounded:
+        log.warning(
+            "compressed-tensors checkpoint: %s (a rounded embedding) is stored dequantized in "
+            "float, since transformers cannot load a quantized nn.Embedding; its integers are "
+            "in quantized_weights.safetensors",
+            name,
+        )
+    return {n: q for n, q in quantizers.items() if n not in rounded}, rounded
+
+
 def _checked_config(float_model: nn.Module, quantizers: dict[str, Any]) -> Any:
     """The model's ``transformers`` config; refuses a model or layers the format cannot hold."""
     config = getattr(float_model, "config", None)
@@ -242,11 +268,12 @@ def _checked_config(float_model: nn.Module, quantizers: dict[str, Any]) -> Any:
             "config): set export.compressed_tensors=false for this model"
         )
     modules = dict(float_model.named_modules())
-    not_linear = [n for n in quantizers if not isinstance(modules.get(n), nn.Linear)]
+    stored = (nn.Linear, nn.Embedding)
+    not_linear = [n for n in quantizers if not isinstance(modules.get(n), stored)]
     if not_linear:
         raise UserError(
-            f"compressed-tensors stores Linear weights only; quantized non-Linear layers: "
-            f"{', '.join(not_linear[:4])}: set export.compressed_tensors=false"
+            f"compressed-tensors stores Linear and Embedding weights only; quantized other "
+            f"layers: {', '.join(not_linear[:4])}: set export.compressed_tensors=false"
         )
     converted = [n for n in quantizers if getattr(modules[n], "from_hf_conv1d", False)]
     if converted:

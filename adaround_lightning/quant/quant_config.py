@@ -47,7 +47,10 @@ class QuantConfig:
             language models); asymmetric grids take ``scale_method`` auto, minmax or mse.
         quantize_lm_head: Quantize a language model's output projection (``lm_head``, or
             whatever ``get_output_embeddings()`` returns) too; by default it stays in float, as
-            in GPTQ and AutoRound. Embeddings are never quantized (not a Conv/Linear).
+            in GPTQ and AutoRound.
+        quantize_embeddings: Round a language model's input embedding (``get_input_embeddings()``)
+            to nearest on the same grid, before the walk; by default it stays in float, as in
+            the peers. One tied to ``lm_head`` stays float (logged).
         group_size: One scale per ``group_size`` consecutive input elements of each output
             channel of a Linear weight (group-wise grids; None: per channel). Needs
             ``per_channel``; a weight it does not divide, and Conv weights, stay per channel
@@ -73,6 +76,7 @@ class QuantConfig:
     group_size: int | None = None
     weight_symmetric: bool = True
     quantize_lm_head: bool = False
+    quantize_embeddings: bool = False
     average_bits: float | None = None
     max_size_mb: float | None = None
     candidate_bits: list[int] = field(default_factory=lambda: [2, 3, 4, 8])
@@ -89,7 +93,7 @@ class QuantConfig:
                     "(or quant.group_size=null)"
                 )
         _check_bits("quant.weight_bits", self.weight_bits)
-        for name in ("weight_symmetric", "quantize_lm_head"):
+        for name in ("weight_symmetric", "quantize_lm_head", "quantize_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"quant.{name} must be true or false, got {getattr(self, name)!r}")
         if self.act_bits is not None:

@@ -36,6 +36,7 @@ from adaround_lightning.engine.records.results import CacheReport
 from adaround_lightning.engine.walk_options import WalkOptions
 from adaround_lightning.graph.trace import replay_block_arguments
 from adaround_lightning.quant.quant_config import QuantConfig
+from adaround_lightning.torch_frontend.embeddings import round_input_embedding
 from adaround_lightning.torch_frontend.mixed_plan import plan_with_budget
 from adaround_lightning.torch_frontend.networks import float_and_quantized
 from adaround_lightning.torch_frontend.plan import CalibrationPlan, plan_calibration
@@ -117,6 +118,7 @@ def prepare_walk(
     inputs = shard_for_process(images, config.batch_size, process)
     example = inputs.images[:2]
     fp_model, q_model = float_and_quantized(model, example)
+    rounded = round_input_embedding(q_model, quant)  # before any block sees its output
     plan = plan_calibration(fp_model, example, quant, tuple(config.blocks))
     plan, allocation = plan_with_budget(  # under a budget: bits from measured sensitivity
         plan, fp_model, images, quant, process, checkpoint, options.checkpoint_tag
@@ -149,6 +151,7 @@ def prepare_walk(
         forward_batch_size=_forward_chunk(engine, plan.trace.activation_bytes_per_sample),
         allocation=allocation,
         kept_refinement=kept,
+        rounded=rounded,
     )
     return context, finished
 
@@ -251,10 +254,11 @@ def adaround_module(
         context.fp_model, state.quantizers, context.plan.skipped, context.plan.functional
     )
     _warn_left_in_float(coverage)
+    quantizers = {**context.rounded, **state.quantizers}
     return AdaroundResult(
         model=context.q_model,
         float_model=context.fp_model,
-        quantizers=state.quantizers,
+        quantizers=quantizers,
         layers=state.reports,
         skipped=dict(context.plan.skipped),
         seconds=time.perf_counter() - start_time,
@@ -264,6 +268,6 @@ def adaround_module(
         bit_allocation=context.allocation,
         refinement=state.refinement,
         footprint=weight_footprint(
-            context.fp_model, {n: q.bits for n, q in state.quantizers.items()}, quant
+            context.fp_model, {n: q.bits for n, q in quantizers.items()}, quant
         ),
     )

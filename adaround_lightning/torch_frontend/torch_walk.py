@@ -108,6 +108,8 @@ class WalkContext:
         forward_batch_size: Chunk of the forward passes that fill the cache.
         allocation: The bits a budget chose (``quant.average_bits``/``max_size_mb``), if any.
         kept_refinement: The network-level refinement a checkpoint of these settings holds.
+        rounded: Weights rounded to nearest before the walk, by module name (the input
+            embedding with ``quant.quantize_embeddings``); never fitted.
     """
 
     quant: QuantConfig
@@ -127,6 +129,7 @@ class WalkContext:
     forward_batch_size: int = 256
     allocation: BitAllocation | None = None
     kept_refinement: KeptRefinement | None = None
+    rounded: dict[str, AdaroundFakeQuantizer] = field(default_factory=dict)
 
     @property
     def act_in_loop(self) -> bool:

@@ -28,14 +28,17 @@ def _tiny_run_args(folder: Path) -> list[str]:
     ]
 
 
+@pytest.mark.parametrize("embeddings", [False, True])
 def test_causal_lm_recipe_reports_perplexity_and_exports_a_loadable_checkpoint(
-    tmp_path: Path,
+    tmp_path: Path, embeddings: bool
 ) -> None:
     from tests.helpers.language_models import llama_folder
 
     folder = llama_folder(tmp_path / "model")
     run_dir = tmp_path / "run"
     args = [*_tiny_run_args(folder), f"output_dir={run_dir}"]
+    if embeddings:
+        args.append("quant.quantize_embeddings=true")
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((run_dir / "results.json").read_text())
@@ -47,6 +50,13 @@ def test_causal_lm_recipe_reports_perplexity_and_exports_a_loadable_checkpoint(
     assert (run_dir / "compressed_tensors" / "tokenizer.json").is_file()
     assert "perplexity" in (run_dir / "report.html").read_text()
     assert "lm_head" in proc.stdout + proc.stderr  # left in float, and said so
+    if embeddings:  # rounded, said so, and its integers in the run's integer file
+        from safetensors import safe_open
+
+        assert "input embedding (" in proc.stdout + proc.stderr
+        with safe_open(str(run_dir / "quantized_weights.safetensors"), "pt") as handle:
+            stored = list(handle.keys())
+        assert any(key.startswith("model.embed_tokens.") for key in stored)
 
 
 def test_causal_lm_recipe_under_ddp_matches_one_process(tmp_path: Path) -> None:
