@@ -91,6 +91,7 @@ def _adaround(
         group_size=args.group_size,
         weight_symmetric=args.symmetric,
         scale_method=args.scale_method,
+        quantize_embeddings=args.quantize_embeddings,
     )
     config = AdaroundConfig(
         iters=args.iters,
@@ -189,6 +190,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scale-lr", type=float, default=0.005, help="learned scales' lr (0: fixed grids)"
     )
+    parser.add_argument(
+        "--quantize-embeddings", action="store_true", help="round the input embedding too"
+    )
     parser.add_argument("--reg-param", type=float, default=None, help="AdaRound's lambda")
     parser.add_argument(
         "--no-minmax-tuning", action="store_true", help="AutoRound's scales fixed (a probe)"
@@ -245,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "reg_param": args.reg_param,
         "scale_lr": args.scale_lr,
         "straight_through": args.straight_through,
+        "quantize_embeddings": args.quantize_embeddings,
         "scale_method": args.scale_method,
         "num_samples": args.num_samples,
         "seq_len": args.seq_len,

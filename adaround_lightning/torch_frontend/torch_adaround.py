@@ -118,15 +118,13 @@ def prepare_walk(
     inputs = shard_for_process(images, config.batch_size, process)
     example = inputs.images[:2]
     fp_model, q_model = float_and_quantized(model, example)
-    rounded = round_input_embedding(q_model, quant)  # before any block sees its output
     plan = plan_calibration(fp_model, example, quant, tuple(config.blocks))
     plan, allocation = plan_with_budget(  # under a budget: bits from measured sensitivity
         plan, fp_model, images, quant, process, checkpoint, options.checkpoint_tag
     )
     for network in (fp_model, q_model):  # blocks called with constants besides their input
         replay_block_arguments(network, plan.trace.replayed)
-    if process.is_main:
-        _log_blocks(plan, config)
+    _log_blocks(plan, config, process.is_main)
     blocks = [block.name for block in plan.trace.blocks]
     stream = plan_stream(fp_model, blocks, example) if engine.stream else None
     allocator = _cache_allocator(engine, process.device, checkpoint)
@@ -151,7 +149,7 @@ def prepare_walk(
         forward_batch_size=_forward_chunk(engine, plan.trace.activation_bytes_per_sample),
         allocation=allocation,
         kept_refinement=kept,
-        rounded=rounded,
+        rounded=round_input_embedding(q_model, quant),  # before the walk runs q_model
     )
     return context, finished
 
@@ -165,9 +163,9 @@ def _kept(
     return load_progress(checkpoint, tag), load_refinement(checkpoint, tag)
 
 
-def _log_blocks(plan: CalibrationPlan, config: AdaroundConfig) -> None:
-    """Say which layers block reconstruction fits together, and warn when none are."""
-    if config.granularity != Granularity.BLOCK:
+def _log_blocks(plan: CalibrationPlan, config: AdaroundConfig, is_main: bool) -> None:
+    """Say which layers block reconstruction fits together, and warn when none are (rank 0)."""
+    if config.granularity != Granularity.BLOCK or not is_main:
         return
     joint = [b for b in plan.trace.blocks if b.is_module]
     alone = [
