@@ -424,19 +424,6 @@ class AdaroundFakeQuantizer(nn.Module):
             return self.zero_points.shape
         return self.scale.shape
 
-    def expand_per_scale(self, values: torch.Tensor) -> torch.Tensor:
-        """Values shaped :attr:`scale_count_shape` broadcast like ``scale``, differentiably.
-
-        Example:
-            >>> from adaround_lightning.quant.factory import quantizer_for_weight
-            >>> fq = quantizer_for_weight(torch.randn(2, 8), 4, True, "minmax", 4, False)
-            >>> fq.scale_count_shape, fq.expand_per_scale(torch.ones(2, 2)).shape
-            (torch.Size([2, 2]), torch.Size([2, 8]))
-        """
-        if self.group_size is None:
-            return values
-        return values.repeat_interleave(self.group_size, dim=1).reshape(self.scale.shape)
-
     def scale_by(self, weight: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         """``weight`` (the shape of ``V``) times one ratio per scale, differentiably.
 
@@ -459,7 +446,7 @@ class AdaroundFakeQuantizer(nn.Module):
 
     @torch.no_grad()
     def rescale(self, ratio: torch.Tensor) -> None:
-        """Multiply the scale by a learned ``ratio`` (broadcast like it), integers unchanged.
+        """Multiply the scale by ``ratio``, one per scale (or a scalar); integers unchanged.
 
         ``floor(W/s)`` and ``V`` keep the grid they were taken on, :attr:`floor_scale`; the
         integers stay ``clip(floor(W/s0) + 1[V >= 0])`` and the weight becomes ``s0 r q``.
@@ -474,7 +461,7 @@ class AdaroundFakeQuantizer(nn.Module):
         """
         if self.floor_scale is None:
             self.floor_scale = self.scale.clone()
-        self.scale = (self.scale * ratio.to(self.scale)).reshape(self.scale.shape)
+        self.scale = self.scale_by(self.scale, ratio.to(self.scale)).reshape(self.scale.shape)
         self._set_offset()
 
     def nearest_weight(self) -> torch.Tensor:

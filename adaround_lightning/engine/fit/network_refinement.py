@@ -317,7 +317,7 @@ class NetworkRefinement(L.LightningModule):
             quantizer.use_soft_rounding = False
             if self.scale_lr:
                 ratio = self.log_scale_ratios[index].detach().exp()
-                quantizer.rescale(quantizer.expand_per_scale(ratio))
+                quantizer.rescale(ratio)
             layer = q_model.get_submodule(name)
             layer.weight.copy_(quantizer.hard_weight().to(layer.weight.dtype))
 

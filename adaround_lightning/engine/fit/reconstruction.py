@@ -318,7 +318,7 @@ class RoundingReconstruction(L.LightningModule):
             quantizer.use_soft_rounding = False
             quantizer.V.requires_grad_(False)
         for quantizer, rho in zip(self.rounding_quantizers(), self.log_scale_ratios, strict=False):
-            quantizer.rescale(quantizer.expand_per_scale(rho.detach().exp()))
+            quantizer.rescale(rho.detach().exp())
         with torch.no_grad():
             self.apply_hard_weights()
 
