@@ -89,6 +89,7 @@ def run_grid(
     scale_method: str = "auto",
     average_bits_list: Sequence[float] = (),
     given_bits: Sequence[dict[str, Any]] = (),
+    quant_fields: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Calibrate once per (bits, per_channel, granularity); evaluate at every ``act_bits``.
 
@@ -110,6 +111,7 @@ def run_grid(
             uniform ``bits_list``; their rows have ``bits`` null and the chosen bits.
         given_bits: Rows of another tool's allocation (``aimet_amp.py``: ``average_bits``,
             ``chosen_bits``), fitted at exactly those bits (``quant.layer_bits``).
+        quant_fields: Other :class:`QuantConfig` fields (e.g. ``weight_symmetric``).
 
     Returns:
         The rows.
@@ -143,6 +145,7 @@ def run_grid(
                         scale_method=scale_method,
                         average_bits=average_bits,
                         layer_bits=given["chosen_bits"] if given else {},
+                        **(quant_fields or {}),
                     ),
                     config,
                     {"accelerator": accelerator, "devices": 1},
@@ -274,6 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="other AdaroundConfig fields"
     )
+    parser.add_argument(
+        "--quant", nargs="*", default=[], metavar="KEY=VALUE", help="other QuantConfig fields"
+    )
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--scale-method", default="auto", help="quant.scale_method")
     parser.add_argument("--out", type=Path, default=None)
@@ -283,6 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(args.arch, args.checkpoint, args.arch_kwargs)
     calib, test = fashion_mnist_data(args.source, args.root, args.num_samples, args.calib_seed)
     extra = dict(item.split("=", 1) for item in args.set)
+    quant_extra = dict(item.split("=", 1) for item in args.quant)
     config = {
         "iters": args.iters,
         "batch_size": args.batch_size,
@@ -295,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "source": args.source,
         "calib_seed": args.calib_seed,
         "settings": extra,
+        **({"quant_settings": quant_extra} if quant_extra else {}),
     }
     run_grid(
         model,
@@ -311,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale_method=args.scale_method,
         average_bits_list=args.average_bits,
         given_bits=_given_bits(args.bits_from, args.arch),
+        quant_fields={key: _value(value) for key, value in quant_extra.items()},
     )
     return 0
 

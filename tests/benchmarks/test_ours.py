@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -42,3 +43,34 @@ def test_rows_for_every_setting_and_a_float_baseline(
     assert all(abs(r["fp32_top1"] - expected) < 0.01 for r in rows)
     assert all(0.0 <= r["adaround_top1"] <= 100.0 for r in rows)
     assert all(r["test_divergence"] >= 0.0 and r["refinement"] is None for r in rows)
+
+
+def test_quant_fields_reach_the_calibration(
+    tiny_cnn: nn.Module, images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from adaround_lightning.benchmarks import ours
+
+    seen = []
+
+    def spy(model, calib, quant, *args, **kwargs):
+        seen.append(quant)
+        return real(model, calib, quant, *args, **kwargs)
+
+    real = ours.adaround
+    monkeypatch.setattr(ours, "adaround", spy)
+    model = nn.Sequential(tiny_cnn, nn.Linear(4, 10)).eval()
+    labels = torch.zeros(images.shape[0], dtype=torch.long)
+    rows = run_grid(
+        model,
+        images,
+        TensorDataset(images, labels),
+        [3],
+        [True],
+        ["layer"],
+        [32],
+        {"iters": 2, "batch_size": 16},
+        {"arch": "tiny"},
+        quant_fields={"weight_symmetric": False},
+    )
+    assert len(rows) == 1 and [q.weight_symmetric for q in seen] == [False]
+    assert seen[0].weight_bits == 3
