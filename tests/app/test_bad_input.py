@@ -5,12 +5,11 @@ Every case here is listed in the table of bad inputs in docs/runs.md.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import run_cli
+from tests.helpers.cli import run_cli, run_cli_batch
 from tests.onnx_frontend.helpers import small_cnn_onnx
 
 FAST = ["adaround.iters=2", "data.eval_size=20", "export.onnx=false", "trainer.accelerator=cpu"]
@@ -187,22 +186,40 @@ def _prepare(folder: Path) -> None:
             Image.new("RGB", (size, size)).save(image_dir / f"{index}.png")
 
 
+#: Cases also run as a cold ``python -m adaround_lightning`` start (the others run forked from
+#: one warm interpreter, :func:`~tests.helpers.cli.run_cli_batch`): both must say the same.
+COLD = ("weight-bits-low", "setting-unknown", "onnx-missing")
+
+
+def _args(root: Path, name: str, overrides: list[str]) -> list[str]:
+    args = [*FAST, *(o.replace("{tmp}", str(root)) for o in overrides)]
+    if not any(o.startswith("hydra.run.dir=") for o in overrides):
+        args.append(f"hydra.run.dir={root / 'runs' / name}")
+    return args
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str, Path]]:
     root = tmp_path_factory.mktemp("bad")
     _prepare(root)
+    cases = [(name, _args(root, name, overrides), root) for name, overrides, _ in CASES]
+    done = run_cli_batch(cases, root / "batch")
+    return {name: (*done[name], root / "runs" / name) for name, _, _ in CASES}
 
-    def one(case: tuple[str, list[str], str]) -> tuple[str, tuple[int, str, Path]]:
-        name, overrides, _ = case
-        run_dir = root / "runs" / name
-        args = [*FAST, *(o.replace("{tmp}", str(root)) for o in overrides)]
-        if not any(o.startswith("hydra.run.dir=") for o in overrides):
-            args.append(f"hydra.run.dir={run_dir}")
-        proc = run_cli(args, root, timeout=300)
-        return name, (proc.returncode, proc.stderr, run_dir)
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(one, CASES))
+@pytest.mark.parametrize("name", COLD)
+def test_a_cold_start_says_what_the_batch_says(
+    outcomes: dict[str, tuple[int, str, Path]], name: str, tmp_path: Path
+) -> None:
+    overrides = next(o for n, o, _ in CASES if n == name)
+    root = outcomes[name][2].parents[1]
+    args = _args(root, name, overrides)
+    args[-1] = f"hydra.run.dir={tmp_path / name}"  # the batch's run dir stays as it left it
+    cold = run_cli(args, root, timeout=300)
+    error = [line for line in cold.stderr.splitlines() if line.startswith("error:")]
+    batch = [line for line in outcomes[name][1].splitlines() if line.startswith("error:")]
+    assert cold.returncode == outcomes[name][0] == 2
+    assert error == batch and len(error) == 1
 
 
 def test_at_least_25_distinct_cases() -> None:
