@@ -40,7 +40,7 @@ from adaround_lightning.engine.fit.network_refinement import output_divergence
 from adaround_lightning.engine.fit.trainer import quiet_lightning
 from adaround_lightning.quant.quant_config import QuantConfig
 
-__all__ = ["BlockError", "block_errors", "main"]
+__all__ = ["BlockError", "block_errors", "fitted_blocks", "main"]
 
 log = logging.getLogger(__name__)
 
