@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors, divergence = block_errors(result.float_model, result.model, blocks, images)
         rows.append({"images": images_name, "count": len(images), "divergence": divergence})
         rows[-1]["blocks"] = [asdict(error) for error in errors]
-    _print_table(rows)
+    _log_table(rows)
     if args.out is not None:
         record = {"arch": args.arch, "bits": args.bits, "seed": args.seed, "sets": rows}
         with args.out.open("a") as handle:
@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _print_table(rows: list[dict]) -> None:
+def _log_table(rows: list[dict]) -> None:
     seen, unseen = rows
     log.info(
         "output divergence: calibration %.5f, held out %.5f",
