@@ -34,6 +34,7 @@ from torch import nn
 
 from adaround_lightning.core.distributed import ProcessContext, check_same_on_all_ranks
 from adaround_lightning.core.errors import UserError
+from adaround_lightning.core.gc_freeze import existing_objects_frozen
 from adaround_lightning.core.host_memory import release_freed_host_memory
 from adaround_lightning.core.interrupt import STOP, stoppable_walk
 from adaround_lightning.engine.adaround_config import AdaroundConfig, Granularity
@@ -267,7 +268,11 @@ class CalibrationWalk:
         self.bar = CalibrationProgress(context.plan.total_layers, done, self.progress)
         total = context.plan.total_layers
         try:
-            with self.bar, stoppable_walk(total, lambda: len(self.state.reports)):
+            with (
+                self.bar,
+                stoppable_walk(total, lambda: len(self.state.reports)),
+                existing_objects_frozen(),  # release_fit_memory's collections stay cheap
+            ):
                 for block in self.blocks_to_walk():
                     STOP.check()  # SIGINT / SIGTERM: stop between blocks
                     self.calibrate_block(block)
@@ -287,6 +292,8 @@ class CalibrationWalk:
 
         ``V``'s gradients, the Trainer's reference cycles (which hold its optimizer state) and
         the heap's free pages: on a 12.6M-parameter Llama the peak fell from 1.45 to 1.29 GiB.
+        Inside :func:`~adaround_lightning.core.gc_freeze.existing_objects_frozen` the
+        collection traverses only the objects the walk made (0.26 s a block otherwise).
         """
         for quantizer in self.state.quantizers.values():
             quantizer.V.grad = None

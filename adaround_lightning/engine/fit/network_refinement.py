@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaround_lightning.engine.fit.reconstruction import SETTLE_CHECK_EVERY, fused_adam_supported
+from adaround_lightning.engine.fit.adam import rounding_adam
+from adaround_lightning.engine.fit.reconstruction import SETTLE_CHECK_EVERY
 from adaround_lightning.graph.outputs import output_tensors
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss
 from adaround_lightning.quant.quantizer import AdaroundFakeQuantizer, rectified_sigmoid
@@ -198,7 +199,7 @@ class NetworkRefinement(L.LightningModule):
         groups: list[dict] = [{"params": list(self.V)}]
         if self.scale_lr:
             groups.append({"params": list(self.log_scale_ratios), "lr": self.scale_lr})
-        return torch.optim.Adam(groups, lr=self.lr, fused=fused_adam_supported(self.device))
+        return rounding_adam(groups, self.lr, self.device)
 
     def train(self, mode: bool = True) -> NetworkRefinement:
         super().train(mode)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from adaround_lightning.engine.fit.active_set import COMPACT_BELOW, ActiveRounding, swap_parameter
+from adaround_lightning.engine.fit.adam import rounding_adam
 from adaround_lightning.graph.bias_correction import channel_dim
 from adaround_lightning.graph.functional import forward_with_weight, functional_activation
 from adaround_lightning.quant.loss import AdaptiveRoundingLoss
@@ -22,24 +23,9 @@ __all__ = [
     "BlockReconstruction",
     "LayerReconstruction",
     "RoundingReconstruction",
-    "fused_adam_supported",
 ]
 
 log = logging.getLogger(__name__)
-
-
-def fused_adam_supported(device: torch.device) -> bool:
-    """Whether torch has a fused Adam kernel for ``device`` (CPU, CUDA, MPS, XPU, ...).
-
-    Example:
-        >>> fused_adam_supported(torch.device("cpu"))
-        True
-    """
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-    except ImportError:  # a torch without the helper: the plain kernels
-        return False
-    return device.type in _get_fused_kernels_supported_devices()
 
 
 #: Optimizer steps between two looks at which elements are settled (one host sync each).
@@ -160,10 +146,7 @@ class RoundingReconstruction(L.LightningModule):
         groups: list[dict] = [{"params": [q.V for q in self.rounding_quantizers()]}]
         if self.scale_lr:
             groups.append({"params": list(self.log_scale_ratios), "lr": self.scale_lr})
-        # Adam's fused kernel: one pass per step over each V instead of about eight (3 ms
-        # against 0.5-0.9 ms for 470k elements on this project's CPU); the same update up to
-        # float rounding.
-        adam = torch.optim.Adam(groups, lr=self.lr, fused=fused_adam_supported(self.device))
+        adam = rounding_adam(groups, self.lr, self.device)
         if not self.straight_through:
             return adam
         # Straight-through: nothing anneals the roundings to rest, so the learning rate does,
