@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import gc
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch.nn import functional as F
 from adaround_lightning import AdaroundConfig, EngineConfig, QuantConfig, adaround
 from adaround_lightning.engine.fit.reconstruction import LayerReconstruction
 from adaround_lightning.graph.capture import capture_input, capture_output
+from adaround_lightning.torch_frontend.torch_walk import CalibrationWalk
 
 CPU = {"accelerator": "cpu", "devices": 1}
 
@@ -226,3 +228,19 @@ def test_a_block_reports_the_steps_of_its_joint_fit(budget: str) -> None:
         assert len({r.steps_run for r in reports}) == 1  # one fit
     singles = [reports[0] for reports in trace_blocks.values() if len(reports) == 1]
     assert singles and all(r.iters == 3 for r in singles)
+
+
+def test_the_walk_collects_with_older_objects_frozen_and_unfreezes_them(
+    tiny_cnn: nn.Module, images: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen_at_release: list[int] = []
+    release = CalibrationWalk.release_fit_memory
+
+    def recording(self: CalibrationWalk) -> None:
+        frozen_at_release.append(gc.get_freeze_count())
+        release(self)
+
+    monkeypatch.setattr(CalibrationWalk, "release_fit_memory", recording)
+    adaround(tiny_cnn, images, config=AdaroundConfig(iters=2, batch_size=16), trainer=CPU)
+    assert frozen_at_release and min(frozen_at_release) > 0  # each block's collection is cheap
+    assert gc.get_freeze_count() == 0  # nothing stays frozen after the walk
